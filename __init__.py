@@ -1,0 +1,14 @@
+"""comfyui-core2: CoRe² (Collect, Reflect, Refine; arXiv 2503.09662) for ComfyUI.
+
+Nodes are registered only when ComfyUI's core is already loaded (it is, by the time ComfyUI imports custom
+nodes), so this package imports cleanly anywhere else without touching torch devices.
+"""
+import sys
+
+if "comfy.model_management" in sys.modules:
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+else:  # imported outside ComfyUI (packaging tools, plain python)
+    NODE_CLASS_MAPPINGS = {}
+    NODE_DISPLAY_NAME_MAPPINGS = {}
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Build (once) the virtualenv that tests, the demo and the benchmarks run in, and print its python path.
+#
+# The ComfyUI used is found in this order (tools/comfy_env.py does the same at run time):
+#   1. $COMFYUI_DIR, a ComfyUI checkout           -> .venv/comfyui: torch 2.14.1 + torchvision 0.29.1 + its requirements
+#   2. ../.. when this pack is ComfyUI/custom_nodes/<pack>  -> the same
+#   3. otherwise PyPI notcomfy 0.1.0 (ComfyUI core, late 2024) -> .venv/notcomfy: CPU torch 2.13.0,
+#      notcomfy installed with --no-deps into .venv/notcomfy-core (isolated: it ships stray top-level packages).
+# A full ComfyUI imports torchvision, which has no build matching the CPU torch 2.13.0 wheel; hence the two flavours.
+# Re-running is cheap: a venv is rebuilt only when its requirement files change.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+py="${PYTHON:-python3}"
+log() { echo "[setup_env] $*" >&2; }
+
+comfy_dir=""
+if [ -n "${COMFYUI_DIR:-}" ]; then
+  comfy_dir="$(cd "$COMFYUI_DIR" && pwd)"
+elif [ "$(basename "$(dirname "$root")")" = "custom_nodes" ] && [ -f "$root/../../comfy/samplers.py" ]; then
+  comfy_dir="$(cd "$root/../.." && pwd)"
+fi
+
+if [ -n "$comfy_dir" ]; then flavor=comfyui; else flavor=notcomfy; fi
+venv="$root/.venv/$flavor"
+stamp_src="requirements.txt requirements-dev.txt scripts/setup_env.sh"
+[ "$flavor" = comfyui ] && stamp_src="$stamp_src $comfy_dir/requirements.txt"
+stamp="$(cat $stamp_src | sha256sum | cut -c1-16)"
+
+if [ -f "$venv/.ready" ] && [ "$(cat "$venv/.ready")" = "$stamp" ]; then
+  echo "$venv/bin/python"; exit 0
+fi
+
+log "creating $venv ($flavor${comfy_dir:+: $comfy_dir})"
+rm -rf "$venv"
+"$py" -m venv "$venv"
+# pip here warns about every absent local index folder; keep real errors only
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+pip=(pip_quiet "$venv/bin/python" -m pip install -q --disable-pip-version-check)
+if [ "$flavor" = notcomfy ]; then
+  "${pip[@]}" torch==2.13.0
+  "${pip[@]}" -r requirements-dev.txt -r requirements.txt
+  rm -rf "$root/.venv/notcomfy-core"
+  "${pip[@]}" --no-deps --target "$root/.venv/notcomfy-core" notcomfy==0.1.0
+else
+  "${pip[@]}" torch==2.14.1 torchvision==0.29.1
+  # ComfyUI's own requirements, holding torch at the version just installed.
+  "$venv/bin/python" -m pip freeze | grep -iE '^(torch|torchvision)==' > "$venv/torch-pins.txt"
+  "${pip[@]}" -c "$venv/torch-pins.txt" -r "$comfy_dir/requirements.txt" -r requirements-dev.txt -r requirements.txt
+fi
+echo "$stamp" > "$venv/.ready"
+log "ready"
+echo "$venv/bin/python"
