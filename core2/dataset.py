@@ -1,0 +1,294 @@
+"""The CoRe² trajectory dataset: what Collect writes and Reflect reads.
+
+Layout of a dataset folder (ComfyUI/output/core2_datasets/<name>/):
+
+  manifest.json                      the header (family, model identity, sampler settings, shapes, pack version)
+                                     and the list of complete items; it always agrees with the shards
+  prompt-<pid>.safetensors           per prompt: pos_tokens [T,D], pos_pooled [P], neg_tokens [T',D], neg_pooled [P]
+                                     (the negative entries are absent when sampling had no negative)
+  traj-<key>.safetensors             per trajectory (one prompt, seed and batch row): cond, uncond [S,C,H,W] raw model
+                                     outputs (ε or v) in fp16; sigma, cfg [S] fp32; step [S] int64; optional x [S,C,H,W]
+
+Every file is written atomically (temporary file, fsync, rename) and a trajectory enters the manifest only after
+its shard is complete, so a crash or a cancel never leaves the dataset inconsistent: a rerun finds exactly the
+items that are done and redoes the rest.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .files import atomic_save_safetensors, atomic_write_json, clean_stale_temps
+from .weak import PromptFeatures
+
+FORMAT = "core2-dataset"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+# header fields that must agree for every item of one dataset
+MUST_MATCH = ("family", "prediction", "latent_channels", "latent_hw", "base_model_hash")
+BIG = ("cond", "uncond", "x")
+
+
+def prompt_id(positive_text: str, negative_text: str | None) -> str:
+    return hashlib.sha256(f"{positive_text}\x00{negative_text or ''}".encode()).hexdigest()[:16]
+
+
+def item_key(pid: str, seed: int, batch_index: int = 0) -> str:
+    return f"{pid}-{int(seed)}-{int(batch_index)}"
+
+
+def bytes_per_trajectory(steps: int, latent_channels: int, h: int, w: int, store_x: bool) -> int:
+    """fp16 bytes of one trajectory (cond + uncond [+ x]), for disk estimates."""
+    per = latent_channels * h * w * 2
+    return steps * per * (3 if store_x else 2) + steps * 16 + 4096
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise DatasetError(f"CoRe²: {folder} is not a CoRe² dataset (no {MANIFEST}). Collect one with the CoRe² Collect nodes.")
+    try:
+        man = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"CoRe²: {path} is not valid JSON ({e}).") from e
+    if man.get("format") != FORMAT:
+        raise DatasetError(f"CoRe²: {folder} holds a '{man.get('format')}' manifest, not a CoRe² dataset.")
+    if int(man.get("format_version", 0)) > FORMAT_VERSION:
+        raise DatasetError(f"CoRe²: {folder} was written by a newer comfyui-core2 (format {man['format_version']}); update the pack.")
+    return man
+
+
+def manifest_hash(folder: str | Path) -> str:
+    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()[:16]
+
+
+class DatasetWriter:
+    """Appends trajectories to a dataset folder; refuses items from another model or latent shape."""
+
+    def __init__(self, folder: str | Path, header: dict):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        clean_stale_temps(self.folder)
+        missing = [k for k in MUST_MATCH if k not in header]
+        if missing:
+            raise ValueError(f"dataset header lacks {missing}")
+        if (self.folder / MANIFEST).exists():
+            self.manifest = _read_manifest(self.folder)
+            self._check_same(header)
+        else:
+            self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pack_version": __version__,
+                             "header": dict(header), "runs": [], "prompts": {}, "items": []}
+            self._flush()
+        self._keys = {it["key"] for it in self.manifest["items"]}
+        self._drop_orphans()
+
+    def _check_same(self, header: dict) -> None:
+        old = self.manifest["header"]
+        diffs = [f"{k}: dataset has {old.get(k)!r}, this run has {header.get(k)!r}" for k in MUST_MATCH if old.get(k) != header.get(k)]
+        if diffs:
+            raise DatasetError("CoRe²: refusing to mix different models or latent shapes in one dataset ("
+                               + "; ".join(diffs) + "). Use a new dataset name for this model or size.")
+
+    def _drop_orphans(self) -> None:
+        known = {it["shard"] for it in self.manifest["items"]}
+        for p in self.folder.glob("traj-*.safetensors"):
+            if p.name not in known:  # a shard whose manifest entry never landed: redo that item
+                p.unlink()
+
+    def _flush(self) -> None:
+        atomic_write_json(self.folder / MANIFEST, self.manifest)
+
+    @property
+    def header(self) -> dict:
+        return self.manifest["header"]
+
+    def has(self, pid: str, seed: int, batch_index: int = 0) -> bool:
+        return item_key(pid, seed, batch_index) in self._keys
+
+    def note_run(self, settings: dict) -> None:
+        """Record the sampler settings of a collecting run (sampler, scheduler, steps, σ schedule, cfg)."""
+        if settings not in self.manifest["runs"]:
+            self.manifest["runs"].append(settings)
+            self._flush()
+
+    def add_prompt(self, positive_text: str, negative_text: str | None, pos: PromptFeatures, neg: PromptFeatures | None) -> str:
+        pid = prompt_id(positive_text, negative_text)
+        if pid in self.manifest["prompts"]:
+            return pid
+        t = {"pos_tokens": pos.tokens[0].to(torch.float16).cpu()}
+        if pos.pooled is not None:
+            t["pos_pooled"] = pos.pooled[0].to(torch.float16).cpu()
+        if neg is not None:
+            t["neg_tokens"] = neg.tokens[0].to(torch.float16).cpu()
+            if neg.pooled is not None:
+                t["neg_pooled"] = neg.pooled[0].to(torch.float16).cpu()
+        fname = f"prompt-{pid}.safetensors"
+        atomic_save_safetensors(self.folder / fname, t)
+        self.manifest["prompts"][pid] = {"positive": positive_text, "negative": negative_text, "file": fname,
+                                         "shapes": {k: list(v.shape) for k, v in t.items()}}
+        self._flush()
+        return pid
+
+    def add_trajectory(self, pid: str, seed: int, batch_index: int, tensors: dict, extra: dict | None = None) -> str:
+        """tensors: cond, uncond [S,C,H,W] (raw outputs), sigma [S], cfg [S], step [S], optional x [S,C,H,W]."""
+        if pid not in self.manifest["prompts"]:
+            raise KeyError(f"unknown prompt id {pid}; call add_prompt first")
+        key = item_key(pid, seed, batch_index)
+        if key in self._keys:
+            return key
+        c, h, w = tensors["cond"].shape[1:]
+        hdr = self.header
+        if c != hdr["latent_channels"] or [h, w] != list(hdr["latent_hw"]):
+            raise DatasetError(f"CoRe²: latent {c}x{h}x{w} does not match the dataset's {hdr['latent_channels']}x"
+                               f"{hdr['latent_hw'][0]}x{hdr['latent_hw'][1]}; use a new dataset for another size.")
+        out = {}
+        for k, v in tensors.items():
+            v = v.detach().cpu()
+            if k in BIG:
+                out[k] = v.to(torch.float16)
+            elif k == "step":
+                out[k] = v.to(torch.int64)
+            else:
+                out[k] = v.to(torch.float32)
+        shard = f"traj-{key}.safetensors"
+        atomic_save_safetensors(self.folder / shard, out)
+        self.manifest["items"].append({"key": key, "prompt_id": pid, "seed": int(seed), "batch_index": int(batch_index),
+                                       "shard": shard, "n": int(out["cond"].shape[0]), **(extra or {})})
+        self._keys.add(key)
+        self._flush()
+        return key
+
+
+class DatasetReader:
+    """Lazy reader for training: rows are read from memory-mapped safetensors on demand."""
+
+    def __init__(self, folder: str | Path, max_open: int = 64):
+        self.folder = Path(folder)
+        self.manifest = _read_manifest(self.folder)
+        self.header = self.manifest["header"]
+        self.items = list(self.manifest["items"])
+        if not self.items:
+            raise DatasetError(f"CoRe²: dataset {self.folder.name} has no trajectories yet. Collect some first.")
+        self._open: OrderedDict = OrderedDict()
+        self._max_open = max_open
+        self._prompt_cache: dict = {}
+
+    # --- structure -------------------------------------------------------------------------------------------
+    @property
+    def n_samples(self) -> int:
+        return sum(it["n"] for it in self.items)
+
+    def prompt_ids(self) -> list[str]:
+        return sorted({it["prompt_id"] for it in self.items})
+
+    def split(self, val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+        """Train/validation split by prompt (no prompt in both), deterministic for a seed."""
+        pids = self.prompt_ids()
+        random.Random(seed).shuffle(pids)
+        n_val = int(round(len(pids) * val_fraction))
+        if val_fraction > 0 and n_val == 0 and len(pids) > 1:
+            n_val = 1
+        if n_val >= len(pids) and val_fraction > 0:
+            raise DatasetError(f"CoRe²: {len(pids)} prompt(s) cannot be split with validation fraction {val_fraction}; "
+                               "collect more prompts or lower the fraction.")
+        val = set(pids[:n_val])
+        return [it for it in self.items if it["prompt_id"] not in val], [it for it in self.items if it["prompt_id"] in val]
+
+    # --- reading ---------------------------------------------------------------------------------------------
+    def _handle(self, shard: str):
+        from safetensors import safe_open
+
+        h = self._open.get(shard)
+        if h is None:
+            h = safe_open(str(self.folder / shard), framework="pt")
+            self._open[shard] = h
+            if len(self._open) > self._max_open:
+                self._open.popitem(last=False)
+        else:
+            self._open.move_to_end(shard)
+        return h
+
+    def load_item(self, item: dict) -> dict:
+        h = self._handle(item["shard"])
+        return {k: h.get_tensor(k) for k in h.keys()}
+
+    def prompt_features(self, pid: str) -> tuple[PromptFeatures, PromptFeatures | None]:
+        if pid not in self._prompt_cache:
+            from safetensors.torch import load_file
+
+            t = load_file(str(self.folder / self.manifest["prompts"][pid]["file"]))
+            pos = PromptFeatures(t["pos_tokens"][None].float(), t["pos_pooled"][None].float() if "pos_pooled" in t else None)
+            neg = None
+            if "neg_tokens" in t:
+                neg = PromptFeatures(t["neg_tokens"][None].float(), t["neg_pooled"][None].float() if "neg_pooled" in t else None)
+            self._prompt_cache[pid] = (pos, neg)
+        return self._prompt_cache[pid]
+
+    def rows(self, items: list[dict]) -> list[tuple[int, int]]:
+        return [(i, r) for i, it in enumerate(items) for r in range(it["n"])]
+
+    def batches(self, items: list[dict], batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True):
+        """Yield dicts of float32 tensors: cond, uncond, sigma, cfg, step, pos_tokens/pos_pooled/neg_tokens/neg_pooled
+        (tokens zero-padded to the longest in the batch; *_mask marks real tokens; has_neg per row)."""
+        rows = self.rows(items)
+        if shuffle:
+            random.Random(seed * 1_000_003 + epoch).shuffle(rows)
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start:start + batch_size]
+            yield self._collate([(items[i], r) for i, r in chunk])
+
+    def _collate(self, picks) -> dict:
+        cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "step")}
+        pos, neg = [], []
+        for it, r in picks:
+            h = self._handle(it["shard"])
+            for k in cols:
+                cols[k].append(h.get_slice(k)[r:r + 1])
+            p, n = self.prompt_features(it["prompt_id"])
+            pos.append(p)
+            neg.append(n)
+        out = {k: torch.cat(v).float() if k != "step" else torch.cat(v) for k, v in cols.items()}
+        out.update(_stack_features("pos", pos))
+        out.update(_stack_features("neg", neg, like=pos[0]))
+        out["has_neg"] = torch.tensor([n is not None for n in neg])
+        return out
+
+
+def _stack_features(prefix: str, feats: list, like: PromptFeatures | None = None) -> dict:
+    """Pad and stack; rows without features (no negative) stay zero with an all-False mask."""
+    ref = next((f for f in feats if f is not None), like)
+    t_max = max([f.tokens.shape[1] for f in feats if f is not None] or [1])
+    d = ref.tokens.shape[2]
+    toks = torch.zeros(len(feats), t_max, d)
+    mask = torch.zeros(len(feats), t_max, dtype=torch.bool)
+    pooled = torch.zeros(len(feats), ref.pooled.shape[-1]) if ref.pooled is not None else None
+    for i, f in enumerate(feats):
+        if f is None:
+            continue
+        t = f.tokens.shape[1]
+        toks[i, :t] = f.tokens[0]
+        mask[i, :t] = True
+        if pooled is not None and f.pooled is not None:
+            pooled[i] = f.pooled[0]
+    out = {f"{prefix}_tokens": toks, f"{prefix}_mask": mask}
+    if pooled is not None:
+        out[f"{prefix}_pooled"] = pooled
+    return out
+
+
+def estimate_dataset_bytes(n_trajectories: int, steps: int, latent_channels: int, h: int, w: int, store_x: bool) -> int:
+    return n_trajectories * bytes_per_trajectory(steps, latent_channels, h, w, store_x)
+
+
+__all__ = ["DatasetWriter", "DatasetReader", "DatasetError", "prompt_id", "item_key", "manifest_hash",
+           "estimate_dataset_bytes", "FORMAT", "FORMAT_VERSION"]

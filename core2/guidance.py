@@ -1,0 +1,49 @@
+"""Guidance math of CoRe² (CORE2_SPEC §4.1), independent of ComfyUI.
+
+Spaces: ComfyUI hands out x0 predictions ("denoised"); the weak model works on the model's raw output
+r = (x − x0)/σ (ε for eps models, velocity for flow models). Every mix here is affine with weights summing
+to one, so it gives the same result in x0 or raw space.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _bcast(sigma: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    sigma = torch.as_tensor(sigma, dtype=like.dtype, device=like.device)
+    return sigma.reshape(sigma.shape[:1] + (1,) * (like.ndim - 1)) if sigma.ndim else sigma
+
+
+def raw_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma) -> torch.Tensor:
+    """ε (eps models) or v (flow models) from an x0 prediction: (x − x0)/σ."""
+    return (x - denoised) / _bcast(sigma, x)
+
+
+def denoised_from_raw(x: torch.Tensor, raw: torch.Tensor, sigma) -> torch.Tensor:
+    return x - raw * _bcast(sigma, x)
+
+
+def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance, written like ComfyUI's default (bit-compatible with it)."""
+    return uncond + (cond - uncond) * scale
+
+
+def weak_to_strong(weak: torch.Tensor, strong: torch.Tensor, w: float) -> torch.Tensor:
+    """W2S guidance: extrapolate from the weak prediction towards the strong one. w = 1 returns `strong`."""
+    if w == 1.0:
+        return strong
+    return weak + (strong - weak) * w
+
+
+def implied_uncond(cond: torch.Tensor, guided: torch.Tensor, scale: float) -> torch.Tensor:
+    """The unconditional prediction that CFG at `scale` would need to give `guided`: u = (g·c − guided)/(g − 1)."""
+    if abs(scale - 1.0) < 1e-6:
+        return cond
+    return (cond * scale - guided) / (scale - 1.0)
+
+
+def guided_prediction(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, weak: torch.Tensor, w: float) -> torch.Tensor:
+    """One CoRe² step: slow (uncond given) = weak + w·(cfg − weak); fast (uncond None) = weak."""
+    if uncond is None:
+        return weak
+    return weak_to_strong(weak, cfg(cond, uncond, scale), w)
