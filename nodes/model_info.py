@@ -1,0 +1,53 @@
+"""What a ComfyUI MODEL is: family, latent channels, prediction space, identity. Works on 2024 and 2025 ComfyUI."""
+from __future__ import annotations
+
+import hashlib
+
+import comfy.model_base as mb
+
+_CONFIG_FAMILY = {"SD15": "sd15", "SDXL": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
+                  "KOALA_1B": "sdxl", "SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux"}
+
+
+def base_model(model):
+    """The BaseModel behind a ModelPatcher (or the BaseModel itself)."""
+    return getattr(model, "model", model)
+
+
+def family(model) -> str:
+    m = base_model(model)
+    cfg_name = type(getattr(m, "model_config", None)).__name__
+    if cfg_name in _CONFIG_FAMILY:
+        return _CONFIG_FAMILY[cfg_name]
+    if isinstance(m, mb.SDXL):
+        return "sdxl"
+    if isinstance(m, mb.SD3):
+        return "sd3"
+    if isinstance(m, mb.Flux):
+        return "flux"
+    return cfg_name.lower() or "unknown"
+
+
+def latent_channels(model) -> int:
+    return int(base_model(model).latent_format.latent_channels)
+
+
+def prediction(model) -> str:
+    """'eps' for ε-prediction (SD1.5/SDXL), 'flow' for rectified flow (SD3, Flux), else the ModelType name."""
+    t = base_model(model).model_type
+    if t == mb.ModelType.EPS:
+        return "eps"
+    if t in (mb.ModelType.FLOW, getattr(mb.ModelType, "FLUX", None)):
+        return "flow"
+    return t.name.lower()
+
+
+def identity(model, name: str | None = None) -> dict:
+    """A fingerprint of the diffusion model: its class, family and a hash of its state-dict keys and shapes."""
+    m = base_model(model)
+    sd = m.diffusion_model.state_dict()
+    h = hashlib.sha256()
+    for k in sorted(sd):
+        h.update(f"{k}:{tuple(sd[k].shape)};".encode())
+    return {"name": name or getattr(m, "cached_name", None) or type(m.diffusion_model).__name__,
+            "family": family(model), "key_hash": h.hexdigest()[:16]}
