@@ -1,0 +1,139 @@
+"""CoRe2Guider: ComfyUI's CFGGuider with CoRe² slow and fast steps.
+
+Built on ComfyUI's own sampling path so other patches keep working (LoRA, ControlNet, area/mask conds, pre/post-cfg
+functions, calc-cond-batch replacements):
+
+* slow step: cond + uncond through calc_cond_batch, the pre-cfg functions, ComfyUI's cfg_function (including a
+  sampler_cfg_function such as RescaleCFG) = the "strong" prediction; then weak-to-strong
+  out = weak + w·(strong − weak); then the post-cfg functions;
+* fast step: cond only (1 pass), the pre-cfg functions, out = weak; then the post-cfg functions, which see the
+  unconditional prediction implied by the weak model, u = (g·c − weak)/(g − 1).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import comfy.samplers
+import torch
+
+from ..core2 import guidance
+from ..core2.schedule import RunStats, StepMap
+from ..core2.weak import StepInfo, WeakModel
+from . import conditioning, model_info
+
+log = logging.getLogger("comfyui-core2")
+
+
+def _evaluate(model, conds, x, timestep, cond_scale, model_options):
+    """ComfyUI's batch evaluation, honouring a sampler_calc_cond_batch_function (2025+) and the pre-cfg functions."""
+    if "sampler_calc_cond_batch_function" in model_options:
+        args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = model_options["sampler_calc_cond_batch_function"](args)
+    else:
+        out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        args = {"conds": conds, "conds_out": out, "cond_scale": cond_scale, "timestep": timestep,
+                "input": x, "sigma": timestep, "model": model, "model_options": model_options}
+        out = fn(args)
+    return out
+
+
+def _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cond_scale, x, timestep, model_options):
+    for fn in model_options.get("sampler_post_cfg_function", []):
+        args = {"denoised": denoised, "cond": cond, "uncond": uncond, "cond_scale": cond_scale, "model": model,
+                "uncond_denoised": uncond_pred, "cond_denoised": cond_pred, "sigma": timestep,
+                "model_options": model_options, "input": x}
+        denoised = fn(args)
+    return denoised
+
+
+class CoRe2Guider(comfy.samplers.CFGGuider):
+    def __init__(self, model_patcher, weak: WeakModel, w2s_scale: float = 1.5, slow_steps: int | None = None,
+                 schedule: torch.Tensor | None = None):
+        """slow_steps: how many of the first schedule steps run slow (None: all). schedule: the full σ schedule the
+        steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample()."""
+        super().__init__(model_patcher)
+        self.weak = weak
+        self.w2s_scale = float(w2s_scale)
+        self.slow_steps = slow_steps
+        self.schedule = schedule
+        self.stats: RunStats | None = None
+
+    # --- checks before any work -------------------------------------------------------------------------------
+    def validate(self, total_steps: int) -> None:
+        mp = self.model_patcher
+        self.weak.check_compatible(model_info.family(mp), model_info.latent_channels(mp), model_info.prediction(mp))
+        slow = total_steps if self.slow_steps is None else self.slow_steps
+        if not 0 <= slow <= total_steps:
+            raise ValueError(f"CoRe²: slow_steps is {slow} but the schedule has {total_steps} steps; "
+                             f"use 0 (all fast) to {total_steps} (all slow).")
+        if slow > 0 and not conditioning.has_negative(self.original_conds.get("negative")):
+            raise ValueError("CoRe²: slow steps need a negative conditioning (they run full CFG). Connect a negative "
+                             "prompt, or set slow_steps to 0 to run every step fast.")
+
+    # --- sampling ----------------------------------------------------------------------------------------------
+    def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        schedule = self.schedule if self.schedule is not None else sigmas
+        total = int(torch.as_tensor(schedule).numel()) - 1
+        self.validate(total)
+        self._map = StepMap(schedule, total if self.slow_steps is None else self.slow_steps)
+        self.stats = RunStats()
+        self._contexts = {}
+        t0 = time.perf_counter()
+        try:
+            return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        finally:
+            if self.stats.slow_evals + self.stats.fast_evals:
+                log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name))
+            self._contexts = {}
+
+    def _weak_context(self, batch: int, device, dtype):
+        key = (batch, str(device), dtype)
+        if key not in self._contexts:
+            pos = conditioning.features(self.original_conds.get("positive"))
+            neg = conditioning.features(self.original_conds.get("negative"))
+            pos = pos.expand(batch).to(device, dtype) if pos is not None else None
+            neg = neg.expand(batch).to(device, dtype) if neg is not None else None
+            self._contexts[key] = self.weak.prepare(pos, neg)
+        return self._contexts[key]
+
+    def _weak_denoised(self, x, timestep, cond_pred, step: int):
+        param = next(self.weak.parameters(), None)
+        device = x.device
+        dtype = param.dtype if param is not None else x.dtype
+        if param is not None and param.device != device:
+            self.weak.to(device)
+        raw_c = guidance.raw_from_denoised(x, cond_pred, timestep)
+        info = StepInfo(step, self._map.total, self._map.schedule, {"x": x, "guider": self})
+        ctx = self._weak_context(x.shape[0], device, dtype)
+        sigma = timestep.to(device=device, dtype=dtype).flatten()
+        raw = self.weak(raw_c.to(dtype), sigma, float(self.cfg), info, ctx).to(x.dtype)
+        return guidance.denoised_from_raw(x, raw, timestep)
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        step = self._map.index(timestep)
+        slow = self._map.is_slow(step)
+        model = self.inner_model
+        cond = self.conds.get("positive", None)
+        uncond = self.conds.get("negative", None)
+        cfg = self.cfg
+        if slow:
+            if math.isclose(cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
+                uncond = None  # ComfyUI's cfg = 1 shortcut
+            cond_pred, uncond_pred = _evaluate(model, [cond, uncond], x, timestep, cfg, model_options)[:2]
+            no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
+            strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
+                                                 model_options=no_post, cond=cond, uncond=uncond)
+            use_weak = self.w2s_scale != 1.0
+            denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, cond_pred, step), strong,
+                                               self.w2s_scale) if use_weak else strong
+        else:
+            use_weak = True
+            cond_pred = _evaluate(model, [cond, None], x, timestep, cfg, model_options)[0]
+            denoised = self._weak_denoised(x, timestep, cond_pred, step)
+            uncond_pred = guidance.implied_uncond(cond_pred, denoised, cfg)
+            uncond = None
+        self.stats.record(step, slow, use_weak)
+        return _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cfg, x, timestep, model_options)

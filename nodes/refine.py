@@ -1,0 +1,133 @@
+"""Refine: the CoRe² sampler nodes (KSampler, KSampler Advanced, Guider)."""
+from __future__ import annotations
+
+import comfy.samplers
+
+from .guider import CoRe2Guider
+from .sampling import run_ksampler
+
+WEAK = "CORE2_WEAK_MODEL"
+CATEGORY = "CoRe²/sampling"
+
+
+def _core2_inputs(slow_default=10):
+    return {
+        "weak_model": (WEAK, {"tooltip": "From CoRe² Load Weak Model or CoRe² Reflect."}),
+        "w2s_scale": ("FLOAT", {"default": 1.5, "min": 0.0, "max": 10.0, "step": 0.05, "round": 0.01,
+                                 "tooltip": "Weak-to-strong scale w on slow steps: out = weak + w·(cfg − weak). 1 = plain "
+                                            "CFG; 1.5 is the official default, 2.5 the official demo's."}),
+        "slow_steps": ("INT", {"default": slow_default, "min": 0, "max": 10000,
+                               "tooltip": "How many of the first steps run slow (cond + uncond, 2 model passes). The rest "
+                                          "run fast (cond only + weak model, 1 pass). 0 = fastest; = steps: best quality."}),
+    }
+
+
+def _guider_factory(weak_model, w2s_scale, slow_steps):
+    return lambda model, schedule: CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule)
+
+
+class CoRe2KSampler:
+    DESCRIPTION = ("KSampler with CoRe² weak-to-strong guidance: the first `slow_steps` steps run full CFG sharpened "
+                   "by the weak model, the rest run one model pass with the weak model standing in for CFG.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            **_core2_inputs(),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
+               weak_model, w2s_scale, slow_steps):
+        if slow_steps > steps:
+            raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
+        make = _guider_factory(weak_model, w2s_scale, slow_steps)
+        return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                             latent_image, denoise=denoise),)
+
+
+class CoRe2KSamplerAdvanced:
+    DESCRIPTION = ("KSampler (Advanced) with CoRe². slow_steps counts from the first step of the whole schedule, so "
+                   "two chained samplers agree on which steps are slow.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "add_noise": (["enable", "disable"],),
+            "noise_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "latent_image": ("LATENT",),
+            "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
+            "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
+            "return_with_leftover_noise": (["disable", "enable"],),
+            **_core2_inputs(),
+        }}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "sample"
+    CATEGORY = CATEGORY
+
+    def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+               latent_image, start_at_step, end_at_step, return_with_leftover_noise, weak_model, w2s_scale, slow_steps):
+        if slow_steps > steps:
+            raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
+        make = _guider_factory(weak_model, w2s_scale, slow_steps)
+        return (run_ksampler(make, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                             latent_image, disable_noise=add_noise == "disable", start_step=start_at_step,
+                             last_step=end_at_step, force_full_denoise=return_with_leftover_noise != "enable"),)
+
+
+class CoRe2GuiderNode:
+    DESCRIPTION = ("A CoRe² GUIDER for SamplerCustomAdvanced: works with any SAMPLER and SIGMAS. slow_steps counts "
+                   "steps of the SIGMAS it is given.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "positive": ("CONDITIONING",),
+            "negative": ("CONDITIONING",),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            **_core2_inputs(),
+        }}
+
+    RETURN_TYPES = ("GUIDER",)
+    FUNCTION = "get_guider"
+    CATEGORY = CATEGORY
+
+    def get_guider(self, model, positive, negative, cfg, weak_model, w2s_scale, slow_steps):
+        guider = CoRe2Guider(model, weak_model, w2s_scale, slow_steps)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        return (guider,)
+
+
+NODE_CLASS_MAPPINGS = {
+    "CoRe2KSampler": CoRe2KSampler,
+    "CoRe2KSamplerAdvanced": CoRe2KSamplerAdvanced,
+    "CoRe2Guider": CoRe2GuiderNode,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CoRe2KSampler": "CoRe² KSampler",
+    "CoRe2KSamplerAdvanced": "CoRe² KSampler (Advanced)",
+    "CoRe2Guider": "CoRe² Guider",
+}

@@ -1,0 +1,199 @@
+"""Refine: CoRe² sampler nodes on ComfyUI's own sampling path (tiny models, real ComfyUI code)."""
+import logging
+
+import pytest
+import torch
+
+import comfy.sample
+import comfy.samplers
+from comfyui_core2.core2 import guidance
+from comfyui_core2.core2.schedule import StepMap
+from comfyui_core2.core2.weak import IdentityWeakModel, WeakModel
+from comfyui_core2.nodes import refine
+from comfyui_core2.nodes.guider import CoRe2Guider
+from node_helpers_test import run_node
+
+
+class AffineWeak(WeakModel):
+    """A deterministic non-trivial weak model: pushes r_c away from itself by a σ-dependent amount."""
+
+    name = "affine test weak"
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        return raw_cond * 1.3 + 0.05 * sigma.view(-1, 1, 1, 1).clamp(max=1.0)
+
+
+class OracleWeak(WeakModel):
+    """Returns the true CFG raw output by evaluating the unconditional pass itself (test-only)."""
+
+    name = "oracle"
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        guider = step.extra["guider"]
+        x = step.extra["x"]
+        sig = sigma.to(x.dtype)
+        uncond_x0 = comfy.samplers.calc_cond_batch(guider.inner_model, [guider.conds["negative"]], x, sig,
+                                                   guider.model_options)[0]
+        raw_u = guidance.raw_from_denoised(x, uncond_x0, sig)
+        return guidance.cfg(raw_cond, raw_u, cfg_scale)
+
+
+def reference(tm, latent, seed, steps, cfg, sampler, scheduler, denoise=1.0, model=None):
+    noise = comfy.sample.prepare_noise(latent, seed)
+    return comfy.sample.sample(model or tm.patcher, noise, steps, cfg, sampler, scheduler, tm.positive, tm.negative,
+                               latent, denoise=denoise, disable_pbar=True, seed=seed)
+
+
+def core2(tm, latent, seed, steps, cfg, sampler, scheduler, weak, w, slow, denoise=1.0, model=None, negative=None):
+    node = refine.CoRe2KSampler()
+    (out,) = node.sample(model or tm.patcher, seed, steps, cfg, sampler, scheduler, tm.positive,
+                         tm.negative if negative is None else negative, {"samples": latent}, denoise, weak, w, slow)
+    return out["samples"]
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd3"])
+@pytest.mark.parametrize("scheduler", ["normal", "karras"])
+@pytest.mark.parametrize("sampler", ["euler", "euler_ancestral", "dpmpp_2m", "heun"])
+def test_all_slow_w1_equals_comfy_ksampler(tiny, family, sampler, scheduler):
+    tm = tiny(family)
+    latent = torch.randn(2, tm.latent_channels, 16, 16, generator=torch.Generator().manual_seed(1)) * 0.5
+    ref = reference(tm, latent, 11, 6, 4.5, sampler, scheduler, denoise=0.6)
+    got = core2(tm, latent, 11, 6, 4.5, sampler, scheduler, AffineWeak(), 1.0, 6, denoise=0.6)
+    assert (got - ref).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_all_slow_w1_other_families(tiny, family):
+    tm = tiny(family)
+    latent = tm.empty_latent(2)
+    ref = reference(tm, latent, 3, 5, 5.0, "euler", "normal")
+    got = core2(tm, latent, 3, 5, 5.0, "euler", "normal", AffineWeak(), 1.0, 5)
+    assert (got - ref).abs().max() <= 1e-5
+
+
+def test_w2s_changes_slow_steps(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    ref = reference(tm, latent, 5, 5, 5.0, "euler", "normal")
+    got = core2(tm, latent, 5, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 5)
+    assert (got - ref).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("family", ["sd15", "sd3"])
+def test_all_fast_with_oracle_equals_cfg(tiny, family):
+    tm = tiny(family)
+    latent = tm.empty_latent(2)
+    ref = reference(tm, latent, 9, 6, 5.0, "dpmpp_2m", "karras")
+    got = core2(tm, latent, 9, 6, 5.0, "dpmpp_2m", "karras", OracleWeak(), 1.5, 0)
+    # cond and uncond run as two forwards here (one batched forward in CFG): float32 round-off only
+    assert (got - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_cost_20_steps_5_slow_is_25_passes(tiny_sd15, caplog):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    with caplog.at_level(logging.INFO, logger="comfyui-core2"):
+        core2(tm, latent, 0, 20, 6.0, "euler", "normal", IdentityWeakModel(), 1.5, 5)
+    assert tm.calls == [2] * 5 + [1] * 15
+    assert tm.samples_evaluated == 25
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CoRe²:")][-1]
+    assert "20 steps (5 slow, 15 fast)" in line and "25 model passes vs 40 for CFG" in line
+
+
+def test_heun_counts_by_noise_level(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    g = CoRe2Guider(tm.patcher, IdentityWeakModel(), 1.5, slow_steps=3)
+    g.set_conds(tm.positive, tm.negative)
+    g.set_cfg(5.0)
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", 6)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    g.sample(noise, latent, comfy.samplers.sampler_object("heun"), sigmas, disable_pbar=True, seed=0)
+    # heun: 2 evaluations per step except the last; the second one sits on the next step's noise level
+    assert g.stats.slow_evals + g.stats.fast_evals == 11
+    assert g.stats.slow_steps == {0, 1, 2} and g.stats.fast_steps == {3, 4, 5}
+    assert sum(tm.calls) == g.stats.model_passes
+
+
+def test_step_map():
+    m = StepMap(torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0]), slow_steps=2)
+    assert [m.index(s) for s in (10.0, 11.0, 7.0, 5.0, 5.0000001, 4.99, 2.0, 0.5)] == [0, 0, 0, 1, 1, 1, 2, 3]
+    assert m.is_slow(1) and not m.is_slow(2)
+
+
+def test_builtin_post_cfg_function_still_applies(tiny_sd15):
+    """PerturbedAttentionGuidance (a built-in post-cfg node) changes CoRe² output exactly as it changes KSampler's."""
+    from comfy_extras.nodes_pag import PerturbedAttentionGuidance
+
+    tm = tiny_sd15
+    (pag,) = run_node(PerturbedAttentionGuidance, model=tm.patcher, scale=2.0)
+    latent = tm.empty_latent(1)
+    plain = reference(tm, latent, 4, 5, 5.0, "euler", "normal")
+    ref = reference(tm, latent, 4, 5, 5.0, "euler", "normal", model=pag)
+    got = core2(tm, latent, 4, 5, 5.0, "euler", "normal", AffineWeak(), 1.0, 5, model=pag)
+    assert (ref - plain).abs().max() > 1e-3
+    assert (got - ref).abs().max() <= 1e-5
+    # and on fast steps too: the PAG pass runs (one extra cond pass per evaluation)
+    tm.reset_calls()
+    fast = core2(tm, latent, 4, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 0, model=pag)
+    assert len(tm.calls) == 10
+    assert (fast - core2(tm, latent, 4, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 0)).abs().max() > 1e-3
+
+
+def test_advanced_chain_equals_single_run(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    weak = AffineWeak()
+    single = core2(tm, latent, 8, 10, 5.0, "euler", "normal", weak, 1.5, 4)
+    tm.reset_calls()
+    adv = refine.CoRe2KSamplerAdvanced()
+    (a,) = adv.sample(tm.patcher, "enable", 8, 10, 5.0, "euler", "normal", tm.positive, tm.negative,
+                      {"samples": latent}, 0, 6, "enable", weak, 1.5, 4)
+    (b,) = adv.sample(tm.patcher, "disable", 8, 10, 5.0, "euler", "normal", tm.positive, tm.negative,
+                      a, 6, 10000, "disable", weak, 1.5, 4)
+    assert tm.calls[-10:] == [2] * 4 + [1] * 6  # slow/fast counted on the whole schedule across the chain
+    # the chain leaves and re-enters the latent space (process_latent_out/in): float32 round-off only
+    assert (b["samples"] - single).abs().max() <= 1e-6 * single.abs().max()
+
+
+def test_guider_with_custom_sampler_and_sigmas(tiny_sd3):
+    tm = tiny_sd3
+    latent = tm.empty_latent(1)
+    (guider,) = refine.CoRe2GuiderNode().get_guider(tm.patcher, tm.positive, tm.negative, 4.0, AffineWeak(), 1.0, 6)
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "beta", 6)
+    noise = comfy.sample.prepare_noise(latent, 2)
+    got = guider.sample(noise, latent, comfy.samplers.sampler_object("dpmpp_2m"), sigmas, disable_pbar=True, seed=2)
+    ref = comfy.sample.sample_custom(tm.patcher, noise, 4.0, comfy.samplers.sampler_object("dpmpp_2m"), sigmas,
+                                     tm.positive, tm.negative, latent, disable_pbar=True, seed=2)
+    assert (got - ref).abs().max() <= 1e-5
+
+
+def test_errors_before_sampling(tiny_sd15, tiny_sd3):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+
+    class SD3Weak(AffineWeak):
+        family, latent_channels, prediction, name = "sd3", 16, "flow", "sd3 weak"
+
+    with pytest.raises(ValueError, match="built for sd3 models, but the MODEL is sd15"):
+        core2(tm, latent, 0, 4, 5.0, "euler", "normal", SD3Weak(), 1.5, 2)
+    with pytest.raises(ValueError, match="slow_steps"):
+        core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 5)
+    with pytest.raises(ValueError, match="need a negative conditioning"):
+        core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 2, negative=[])
+    assert tm.calls == []  # nothing ran
+    # all fast needs no negative
+    out = core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 0, negative=[])
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.full_comfy
+def test_equals_nodes_ksampler_in_full_comfyui(tiny_sd15):
+    import nodes
+
+    tm = tiny_sd15
+    latent = {"samples": tm.empty_latent(2)}
+    (ref,) = nodes.KSampler().sample(tm.patcher, 5, 6, 5.0, "dpmpp_2m", "karras", tm.positive, tm.negative, latent, 1.0)
+    (got,) = refine.CoRe2KSampler().sample(tm.patcher, 5, 6, 5.0, "dpmpp_2m", "karras", tm.positive, tm.negative,
+                                           latent, 1.0, AffineWeak(), 1.0, 6)
+    assert (got["samples"] - ref["samples"]).abs().max() <= 1e-5
