@@ -121,8 +121,11 @@ class DatasetWriter:
             self.manifest["runs"].append(settings)
             self._flush()
 
-    def add_prompt(self, positive_text: str, negative_text: str | None, pos: PromptFeatures, neg: PromptFeatures | None) -> str:
-        pid = prompt_id(positive_text, negative_text)
+    def add_prompt(self, positive_text: str, negative_text: str | None, pos: PromptFeatures, neg: PromptFeatures | None,
+                   pid: str | None = None) -> str:
+        """Store a prompt's features once. pid: an explicit prompt id (e.g. a hash of the conditioning tensors when
+        the prompt text is unknown); by default the id is derived from the texts."""
+        pid = pid or prompt_id(positive_text, negative_text)
         if pid in self.manifest["prompts"]:
             return pid
         t = {"pos_tokens": pos.tokens[0].to(torch.float16).cpu()}

@@ -1,0 +1,366 @@
+"""CoRe² Collect: exact recording, bit-identical images, resumable batches, refusals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 8
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest single-threaded (and the test machine is shared)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    """Output/input folders in tmp (ComfyUI's folder_paths when present, else CORE2_HOME)."""
+    from comfyui_core2.nodes import paths
+
+    out, inp = tmp_path / "output", tmp_path / "input"
+    out.mkdir()
+    inp.mkdir()
+    monkeypatch.setenv("CORE2_HOME", str(tmp_path))
+    fp = paths.folder_paths
+    if fp is not None:
+        old_out, old_in = fp.get_output_directory(), fp.get_input_directory()
+        fp.set_output_directory(str(out))
+        fp.set_input_directory(str(inp))
+        yield tmp_path
+        fp.set_output_directory(old_out)
+        fp.set_input_directory(old_in)
+    else:
+        yield tmp_path
+
+
+def _conds(tm):
+    """Two positives (distinct) and the negative of a tiny model, as CONDITIONING keyed by text."""
+    p2 = [[tm.positive[0][0] * -0.7 + 0.1, dict(tm.positive[0][1])]]
+    return {"a red fox": tm.positive, "a blue car": p2, "ugly": tm.negative}
+
+
+def _capture(model):
+    """A clone of model whose (earlier) post-CFG function logs what the sampler itself computed."""
+    log = []
+
+    def cap(args):
+        log.append({k: args[k].detach().clone() for k in ("input", "cond_denoised", "uncond_denoised", "denoised")}
+                   | {"sigma": args["sigma"].detach().clone()})
+        return args["denoised"]
+
+    m = model.clone()
+    m.set_model_sampler_post_cfg_function(cap)
+    return m, log
+
+
+def _batch(collect, model, conds, name, prompts=("a red fox", "a blue car"), cfg=5.0, size=128, **kw):
+    return collect.collect_batch(model, list(prompts), "ugly", conds.__getitem__, seeds_per_prompt=2, seed=10, steps=STEPS,
+                                 cfg=cfg, sampler_name="euler", scheduler="normal", width=size, height=size,
+                                 dataset_name=name, store_x=kw.pop("store_x", True), **kw)
+
+
+def test_batch_records_exactly_and_images_are_identical(tiny_sd15, dirs):
+    import comfy.sample
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.core2.guidance import raw_from_denoised
+    from comfyui_core2.nodes import collect
+
+    tm = tiny_sd15
+    conds = _conds(tm)
+    model, log = _capture(tm.patcher)
+    res = _batch(collect, model, conds, "exact")
+    assert len(res.written) == 4 and not res.skipped and len(log) == 4 * STEPS
+
+    reader = ds.DatasetReader(res.folder)
+    assert len(reader.items) == 4 and reader.n_samples == 4 * STEPS
+    hdr = reader.header
+    assert hdr["family"] == "sd15" and hdr["latent_hw"] == [16, 16] and hdr["steps"] == STEPS and hdr["cfg"] == 5.0
+    assert hdr["sampler"] == "euler" and hdr["scheduler"] == "normal" and len(hdr["sigmas"]) == STEPS + 1
+    order = [(p, s) for p in ("a red fox", "a blue car") for s in (10, 11)]
+    for n, (text, seed) in enumerate(order):
+        pid = ds.prompt_id(text, "ugly")
+        item = next(it for it in reader.items if it["key"] == ds.item_key(pid, seed, 0))
+        t = reader.load_item(item)
+        evs = log[n * STEPS:(n + 1) * STEPS]
+        sig = torch.stack([e["sigma"][0] for e in evs])
+        assert torch.equal(t["sigma"], sig.float())
+        assert torch.equal(t["step"], torch.arange(STEPS))
+        assert torch.equal(t["cfg"], torch.full((STEPS,), 5.0))
+        rc = torch.cat([raw_from_denoised(e["input"], e["cond_denoised"], e["sigma"]) for e in evs]).half()
+        ru = torch.cat([raw_from_denoised(e["input"], e["uncond_denoised"], e["sigma"]) for e in evs]).half()
+        assert torch.equal(t["cond"], rc) and torch.equal(t["uncond"], ru)
+        assert torch.equal(t["x"], torch.cat([e["input"] for e in evs]).half())
+        # the CFG output rebuilt from the stored pair matches the sampler's own CFG output at every step
+        guided = torch.cat([raw_from_denoised(e["input"], e["denoised"], e["sigma"]) for e in evs])
+        rebuilt = t["uncond"].float() + (t["cond"].float() - t["uncond"].float()) * t["cfg"].view(-1, 1, 1, 1)
+        assert (rebuilt - guided).abs().max() < 2e-2 * guided.abs().max()
+        # prompt features are the conditioning that was sampled with
+        pos, neg = reader.prompt_features(pid)
+        assert torch.equal(pos.tokens[0], conds[text][0][0][0].half().float())
+        assert torch.equal(neg.tokens[0], conds["ugly"][0][0][0].half().float())
+        assert reader.manifest["prompts"][pid]["positive"] == text
+
+    # images (latents) are bit-identical with and without recording
+    latent = torch.zeros(1, 4, 16, 16)
+    plain = comfy.sample.sample(tm.patcher, comfy.sample.prepare_noise(latent, 11), STEPS, 5.0, "euler", "normal",
+                                conds["a blue car"], conds["ugly"], latent, disable_pbar=True, seed=11)
+    assert torch.equal(plain, res.latent)
+
+
+def test_collect_node_wraps_any_sampler(tiny_sd15, dirs, comfy_install):
+    import comfy.sample
+    import comfy.samplers
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect
+
+    tm = tiny_sd15
+    (wrapped,) = collect.CoRe2Collect().wrap(tm.patcher, "node", False, prompt_label="fox")
+    session = collect.session_of(wrapped)
+    latent = tm.empty_latent(2, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, 5)
+    # KSampler path, batch of 2 = two trajectories
+    a = comfy.sample.sample(wrapped, noise, STEPS, 4.0, "euler", "normal", tm.positive, tm.negative, latent,
+                            disable_pbar=True, seed=5)
+    b = comfy.sample.sample(tm.patcher, noise, STEPS, 4.0, "euler", "normal", tm.positive, tm.negative, latent,
+                            disable_pbar=True, seed=5)
+    assert torch.equal(a, b)
+    # SamplerCustomAdvanced path: a CFGGuider driven directly, 2nd-order sampler (2 evaluations per step)
+    guider = comfy.samplers.CFGGuider(wrapped)
+    guider.set_conds(tm.positive, tm.negative)
+    guider.set_cfg(6.0)
+    sigmas = comfy.samplers.KSampler(wrapped, steps=4, device="cpu", sampler="heun", scheduler="karras").sigmas
+    one = tm.empty_latent(1, 16, 16)
+    guider.sample(comfy.sample.prepare_noise(one, 9), one, comfy.samplers.sampler_object("heun"), sigmas, seed=9,
+                  disable_pbar=True)
+    session.recorder.flush()  # without sampler wrappers (2024 ComfyUI) the last run is committed here
+
+    reader = ds.DatasetReader(session.folder)
+    assert len(reader.items) == 3
+    pids = {it["prompt_id"] for it in reader.items}
+    assert len(pids) == 1  # same conditioning: one prompt, identified by its tensors
+    assert reader.manifest["prompts"][pids.pop()]["positive"] == "fox"
+    ks_items = [it for it in reader.items if it["n"] == STEPS]
+    assert sorted(it["batch_index"] for it in ks_items) == [0, 1]
+    t0, t1 = (reader.load_item(it) for it in sorted(ks_items, key=lambda it: it["batch_index"]))
+    assert torch.equal(t0["step"], torch.arange(STEPS)) and torch.allclose(t0["cfg"], torch.full((STEPS,), 4.0), atol=1e-3)
+    assert not torch.equal(t0["cond"], t1["cond"]) and "x" not in t0
+    heun = reader.load_item(next(it for it in reader.items if it["n"] != STEPS))
+    assert heun["cond"].shape[0] == 7  # heun: 2 evaluations per step except the last
+    assert torch.allclose(heun["cfg"], torch.full((7,), 6.0), atol=1e-3)
+    if hasattr(__import__("comfy.samplers").samplers, "CFGGuider") and collect._pe is not None:
+        # sampler wrappers give the true seed and the σ schedule (step index per schedule step)
+        assert {it["seed"] for it in ks_items} == {5}
+        assert heun["step"].tolist() == [0, 1, 1, 2, 2, 3, 3]
+    else:
+        assert all(it.get("seed_source") == "noise-hash" for it in reader.items)
+        assert heun["step"].tolist() == list(range(7))
+
+
+def test_kill_mid_batch_then_resume(tiny_sd15, dirs):
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect
+
+    prompts = ["a red fox", "a blue car", "a green tree"]
+    script = dirs / "collector.py"
+    script.write_text(textwrap.dedent(f"""
+        import importlib.util, sys, time
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        from tools import comfy_env
+        comfy_env.activate()
+        spec = importlib.util.spec_from_file_location("comfyui_core2", {str(ROOT / '__init__.py')!r},
+                                                      submodule_search_locations=[{str(ROOT)!r}])
+        mod = importlib.util.module_from_spec(spec); sys.modules["comfyui_core2"] = mod; spec.loader.exec_module(mod)
+        from comfyui_core2.nodes import collect, paths
+        if paths.folder_paths is not None:
+            paths.folder_paths.set_output_directory({str(dirs / 'output')!r})
+        import tiny_models, test_collect
+        tm = tiny_models.build_sd15()
+        conds = test_collect._conds3(tm)
+        collect.collect_batch(tm.patcher, {prompts!r}, "ugly", conds.__getitem__, seeds_per_prompt=2, seed=10,
+                              steps={STEPS}, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
+                              dataset_name="killed", store_x=False, on_item_done=lambda *a: time.sleep(0.4))
+        """))
+    folder = dirs / "output" / "core2_datasets" / "killed"
+    proc = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(dirs),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    t0, done = time.time(), 0
+    try:
+        while time.time() - t0 < 90 and proc.poll() is None:
+            try:
+                done = len(json.loads((folder / ds.MANIFEST).read_text())["items"])
+            except (OSError, ValueError):
+                done = 0
+            if done >= 2:
+                break
+            time.sleep(0.02)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        out = proc.communicate()[0].decode(errors="replace")
+    assert done >= 2, f"collector never wrote 2 items:\n{out[-3000:]}"
+
+    reader = ds.DatasetReader(folder)  # re-opens cleanly after the kill
+    n_before = len(reader.items)
+    assert 2 <= n_before < 6
+    assert all((folder / it["shard"]).is_file() for it in reader.items)
+
+    tm = tiny_sd15
+    res = collect.collect_batch(tm.patcher, prompts, "ugly", _conds3(tm).__getitem__, seeds_per_prompt=2, seed=10,
+                                steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
+                                dataset_name="killed", store_x=False)
+    assert len(res.skipped) == n_before and len(res.written) == 6 - n_before
+    assert len(tm.calls) == (6 - n_before) * STEPS  # only the missing items were sampled
+    reader = ds.DatasetReader(folder)
+    assert len(reader.items) == 6 and len({it["key"] for it in reader.items}) == 6
+    assert sorted(p.name for p in folder.glob("traj-*")) == sorted(it["shard"] for it in reader.items)
+    assert not list(folder.glob(".*.tmp"))
+    # a third run has nothing left to do
+    tm.reset_calls()
+    res = collect.collect_batch(tm.patcher, prompts, "ugly", _conds3(tm).__getitem__, seeds_per_prompt=2, seed=10,
+                                steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
+                                dataset_name="killed", store_x=False)
+    assert tm.calls == [] and len(res.skipped) == 6
+
+
+def _conds3(tm):
+    c = _conds(tm)
+    c["a green tree"] = [[tm.positive[0][0].flip(1), dict(tm.positive[0][1])]]
+    return c
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", "..", "", ".hidden", "x\\y"])
+def test_dataset_names_cannot_escape(tiny_sd15, dirs, name):
+    from comfyui_core2.nodes import collect
+
+    with pytest.raises(ValueError, match="CoRe²"):
+        collect.CoRe2Collect().wrap(tiny_sd15.patcher, name, False)
+    with pytest.raises(ValueError, match="CoRe²"):
+        _batch(collect, tiny_sd15.patcher, _conds(tiny_sd15), name)
+    assert tiny_sd15.calls == []
+    assert not list((dirs).glob("escape*")) and not (dirs / "output" / "escape").exists()
+
+
+def test_cfg_one_is_refused(tiny_sd15, dirs):
+    import comfy.sample
+    from comfyui_core2.nodes import collect
+
+    tm = tiny_sd15
+    with pytest.raises(ValueError, match="cfg > 1"):
+        _batch(collect, tm.patcher, _conds(tm), "cfg1", cfg=1.0)
+    assert tm.calls == [] and not (dirs / "output" / "core2_datasets" / "cfg1").exists()
+    (wrapped,) = collect.CoRe2Collect().wrap(tm.patcher, "cfg1w", False)
+    latent = tm.empty_latent(1)
+    with pytest.raises(ValueError, match="cfg = 1"):
+        comfy.sample.sample(wrapped, comfy.sample.prepare_noise(latent, 1), 4, 1.0, "euler", "normal", tm.positive,
+                            tm.negative, latent, disable_pbar=True, seed=1)
+    assert len(tm.calls) <= 1  # refused at the first evaluation (or before sampling with sampler wrappers)
+
+
+def test_mixing_shapes_or_models_is_refused(tiny_sd15, tiny_sdxl, dirs):
+    import comfy.sample
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect
+
+    tm = tiny_sd15
+    conds = _conds(tm)
+    _batch(collect, tm.patcher, conds, "mix", prompts=["a red fox"], store_x=False)
+    tm.reset_calls()
+    with pytest.raises(ds.DatasetError, match="latent"):
+        _batch(collect, tm.patcher, conds, "mix", prompts=["a blue car"], size=192)
+    assert tm.calls == []
+    (wrapped,) = collect.CoRe2Collect().wrap(tm.patcher, "mix", False)
+    latent = tm.empty_latent(1, 24, 24)
+    with pytest.raises(ds.DatasetError, match="24x24"):
+        comfy.sample.sample(wrapped, comfy.sample.prepare_noise(latent, 1), 4, 5.0, "euler", "normal", tm.positive,
+                            tm.negative, latent, disable_pbar=True, seed=1)
+    with pytest.raises(ds.DatasetError, match="family"):
+        collect.CoRe2Collect().wrap(tiny_sdxl.patcher, "mix", False)
+    with pytest.raises(ds.DatasetError, match="family"):
+        _batch(collect, tiny_sdxl.patcher, _conds(tiny_sdxl), "mix")
+    assert len(ds.DatasetReader(dirs / "output" / "core2_datasets" / "mix").items) == 2
+
+
+def test_prompts_file_is_confined(dirs):
+    from comfyui_core2.nodes import collect
+
+    (dirs / "input" / "list.txt").write_text("# comment\na fox\n\na car\na fox\n")
+    assert collect.read_prompt_file("list.txt") == ["a fox", "a car"]
+    assert "list.txt" in collect.prompt_files()
+    (dirs / "secret.txt").write_text("x")
+    for bad in ("../secret.txt", "/etc/passwd", "list.json"):
+        with pytest.raises((ValueError, FileNotFoundError)):
+            collect.read_prompt_file(bad)
+
+
+# --- the recorder alone (no ComfyUI) ------------------------------------------------------------------------------
+
+def _ev(sigma, b=2, cfg=3.0):
+    from comfyui_core2.core2.recorder import Evaluation
+
+    return Evaluation(sigma=torch.full((b,), float(sigma)), cond=torch.randn(b, 4, 2, 2), uncond=torch.randn(b, 4, 2, 2), cfg=cfg)
+
+
+def test_recorder_splits_runs_on_sigma_and_surfaces_errors():
+    from comfyui_core2.core2.recorder import RecorderError, TrajectoryRecorder
+
+    runs = []
+    rec = TrajectoryRecorder(runs.append, max_pending=2)
+    for s in (3.0, 2.0, 1.0, 5.0, 1.0):  # two implicit runs
+        rec.record(_ev(s))
+    rec.flush()
+    assert [r.evaluations for r in runs] == [3, 2] and len(runs[0].trajectories) == 2
+    assert runs[0].trajectories[1].tensors["sigma"].tolist() == [3.0, 2.0, 1.0]
+    assert runs[1].trajectories[0].tensors["step"].tolist() == [0, 1]
+
+    def bad_sink(run):
+        raise OSError("disk full")
+
+    rec2 = TrajectoryRecorder(bad_sink, max_pending=1)
+    rec2.begin_run({"seed": 1})
+    for s in (3.0, 2.0):
+        rec2.record(_ev(s))
+    with pytest.raises(RecorderError, match="disk full"):
+        rec2.end_run(wait=True)
+    # after an error the recorder keeps working and is not blocked
+    rec2.begin_run({})
+    rec2.record(_ev(1.0))
+    rec2.abort_run()
+    rec2.close()
+    rec.close()
+
+
+def test_recorder_does_not_block_sampling_on_slow_disk():
+    from comfyui_core2.core2.recorder import TrajectoryRecorder
+
+    gate = threading.Event()
+    runs = []
+
+    def slow_sink(run):
+        gate.wait(10)
+        runs.append(run)
+
+    rec = TrajectoryRecorder(slow_sink, max_pending=64)
+    t0 = time.perf_counter()
+    for r in range(3):
+        rec.begin_run({"seed": r})
+        for s in (3.0, 2.0, 1.0):
+            rec.record(_ev(s))
+        rec.end_run(wait=False)
+    assert time.perf_counter() - t0 < 1.0 and not runs
+    gate.set()
+    rec.close()
+    assert [r.meta["seed"] for r in runs] == [0, 1, 2]
