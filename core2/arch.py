@@ -1,0 +1,247 @@
+"""The pack's own weak model: a small FiLM-conditioned conv U-Net that predicts the unconditional output.
+
+Inputs per call: the conditional raw output r_c [B,C,H,W], σ [B], and a per-run prompt context built once from the
+positive and negative PromptFeatures. The net predicts r̂_u = r_c + Δ(r_c; σ, prompts) and the CFG output follows
+for ANY scale g:  r̂_cfg = r̂_u + g·(r_c − r̂_u). Nothing depends on the step index or the schedule (σ enters
+continuously through log-σ Fourier features), so one model serves every step count, sampler and scheduler, and
+the CFG scale stays a free knob at inference.
+
+Why predict r_u and not r_cfg at the stored g: for one sample, ‖r̂_cfg − r_cfg‖ = |g − 1|·‖r̂_u − r_u‖, so the
+relative error ‖r̂_cfg − r_cfg‖ / ‖r_cfg − r_c‖ = ‖r̂_u − r_u‖ / ‖r_c − r_u‖ is the same at every g. A model that
+fits r_u fits CFG at all scales equally well (up to how far the trajectories at another g drift from the data).
+
+The config is a plain dict (stored in the file's metadata), so a file rebuilds its model without code changes.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .weak import PromptFeatures, StepInfo, WeakModel
+
+ARCH = "core2.conv_film"
+ARCH_VERSION = 1
+
+PRESETS = {
+    "small": {"width": 64, "mults": [1, 2], "blocks": 1, "emb_dim": 256, "queries": 4},
+    "medium": {"width": 128, "mults": [1, 2, 2], "blocks": 2, "emb_dim": 384, "queries": 4},
+    "large": {"width": 192, "mults": [1, 2, 2], "blocks": 3, "emb_dim": 512, "queries": 8},
+}
+SIZES = tuple(PRESETS)
+
+
+def make_config(size: str, latent_channels: int, token_dim: int, pooled_dim: int | None, family: str = "any",
+                prediction: str | None = None, **overrides) -> dict:
+    """A complete config for `size` ("small" | "medium" | "large"); keyword overrides win."""
+    if size not in PRESETS:
+        raise ValueError(f"CoRe²: unknown weak-model size {size!r}; choose one of {', '.join(SIZES)}.")
+    cfg = {"arch": ARCH, "arch_version": ARCH_VERSION, "size": size, "latent_channels": int(latent_channels),
+           "token_dim": int(token_dim), "pooled_dim": int(pooled_dim or 0), "patch": 2, "fourier": 16,
+           "family": family, "prediction": prediction, **PRESETS[size]}
+    cfg.update(overrides)
+    return cfg
+
+
+def _groups(ch: int) -> int:
+    for g in (8, 4, 2, 1):
+        if ch % g == 0:
+            return g
+    return 1
+
+
+class FiLMResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, emb_dim: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(_groups(cin), cin)
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(emb_dim, 2 * cout)
+        self.norm2 = nn.GroupNorm(_groups(cout), cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(emb)[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(F.silu(h))
+        return self.skip(x) + h
+
+
+class PromptEncoder(nn.Module):
+    """Tokens [B,T,D] (+ mask) and pooled [B,P] → one vector [B,E]: masked mean plus learned-query attention pooling.
+
+    The queries live in token space, so the cost is O(T·D·queries), independent of E: cheap even for T5 tokens.
+    """
+
+    def __init__(self, token_dim: int, pooled_dim: int, emb_dim: int, queries: int):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(queries, token_dim) / math.sqrt(token_dim))
+        self.proj = nn.Linear(token_dim * (queries + 1), emb_dim)
+        self.pooled = nn.Linear(pooled_dim, emb_dim) if pooled_dim else None
+
+    def forward(self, tokens, mask, pooled):
+        tokens = F.layer_norm(tokens, tokens.shape[-1:])
+        maskf = mask.to(tokens.dtype)[..., None]  # [B,T,1]
+        mean = (tokens * maskf).sum(1) / maskf.sum(1).clamp_min(1.0)
+        scores = torch.einsum("btd,qd->bqt", tokens, self.queries) / math.sqrt(tokens.shape[-1])
+        scores = scores.masked_fill(~mask[:, None, :], torch.finfo(scores.dtype).min)
+        attn = torch.einsum("bqt,btd->bqd", scores.softmax(-1), tokens)
+        out = self.proj(torch.cat([mean[:, None], attn], 1).flatten(1))
+        if self.pooled is not None:
+            if pooled is None:
+                pooled = torch.zeros(tokens.shape[0], self.pooled.in_features, device=tokens.device, dtype=tokens.dtype)
+            out = out + self.pooled(F.layer_norm(pooled, pooled.shape[-1:]))
+        return out
+
+
+class ConvFiLMWeakModel(WeakModel):
+    """The default weak model (see the module docstring). Build with make_config(); rebuild from a file with its config."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        if config.get("arch") != ARCH:
+            raise ValueError(f"config is for {config.get('arch')!r}, not {ARCH}")
+        self.config = dict(config)
+        c = self.config
+        self.family = c.get("family") or "any"
+        self.latent_channels = c["latent_channels"]
+        self.prediction = c.get("prediction")
+        self.name = c.get("name", f"CoRe² conv-FiLM ({c['size']})")
+        cin, w, e, p = c["latent_channels"], c["width"], c["emb_dim"], c["patch"]
+        self.register_buffer("freqs", torch.exp(torch.linspace(math.log(0.25), math.log(16.0), c["fourier"])),
+                             persistent=False)
+        self.sigma_mlp = nn.Sequential(nn.Linear(2 * c["fourier"] + 1, e), nn.SiLU(), nn.Linear(e, e))
+        self.prompt = PromptEncoder(c["token_dim"], c["pooled_dim"], e, c["queries"])
+        self.null_negative = nn.Parameter(torch.zeros(e))  # stands in for an absent negative prompt
+        self.ctx_mlp = nn.Sequential(nn.Linear(2 * e, e), nn.SiLU(), nn.Linear(e, e))
+        self.emb_out = nn.Sequential(nn.SiLU(), nn.Linear(e, e))
+
+        chans = [w * m for m in c["mults"]]
+        self.stem = nn.Conv2d(cin, chans[0], p, stride=p)
+        self.down_blocks = nn.ModuleList()
+        self.downsamples = nn.ModuleList()
+        for i, ch in enumerate(chans):
+            prev = chans[i - 1] if i else chans[0]
+            blocks = [FiLMResBlock(prev if j == 0 else ch, ch, e) for j in range(c["blocks"])]
+            self.down_blocks.append(nn.ModuleList(blocks))
+            if i < len(chans) - 1:
+                self.downsamples.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+        self.up_blocks = nn.ModuleList()
+        self.upsamples = nn.ModuleList()
+        for i in reversed(range(len(chans) - 1)):
+            self.upsamples.append(nn.Conv2d(chans[i + 1], chans[i], 3, padding=1))
+            self.up_blocks.append(nn.ModuleList([FiLMResBlock(2 * chans[i] if j == 0 else chans[i], chans[i], e)
+                                                 for j in range(c["blocks"])]))
+        self.out_norm = nn.GroupNorm(_groups(chans[0]), chans[0])
+        self.head = nn.ConvTranspose2d(chans[0], cin, p, stride=p)
+        nn.init.zeros_(self.head.weight)  # start as the identity map: r̂_u = r_c, i.e. r̂_cfg = r_c
+        nn.init.zeros_(self.head.bias)
+
+    # --- conditioning -----------------------------------------------------------------------------------------
+    @property
+    def multiple(self) -> int:
+        return self.config["patch"] * 2 ** (len(self.config["mults"]) - 1)
+
+    def _param(self):
+        return self.stem.weight
+
+    def encode_prompts(self, pos_tokens, pos_mask, pos_pooled, neg_tokens, neg_mask, neg_pooled, has_neg) -> torch.Tensor:
+        """Prompt context [B, E] from padded token batches (the Reflect training batches use the same call)."""
+        pos = self.prompt(pos_tokens, pos_mask, pos_pooled)
+        if neg_tokens is None:
+            neg = self.null_negative.expand_as(pos)
+        else:
+            neg = self.prompt(neg_tokens, neg_mask, neg_pooled)
+            neg = torch.where(has_neg.to(pos.device)[:, None], neg, self.null_negative.expand_as(neg))
+        return self.ctx_mlp(torch.cat([pos, neg], 1))
+
+    def _check_features(self, f: PromptFeatures, what: str):
+        d = f.tokens.shape[-1]
+        if d != self.config["token_dim"]:
+            raise ValueError(f"CoRe²: the {what} prompt has {d}-wide token features, but this weak model was trained on "
+                             f"{self.config['token_dim']}-wide ones (another text encoder / model family).")
+
+    def prepare(self, positive: PromptFeatures, negative: PromptFeatures | None):
+        ref = self._param()
+        self._check_features(positive, "positive")
+        pos = positive.to(ref.device, ref.dtype)
+        b = pos.tokens.shape[0]
+        mask = torch.ones(pos.tokens.shape[:2], dtype=torch.bool, device=ref.device)
+        if negative is not None:
+            self._check_features(negative, "negative")
+            neg = negative.to(ref.device, ref.dtype)
+            if neg.tokens.shape[0] != b:
+                nb = max(b, neg.tokens.shape[0])
+                pos, neg = pos.expand(nb), neg.expand(nb)
+                b = nb
+                mask = torch.ones(pos.tokens.shape[:2], dtype=torch.bool, device=ref.device)
+            nmask = torch.ones(neg.tokens.shape[:2], dtype=torch.bool, device=ref.device)
+            has = torch.ones(b, dtype=torch.bool, device=ref.device)
+            args = (neg.tokens, nmask, neg.pooled, has)
+        else:
+            args = (None, None, None, None)
+        with torch.no_grad():
+            return self.encode_prompts(pos.tokens, mask, pos.pooled, *args)
+
+    def sigma_embedding(self, sigma: torch.Tensor) -> torch.Tensor:
+        ls = torch.log(sigma.float().clamp_min(1e-5))[:, None]
+        ang = ls * self.freqs[None].float()
+        return self.sigma_mlp(torch.cat([ls, ang.sin(), ang.cos()], 1).to(self._param().dtype))
+
+    # --- the net ----------------------------------------------------------------------------------------------
+    def predict_uncond(self, raw_cond: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """r̂_u for a batch: raw_cond [B,C,H,W], sigma [B] (or scalar), ctx [B or 1, E] from prepare()/encode_prompts()."""
+        b, _, h, w = raw_cond.shape
+        sigma = torch.as_tensor(sigma, device=raw_cond.device).reshape(-1)
+        if sigma.numel() == 1 and b > 1:
+            sigma = sigma.expand(b)
+        if ctx.shape[0] != b:
+            if b % ctx.shape[0]:
+                raise ValueError(f"prompt batch {ctx.shape[0]} does not divide latent batch {b}")
+            ctx = ctx.repeat_interleave(b // ctx.shape[0], dim=0)
+        emb = self.emb_out(self.sigma_embedding(sigma) + ctx)
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = F.pad(raw_cond, (0, pw, 0, ph), mode="replicate") if (ph or pw) else raw_cond
+        x = self.stem(x)
+        skips = []
+        for i, blocks in enumerate(self.down_blocks):
+            for blk in blocks:
+                x = blk(x, emb)
+            if i < len(self.downsamples):
+                skips.append(x)
+                x = self.downsamples[i](x)
+        for up, blocks in zip(self.upsamples, self.up_blocks):
+            x = up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+            x = torch.cat([x, skips.pop()], 1)
+            for blk in blocks:
+                x = blk(x, emb)
+        delta = self.head(F.silu(self.out_norm(x)))[:, :, :h, :w]
+        return raw_cond + delta
+
+    def predict(self, raw_cond: torch.Tensor, sigma: torch.Tensor, cfg_scale: float, step: StepInfo, context) -> torch.Tensor:
+        ref = self._param()
+        rc = raw_cond.to(ref.device, ref.dtype)
+        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype))
+        out = ru + (rc - ru) * float(cfg_scale)
+        return out.to(raw_cond.device, raw_cond.dtype)
+
+
+ARCHITECTURES = {ARCH: ConvFiLMWeakModel}
+
+
+def build(config: dict) -> WeakModel:
+    """Rebuild a weak model from its stored config dict."""
+    arch = config.get("arch")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"CoRe²: unknown weak-model architecture {arch!r} (known: {', '.join(ARCHITECTURES)}); "
+                         "the file may come from a newer comfyui-core2.")
+    return ARCHITECTURES[arch](config)
+
+
+__all__ = ["ConvFiLMWeakModel", "PromptEncoder", "make_config", "build", "PRESETS", "SIZES", "ARCH", "ARCHITECTURES"]

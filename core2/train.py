@@ -1,0 +1,501 @@
+"""Reflect: train a weak model on a CoRe² trajectory dataset. Plain torch; the ComfyUI node wraps train().
+
+    python -m core2.train --dataset DIR --out FILE.safetensors [--steps --batch-size --lr --size --seed
+                          --val-fraction --resume --device]
+
+Objective. The model predicts r̂_u (see arch.py); the loss is the squared relative error of that prediction,
+    L = mean_i ‖r̂_u,i − r_u,i‖² / max(‖r_c,i − r_u,i‖², 0.01·mean_j ‖r_c,j − r_u,j‖²),
+which for each row equals ‖r̂_cfg − r_cfg‖² / ‖r_cfg − r_c‖² at the stored g AND at every other g (the (g − 1)²
+factors cancel). So it is the CFG loss at the stored scale, normalised per row: rows from all σ ranges and from
+datasets collected at different scales count equally, and L = 1 means "no better than the identity map (cfg = 1)".
+The floor keeps near-zero guidance rows from dominating.
+
+Checkpoints: the output file itself is rewritten atomically every `checkpoint_every` steps (metadata
+training.complete = false) with the optimizer state in a sibling <name>.optim.pt; resume continues from them.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from . import __version__
+from .arch import SIZES, build, make_config
+from .dataset import DatasetError, DatasetReader, _stack_features, manifest_hash
+from .files import atomic_write_bytes
+from .weights_io import read_metadata, save_weak_model
+
+log = logging.getLogger(__name__)
+
+HISTORY_POINTS = 2000  # train-loss points kept in the file metadata
+EVAL_G = (2.0, 3.5, 5.0, 7.5, 10.0)  # scales the validation also reports (besides each row's stored g)
+
+
+@dataclass
+class TrainSettings:
+    steps: int = 2000  # total optimizer steps (a resumed run continues up to this count)
+    batch_size: int = 16
+    lr: float = 3e-4
+    size: str = "medium"
+    seed: int = 0
+    val_fraction: float = 0.1
+    device: str = "cpu"
+    resume: bool = False
+    overwrite: bool = False
+    checkpoint_every: int = 250
+    eval_every: int = 250
+    max_val_rows: int = 1024
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    arch_overrides: dict = field(default_factory=dict)
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+class NonFiniteLossError(TrainingError):
+    pass
+
+
+class OutOfMemoryTrainingError(TrainingError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    path: Path
+    step: int
+    history: dict
+    metrics: dict
+    metadata: dict
+    summary: str
+
+
+def optimizer_path(out_path) -> Path:
+    p = Path(out_path)
+    return p.with_name(p.stem + ".optim.pt")
+
+
+def _lr_at(step: int, total: int, base: float) -> float:
+    warm = max(1, min(100, total // 20))
+    if step < warm:
+        return base * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _is_oom(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(e, oom)) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+def collate(reader: DatasetReader, picks: list) -> dict:
+    """A training batch from (item, row) picks: cond, uncond, sigma, cfg [B…] and the features of the batch's
+    UNIQUE prompts (pos_/neg_ tokens, masks, pooled, has_neg [U…]) with prompt_index [B] into them, so each
+    prompt is encoded once per batch."""
+    cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg")}
+    order: dict[str, int] = {}
+    index = []
+    for it, r in picks:
+        h = reader._handle(it["shard"])
+        for k in cols:
+            cols[k].append(h.get_slice(k)[r:r + 1])
+        index.append(order.setdefault(it["prompt_id"], len(order)))
+    out = {k: torch.cat(v).float() for k, v in cols.items()}
+    feats = [reader.prompt_features(pid) for pid in order]
+    out.update(_stack_features("pos", [p for p, _ in feats]))
+    out.update(_stack_features("neg", [n for _, n in feats], like=feats[0][0]))
+    out["has_neg"] = torch.tensor([n is not None for _, n in feats])
+    out["prompt_index"] = torch.tensor(index)
+    return out
+
+
+def _to(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _encode(model, b: dict):
+    ctx = model.encode_prompts(b["pos_tokens"], b["pos_mask"], b.get("pos_pooled"), b["neg_tokens"], b["neg_mask"],
+                               b.get("neg_pooled"), b["has_neg"])
+    return ctx[b["prompt_index"]]
+
+
+_PER_ROW = ("cond", "uncond", "sigma", "cfg", "prompt_index")
+
+
+def _finite_rows(b: dict) -> torch.Tensor:
+    return torch.isfinite(b["cond"]).flatten(1).all(1) & torch.isfinite(b["uncond"]).flatten(1).all(1) & torch.isfinite(b["sigma"])
+
+
+def _take(b: dict, keep: torch.Tensor) -> dict:
+    return {k: (v[keep] if k in _PER_ROW else v) for k, v in b.items()}
+
+
+def relative_loss(ru_hat, ru, rc) -> torch.Tensor:
+    num = (ru_hat - ru).flatten(1).pow(2).sum(1)
+    den = (rc - ru).flatten(1).pow(2).sum(1)
+    den = torch.maximum(den, 0.01 * den.mean().detach() + 1e-12)
+    return (num / den).mean()
+
+
+def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, start_epoch: int):
+    rows = reader.rows(items)
+    epoch = start_epoch
+    while True:
+        order = list(rows)
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            yield collate(reader, [(items[i], r) for i, r in order[start:start + batch_size]])
+        epoch += 1
+
+
+def _val_rows(reader, items, max_rows):
+    """A deterministic subset of validation rows (every k-th) so evaluation stays cheap on big datasets."""
+    rows = reader.rows(items)
+    if len(rows) > max_rows:
+        k = len(rows) / max_rows
+        rows = [rows[int(i * k)] for i in range(max_rows)]
+    return rows
+
+
+@torch.no_grad()
+def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int = 32, max_rows: int = 1024,
+             n_bins: int = 4) -> dict:
+    """Relative error of the predicted guidance ‖f(r_c) − r_cfg‖ / ‖r_cfg − r_c‖ (identity map: 1.0).
+
+    Pooled over rows (sqrt of summed squares) overall, per σ bin (σ quantiles) and per CFG scale; also the median
+    of the per-row errors.
+    """
+    was = model.training
+    model.eval()
+    rows = _val_rows(reader, items, max_rows)
+    sig, gs, num, den = [], [], [], []
+    per_g = {g: [0.0, 0.0] for g in EVAL_G}
+    for start in range(0, len(rows), batch_size):
+        b = collate(reader, [(items[i], r) for i, r in rows[start:start + batch_size]])
+        keep = _finite_rows(b)
+        if not keep.any():
+            continue
+        b = _to(_take(b, keep), device)
+        ru_hat = model.predict_uncond(b["cond"], b["sigma"], _encode(model, b))
+        g = b["cfg"].view(-1, 1, 1, 1)
+        f = ru_hat + g * (b["cond"] - ru_hat)
+        target = b["uncond"] + g * (b["cond"] - b["uncond"])
+        num.append((f - target).flatten(1).pow(2).sum(1).double().cpu())
+        den.append((target - b["cond"]).flatten(1).pow(2).sum(1).double().cpu())
+        sig.append(b["sigma"].cpu())
+        gs.append(b["cfg"].cpu())
+        for gv in EVAL_G:
+            fg = ru_hat + gv * (b["cond"] - ru_hat)
+            tg = b["uncond"] + gv * (b["cond"] - b["uncond"])
+            per_g[gv][0] += float((fg - tg).pow(2).sum())
+            per_g[gv][1] += float((tg - b["cond"]).pow(2).sum())
+    model.train(was)
+    if not num:
+        return {"rows": 0}
+    num, den, sig = torch.cat(num), torch.cat(den), torch.cat(sig)
+    out = {"rows": int(num.numel()), "rel_err": float((num.sum() / den.sum().clamp_min(1e-30)).sqrt()),
+           "rel_err_median": float((num / den.clamp_min(1e-30)).sqrt().median()), "identity_rel_err": 1.0,
+           "cfg_in_data": sorted({round(float(v), 4) for v in torch.cat(gs)})}
+    qs = torch.quantile(sig.double(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)).tolist()
+    bins = []
+    for i in range(n_bins):
+        lo, hi = qs[i], qs[i + 1]
+        m = (sig >= lo) & ((sig <= hi) if i == n_bins - 1 else (sig < hi))
+        if m.any():
+            bins.append({"sigma_lo": round(lo, 5), "sigma_hi": round(hi, 5), "rows": int(m.sum()),
+                         "rel_err": float((num[m].sum() / den[m].sum().clamp_min(1e-30)).sqrt())})
+    out["by_sigma"] = bins
+    out["by_cfg"] = {str(g): math.sqrt(n / d) if d > 0 else None for g, (n, d) in per_g.items()}
+    return out
+
+
+# --- dataset facts ------------------------------------------------------------------------------------------------
+def _dataset_facts(reader: DatasetReader) -> dict:
+    prompts = reader.manifest.get("prompts", {})
+    used = {it["prompt_id"] for it in reader.items}
+    shapes = [prompts[p]["shapes"] for p in used if p in prompts]
+    if not shapes:
+        raise DatasetError(f"CoRe²: dataset {reader.folder.name} has trajectories but no prompt features; it is damaged.")
+    dims = {tuple(s["pos_tokens"][1:]) for s in shapes}
+    if len(dims) != 1:
+        raise DatasetError(f"CoRe²: dataset {reader.folder.name} mixes text features of different widths {sorted(dims)}.")
+    pooled = {s.get("pos_pooled", [0])[-1] for s in shapes}
+    cfgs = set()
+    for it in reader.items:
+        cfgs.update(round(float(v), 4) for v in reader._handle(it["shard"]).get_tensor("cfg").tolist())
+    h = reader.header
+    return {"token_dim": int(next(iter(dims))[-1]), "pooled_dim": int(max(pooled)), "cfg": sorted(cfgs),
+            "family": h.get("family", "any"), "prediction": h.get("prediction"),
+            "latent_channels": int(h["latent_channels"]),
+            "base_model": {"name": h.get("base_model_name") or h.get("base_model"), "key_hash": h.get("base_model_hash"),
+                           "family": h.get("family")}}
+
+
+def _check_data_sane(reader: DatasetReader, items: list) -> None:
+    b = collate(reader, [(items[0], 0)])
+    if b["cond"].shape[1] != reader.header["latent_channels"]:
+        raise DatasetError(f"CoRe²: dataset {reader.folder.name}: stored latents disagree with the header.")
+
+
+# --- checkpoints --------------------------------------------------------------------------------------------------
+def _save_checkpoint(out_path: Path, model, opt, step: int, meta: dict, complete: bool) -> None:
+    meta = dict(meta)
+    meta["training"] = {**meta["training"], "step": step, "complete": complete}
+    buf = io.BytesIO()
+    torch.save({"step": step, "optimizer": opt.state_dict()}, buf)
+    atomic_write_bytes(optimizer_path(out_path), buf.getvalue())
+    save_weak_model(out_path, model, meta)
+
+
+def _downsample(points: list, n: int) -> list:
+    if len(points) <= n:
+        return list(points)
+    k = len(points) / n
+    return [points[int(i * k)] for i in range(n)] + [points[-1]]
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | None = None,
+          check_cancel: Callable | None = None) -> TrainResult:
+    """Train (or resume) a weak model; returns the trained model, its metrics and a summary.
+
+    on_step(step, total, loss) is called after every optimizer step; check_cancel() before each step. Either may
+    raise to stop: the state after the last completed step is saved as a checkpoint, then the exception propagates.
+    """
+    s = settings
+    out_path = Path(out_path)
+    if s.size not in SIZES:
+        raise ValueError(f"CoRe²: size must be one of {', '.join(SIZES)}, not {s.size!r}.")
+    if s.steps < 1 or s.batch_size < 1 or not (s.lr > 0) or not (0 <= s.val_fraction < 1):
+        raise ValueError("CoRe²: steps and batch size must be ≥ 1, the learning rate > 0 and the validation fraction in [0, 1).")
+    reader = DatasetReader(dataset_dir)  # raises DatasetError for empty / foreign folders
+    facts = _dataset_facts(reader)
+    train_items, val_items = reader.split(s.val_fraction, seed=s.seed)
+    if not train_items:
+        raise DatasetError(f"CoRe²: dataset {reader.folder.name} leaves no training prompts; lower the validation fraction.")
+    _check_data_sane(reader, train_items)
+    val_label = "held-out prompts"
+    if not val_items:
+        val_items, val_label = train_items, "training prompts (no held-out prompts: val_fraction is 0 or one prompt)"
+    device = torch.device(s.device)
+    ds_hash = manifest_hash(reader.folder)
+
+    exists = out_path.is_file()
+    if exists and not s.resume and not s.overwrite:
+        raise FileExistsError(f"CoRe²: {out_path.name} already exists. Turn on resume to continue training it, or "
+                              "choose another name.")
+    history = {"train": [], "val": []}
+    step, notes = 0, []
+    torch.manual_seed(s.seed)
+    if exists and s.resume:
+        meta_old = read_metadata(out_path)
+        from .weights_io import FORMAT
+
+        if meta_old.get("format") != FORMAT:
+            raise ValueError(f"CoRe²: {out_path.name} is not a Reflect checkpoint; cannot resume it. Choose another name.")
+        config = meta_old["config"]
+        for k in ("latent_channels", "token_dim", "pooled_dim"):
+            if config.get(k) != facts[k]:
+                raise ValueError(f"CoRe²: cannot resume {out_path.name} on this dataset: its {k} is {config.get(k)}, "
+                                 f"the dataset's is {facts[k]}. Train a new model (another name).")
+        if config.get("size") != s.size:
+            notes.append(f"resumed a '{config.get('size')}' model; the size setting '{s.size}' was ignored")
+        if meta_old.get("dataset", {}).get("manifest_hash") != ds_hash:
+            notes.append("the dataset changed since the checkpoint (continuing on the new data)")
+        step = int(meta_old.get("training", {}).get("step", 0))
+        history = meta_old.get("history") or history
+    else:
+        config = make_config(s.size, facts["latent_channels"], facts["token_dim"], facts["pooled_dim"],
+                             family=facts["family"], prediction=facts["prediction"], **s.arch_overrides)
+    model = build(config).to(device)
+    if exists and s.resume:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(out_path), device=str(device) if device.type != "mps" else "cpu"))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99))
+    if exists and s.resume:
+        op = optimizer_path(out_path)
+        if op.is_file():
+            st = torch.load(str(op), map_location=device, weights_only=True)
+            if int(st.get("step", -1)) == step:
+                opt.load_state_dict(st["optimizer"])
+            else:
+                notes.append("optimizer state did not match the checkpoint step; restarted it")
+        else:
+            notes.append("no optimizer state found; restarted it")
+
+    meta = {"dataset": {"name": reader.folder.name, "manifest_hash": ds_hash, "items": len(reader.items),
+                        "prompts": len(reader.prompt_ids()), "samples": reader.n_samples},
+            "base_model": facts["base_model"], "cfg": facts["cfg"], "family": facts["family"],
+            "latent_channels": facts["latent_channels"], "prediction": facts["prediction"], "pack_version": __version__,
+            "training": {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed,
+                         "val_fraction": s.val_fraction, "size": config.get("size"), "validation_on": val_label,
+                         "train_prompts": len({it["prompt_id"] for it in train_items}),
+                         "val_prompts": len({it["prompt_id"] for it in val_items})}}
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("CoRe² Reflect: %s model (%.2fM parameters) on %s, %d training rows, steps %d→%d", config.get("size"),
+             n_params / 1e6, device, sum(it["n"] for it in train_items), step, s.steps)
+
+    def full_meta(metrics):
+        return {**meta, "val_metrics": metrics,
+                "history": {"train": _downsample(history["train"], HISTORY_POINTS), "val": history["val"]}}
+
+    rows_per_epoch = max(1, sum(it["n"] for it in train_items))
+    batches = _infinite_batches(reader, train_items, s.batch_size, s.seed, step * s.batch_size // rows_per_epoch)
+    last_saved, last_metrics, t0, start_step = step, {}, time.time(), step
+    done = step  # steps whose update completed
+    try:
+        while step < s.steps:
+            if check_cancel is not None:
+                check_cancel()
+            b = next(batches)
+            keep = _finite_rows(b)
+            if not keep.all():
+                log.warning("CoRe² Reflect: skipping %d dataset row(s) with non-finite values", int((~keep).sum()))
+                if not keep.any():
+                    continue
+                b = _take(b, keep)
+            b = _to(b, device)
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, s.steps, s.lr)
+            ru_hat = model.predict_uncond(b["cond"], b["sigma"], _encode(model, b))
+            loss = relative_loss(ru_hat, b["uncond"], b["cond"])
+            lv = float(loss.detach())
+            if not math.isfinite(lv):
+                raise NonFiniteLossError(
+                    f"CoRe² Reflect stopped: the loss became {lv} at step {step + 1}. "
+                    + (f"The last good checkpoint (step {last_saved}) is kept in {out_path.name}. " if out_path.is_file()
+                       else "No checkpoint had been written yet. ")
+                    + "Lower the learning rate (e.g. ÷3) and resume.")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if s.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
+            opt.step()
+            step += 1
+            done = step
+            history["train"].append([step, lv])
+            if step % s.eval_every == 0 or step == s.steps:
+                last_metrics = evaluate(model, reader, val_items, device, s.batch_size * 2, s.max_val_rows)
+                history["val"].append([step, last_metrics.get("rel_err")])
+            if step % s.checkpoint_every == 0 and step < s.steps:
+                _save_checkpoint(out_path, model, opt, step, full_meta(last_metrics), complete=False)
+                last_saved = step
+            if on_step is not None:
+                on_step(step, s.steps, lv)
+    except NonFiniteLossError:
+        raise
+    except BaseException as e:
+        if _is_oom(e):
+            raise OutOfMemoryTrainingError(
+                f"CoRe² Reflect ran out of memory on {device} at batch size {s.batch_size} ({config.get('size')} model). "
+                "Lower batch_size, choose a smaller size, or close other GPU work; resume keeps the last checkpoint"
+                + (f" (step {last_saved})." if out_path.is_file() else ".")) from e
+        if done > last_saved:  # cancelled (or failed) between checkpoints: keep what was learnt
+            try:
+                _save_checkpoint(out_path, model, opt, done, full_meta(last_metrics), complete=False)
+                log.info("CoRe² Reflect: stopped at step %d; checkpoint saved to %s (resume continues from it)", done, out_path)
+            except Exception:  # noqa: BLE001 - never hide the original reason
+                log.exception("CoRe² Reflect: could not save the checkpoint after the stop")
+        raise
+
+    if not last_metrics or not history["val"] or history["val"][-1][0] != step:
+        last_metrics = evaluate(model, reader, val_items, device, s.batch_size * 2, s.max_val_rows)
+        history["val"] = [v for v in history["val"] if v[0] != step] + [[step, last_metrics.get("rel_err")]]
+    last_metrics["validation_on"] = val_label
+    final_meta = full_meta(last_metrics)
+    _save_checkpoint(out_path, model, opt, step, final_meta, complete=True)
+    model.eval()
+    model.metadata = read_metadata(out_path)
+    model.name = out_path.stem
+    cfgs = facts["cfg"]
+    model.trained_cfg = float(cfgs[0]) if len(cfgs) == 1 else None
+    summary = make_summary(out_path, config, n_params, step, start_step, time.time() - t0, history, last_metrics,
+                           meta, notes)
+    return TrainResult(model, out_path, step, history, last_metrics, final_meta, summary)
+
+
+def make_summary(out_path, config, n_params, step, start_step, seconds, history, metrics, meta, notes) -> str:
+    lines = [f"CoRe² weak model: {Path(out_path).name}",
+             f"architecture: {config['arch']} ({config.get('size')}, {n_params / 1e6:.2f}M parameters)",
+             f"dataset: {meta['dataset']['name']} ({meta['dataset']['prompts']} prompts, {meta['dataset']['samples']} "
+             f"samples), cfg {meta['cfg']}, base model {meta['base_model'].get('name')} [{meta['base_model'].get('key_hash')}]",
+             f"steps: {start_step} → {step} in {seconds:.1f} s"]
+    if history["train"]:
+        tail = [v for _, v in history["train"][-50:]]
+        lines.append(f"train loss (last {len(tail)}): {sum(tail) / len(tail):.4f}  (1.0 = identity map)")
+    if metrics.get("rows"):
+        lines.append(f"validation ({metrics.get('validation_on', '')}, {metrics['rows']} rows): relative error "
+                     f"{metrics['rel_err']:.4f} (median {metrics['rel_err_median']:.4f}; identity map = 1.0)")
+        for b in metrics.get("by_sigma", []):
+            lines.append(f"  σ {b['sigma_lo']:.3g}–{b['sigma_hi']:.3g}: {b['rel_err']:.4f} ({b['rows']} rows)")
+        lines.append("  by CFG scale: " + ", ".join(f"g={g}: {v:.4f}" for g, v in metrics.get("by_cfg", {}).items() if v is not None))
+    lines += [f"note: {n}" for n in notes]
+    return "\n".join(lines)
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m core2.train", description="Train a CoRe² weak model (Reflect).")
+    p.add_argument("--dataset", required=True, help="dataset folder (written by CoRe² Collect)")
+    p.add_argument("--out", required=True, help="output .safetensors file")
+    d = TrainSettings()
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--size", choices=SIZES, default=d.size)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--plot", help="also write the loss curve to this PNG file")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out = Path(a.out)
+    if out.suffix != ".safetensors":
+        p.error("--out must end in .safetensors")
+    s = TrainSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, size=a.size, seed=a.seed,
+                      val_fraction=a.val_fraction, device=a.device, resume=a.resume, overwrite=a.overwrite,
+                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every)
+    last = [time.time()]
+
+    def progress(step, total, loss):
+        if time.time() - last[0] > 10 or step == total:
+            last[0] = time.time()
+            log.info("step %d/%d  loss %.4f", step, total, loss)
+
+    try:
+        res = train(a.dataset, out, s, on_step=progress)
+    except (DatasetError, TrainingError, FileExistsError, ValueError) as e:
+        log.error("%s", e)
+        return 2
+    log.info("%s", res.summary)
+    if a.plot:
+        from .loss_plot import draw
+
+        draw(res.history["train"], res.history["val"]).save(a.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["TrainSettings", "TrainResult", "train", "evaluate", "relative_loss", "NonFiniteLossError",
+           "OutOfMemoryTrainingError", "TrainingError", "optimizer_path", "main", "asdict"]
