@@ -30,6 +30,13 @@ stamp="$(cat $stamp_src | sha256sum | cut -c1-16)"
 if [ -f "$venv/.ready" ] && [ "$(cat "$venv/.ready")" = "$stamp" ]; then
   echo "$venv/bin/python"; exit 0
 fi
+# one builder at a time (parallel test runs would otherwise rebuild the same venv together)
+mkdir -p "$root/.venv"
+exec 9>"$root/.venv/.lock-$flavor"
+flock 9
+if [ -f "$venv/.ready" ] && [ "$(cat "$venv/.ready")" = "$stamp" ]; then
+  echo "$venv/bin/python"; exit 0
+fi
 
 log "creating $venv ($flavor${comfy_dir:+: $comfy_dir})"
 rm -rf "$venv"
@@ -46,7 +53,8 @@ else
   "${pip[@]}" torch==2.14.1 torchvision==0.29.1
   # ComfyUI's own requirements, holding torch at the version just installed.
   "$venv/bin/python" -m pip freeze | grep -iE '^(torch|torchvision)==' > "$venv/torch-pins.txt"
-  "${pip[@]}" -c "$venv/torch-pins.txt" -r "$comfy_dir/requirements.txt" -r requirements-dev.txt -r requirements.txt
+  # requests: imported by ComfyUI's server (app/frontend_management.py) but not in its requirements.txt
+  "${pip[@]}" -c "$venv/torch-pins.txt" -r "$comfy_dir/requirements.txt" -r requirements-dev.txt -r requirements.txt requests
 fi
 echo "$stamp" > "$venv/.ready"
 log "ready"
