@@ -1,0 +1,177 @@
+"""Reflect nodes: train a weak model on a collected dataset, and load weak-model files."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+import comfy.model_management as mm
+import comfy.utils
+
+from ..core2 import loss_plot
+from ..core2.arch import SIZES
+from ..core2.dataset import MANIFEST
+from ..core2.files import safe_child
+from ..core2.train import TrainSettings, optimizer_path, train
+from ..core2.weights_io import load_weak_model
+from . import model_info, paths
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "CoRe²/reflect"
+WEAK = "CORE2_WEAK_MODEL"
+NO_DATASET = "(no datasets yet: run CoRe² Collect)"
+
+
+def list_datasets() -> list[str]:
+    root = paths.datasets_dir()
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+
+
+def _model_file_name(name: str) -> str:
+    name = (name or "").strip()
+    if name.endswith(".safetensors"):
+        name = name[: -len(".safetensors")]
+    return name + ".safetensors"
+
+
+def _image(img) -> torch.Tensor:
+    return torch.from_numpy(loss_plot.to_array(img))[None]
+
+
+class CoRe2Reflect:
+    DESCRIPTION = ("Reflect: trains a small weak model that predicts the CFG output from the conditional output, on a "
+                   "dataset written by CoRe² Collect. Unloads big models first, trains on the GPU if there is one, "
+                   "saves checkpoints you can resume, and writes models/core2/<save_name>.safetensors.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        datasets = list_datasets() or [NO_DATASET]
+        return {
+            "required": {
+                "dataset": (datasets, {"tooltip": "A dataset folder under output/core2_datasets (written by CoRe² Collect)."}),
+                "size": (list(SIZES), {"default": "medium", "tooltip": "Weak-model size: small is fastest, large fits best. "
+                                       "All cost well under 3% of an SDXL UNet call."}),
+                "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000, "tooltip": "Total optimizer steps. With resume, training continues up to this count."}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Samples per step. Lower it if you run out of memory."}),
+                "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
+                                            "tooltip": "AdamW learning rate (warm-up, then cosine decay to 10%)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed for initialisation, shuffling and the validation split."}),
+                "val_fraction": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.9, "step": 0.05,
+                                           "tooltip": "Share of PROMPTS held out to measure how well the model generalises."}),
+                "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the checkpoint with this save name (its step count and optimizer state)."}),
+                "save_name": ("STRING", {"default": "core2_weak", "tooltip": "File name in models/core2 (.safetensors is added)."}),
+            },
+            "optional": {
+                "dataset_override": ("STRING", {"default": "", "tooltip": "Type a dataset folder name here to use it instead of the list."}),
+            },
+        }
+
+    RETURN_TYPES = (WEAK, "IMAGE", "STRING")
+    RETURN_NAMES = ("weak_model", "loss_curve", "summary")
+    OUTPUT_TOOLTIPS = ("The trained weak model, for the CoRe² samplers.", "Training loss and validation error per step.",
+                       "What was trained, on what, and how well (relative error of the predicted guidance; 1.0 = cfg 1).")
+    FUNCTION = "reflect"
+    CATEGORY = CATEGORY
+    OUTPUT_NODE = True
+
+    def reflect(self, dataset, size, steps, batch_size, learning_rate, seed, val_fraction, resume, save_name,
+                dataset_override=""):
+        name = (dataset_override or "").strip() or dataset
+        if name == NO_DATASET:
+            raise ValueError("CoRe² Reflect: there is no dataset yet. Run CoRe² Collect first, or type a dataset name "
+                             "in dataset_override.")
+        folder = safe_child(paths.datasets_dir(), name, "dataset name")
+        if not folder.is_dir():
+            raise ValueError(f"CoRe² Reflect: no dataset named {name!r} in {paths.datasets_dir()}.")
+        out = safe_child(paths.weak_model_save_dir(), _model_file_name(save_name), "save name")
+        device = mm.get_torch_device()
+        settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate), size=size,
+                                 seed=int(seed), val_fraction=float(val_fraction), device=str(device), resume=bool(resume))
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+        pbar = comfy.utils.ProgressBar(int(steps))
+
+        def on_step(step, total, loss):
+            pbar.update_absolute(step, total)  # also raises on cancel where ComfyUI's progress hook is installed
+
+        try:
+            with torch.inference_mode(False), torch.enable_grad():
+                res = train(folder, out, settings, on_step=on_step, check_cancel=mm.throw_exception_if_processing_interrupted)
+        finally:
+            mm.soft_empty_cache()
+        log.info("%s", res.summary)
+        img = loss_plot.draw(res.history["train"], res.history["val"], title=f"CoRe² Reflect: {out.name}")
+        return (res.model, _image(img), res.summary)
+
+
+class CoRe2LoadWeakModel:
+    DESCRIPTION = ("Loads a weak model from models/core2: one trained with CoRe² Reflect, or official CoRe² weights. "
+                   "Connect a MODEL to check right away that the weak model fits it.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {"weak_model_name": (paths.list_weak_models(), {"tooltip": "A file in models/core2."})},
+            "optional": {"model": ("MODEL", {"tooltip": "Optional: the base model, to check family, latent channels, "
+                                             "prediction type and (as a warning) the exact base weights."})},
+        }
+
+    RETURN_TYPES = (WEAK, "STRING")
+    RETURN_NAMES = ("weak_model", "info")
+    OUTPUT_TOOLTIPS = ("The weak model, for the CoRe² samplers.", "What the file holds and how it matches the MODEL.")
+    FUNCTION = "load"
+    CATEGORY = CATEGORY
+
+    def load(self, weak_model_name, model=None):
+        path = paths.weak_model_path(weak_model_name)
+        with torch.inference_mode(False):
+            weak = load_weak_model(path)
+        info = describe(weak)
+        if model is not None:
+            weak.check_compatible(model_info.family(model), model_info.latent_channels(model), model_info.prediction(model))
+            warn = base_model_warning(weak, model)
+            if warn:
+                log.warning("%s", warn)
+                info += "\nwarning: " + warn
+            else:
+                info += "\nmatches the connected MODEL"
+        return (weak, info)
+
+
+def base_model_warning(weak, model) -> str | None:
+    """A warning when the weak model was trained on other base weights of the same kind (e.g. a fine-tune)."""
+    meta = getattr(weak, "metadata", {}) or {}
+    trained = (meta.get("base_model") or {}).get("key_hash")
+    if not trained:
+        return None
+    now = model_info.identity(model)["key_hash"]
+    if now != trained:
+        return (f"CoRe²: the weak model '{weak.name}' was trained on a different base model "
+                f"({(meta.get('base_model') or {}).get('name')} [{trained}], this MODEL is [{now}]). It will run, but a "
+                "fine-tune or merge may guide differently; collect and train on this model for the best match.")
+    return None
+
+
+def describe(weak) -> str:
+    meta = getattr(weak, "metadata", {}) or {}
+    lines = [f"{weak.name}: {type(weak).__name__}, family {weak.family}, {weak.latent_channels or 'any'}-channel latents, "
+             f"prediction {weak.prediction or 'any'}"]
+    if meta.get("config"):
+        lines.append(f"architecture {meta['config'].get('arch')} ({meta['config'].get('size')})")
+    if meta.get("cfg"):
+        lines.append(f"trained on CFG {meta['cfg']}")
+    tr = meta.get("training") or {}
+    if tr:
+        state = "complete" if tr.get("complete") else "checkpoint (training not finished)"
+        lines.append(f"steps {tr.get('step')}/{tr.get('steps')} ({state})")
+    vm = meta.get("val_metrics") or {}
+    if vm.get("rel_err") is not None:
+        lines.append(f"validation relative error {vm['rel_err']:.4f} (identity map = 1.0)")
+    return "\n".join(lines)
+
+
+NODE_CLASS_MAPPINGS = {"CoRe2Reflect": CoRe2Reflect, "CoRe2LoadWeakModel": CoRe2LoadWeakModel}
+NODE_DISPLAY_NAME_MAPPINGS = {"CoRe2Reflect": "CoRe² Reflect (Train Weak Model)", "CoRe2LoadWeakModel": "CoRe² Load Weak Model"}
+
+__all__ = ["CoRe2Reflect", "CoRe2LoadWeakModel", "list_datasets", "optimizer_path"]

@@ -1,0 +1,367 @@
+"""Reflect: the conv-FiLM weak model, training on a tiny model's trajectories, files, nodes, failure handling."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import collect_helpers
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(width=32, mults=[1, 2], blocks=1, emb_dim=128)  # a test-sized "small"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The test machine has 2 shared cores; one torch thread avoids spin contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    import tiny_models
+
+    folder = tmp_path_factory.mktemp("reflect") / "ds"
+    return collect_helpers.collect(tiny_models.build_sdxl(), folder, n_prompts=8, seeds=(1,), batch=2, steps=8, cfg=5.0)
+
+
+def settings(**kw):
+    from comfyui_core2.core2.train import TrainSettings
+
+    base = dict(steps=200, batch_size=8, lr=1e-3, size="small", seed=0, val_fraction=0.25, eval_every=100,
+                checkpoint_every=1000, arch_overrides=SMALL)
+    base.update(kw)
+    return TrainSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset, tmp_path_factory):
+    from comfyui_core2.core2.train import train
+
+    out = tmp_path_factory.mktemp("models") / "weak.safetensors"
+    return train(dataset, out, settings())
+
+
+def feats(b=1, t=77, d=2048, p=1280, seed=0):
+    from comfyui_core2.core2.weak import PromptFeatures
+
+    g = torch.Generator().manual_seed(seed)
+    return PromptFeatures(torch.randn(b, t, d, generator=g), torch.randn(b, p, generator=g))
+
+
+# --- the architecture ---------------------------------------------------------------------------------------------
+def test_weak_model_contract_and_free_cfg_knob():
+    from comfyui_core2.core2 import arch
+    from comfyui_core2.core2.weak import StepInfo
+
+    torch.manual_seed(0)
+    m = arch.build(arch.make_config("small", 4, 2048, 1280, family="sdxl", prediction="eps", **SMALL))
+    rc = torch.randn(2, 4, 13, 18)  # odd size: padded inside, cropped back
+    sigma = torch.tensor([3.0, 0.5])
+    step = StepInfo(0, 10)
+    ctx = m.prepare(feats(), feats(seed=1))
+    # zero-initialised head: an untrained model is the identity map (cfg = 1) at every scale
+    assert torch.equal(m.predict(rc, sigma, 7.0, step, ctx), rc)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    out = {g: m.predict(rc, sigma, g, step, ctx) for g in (1.0, 2.0, 3.0)}
+    assert out[2.0].shape == rc.shape and torch.isfinite(out[2.0]).all()
+    assert torch.allclose(out[1.0], rc, atol=1e-6)  # g = 1 is exactly the conditional output
+    assert torch.allclose(out[3.0] - out[2.0], out[2.0] - out[1.0], atol=1e-5)  # affine in g: the scale is a free knob
+    assert not torch.allclose(out[2.0], rc)
+    # the negative prompt matters, and an absent negative uses the learned null embedding
+    ctx_none = m.prepare(feats(), None)
+    assert not torch.allclose(m.predict(rc, sigma, 5.0, step, ctx_none), m.predict(rc, sigma, 5.0, step, ctx))
+    # σ is continuous: nearby σ give nearby outputs, and the step index is not used
+    a = m.predict(rc, sigma, 5.0, StepInfo(0, 10), ctx)
+    b = m.predict(rc, sigma * 1.001, 5.0, StepInfo(7, 30), ctx)
+    assert (a - b).abs().max() < 1e-2
+    # prompt tokens of another width (another text encoder) are refused with a clear message
+    with pytest.raises(ValueError, match="token features"):
+        m.prepare(feats(d=768), None)
+    m.check_compatible("sdxl", 4, "eps")
+    with pytest.raises(ValueError, match="sd3"):
+        m.check_compatible("sd3", 16, "flow")
+
+
+# --- training -----------------------------------------------------------------------------------------------------
+def test_training_beats_identity_on_held_out_prompts(trained, dataset):
+    from comfyui_core2.core2.dataset import manifest_hash
+
+    m = trained.metrics
+    assert m["rows"] == 32 and m["validation_on"] == "held-out prompts"
+    assert m["rel_err"] < 0.8, trained.summary  # identity map f(r_c) = r_c scores exactly 1.0
+    assert len(m["by_sigma"]) == 4 and all(b["rel_err"] < 1.0 for b in m["by_sigma"])
+    # the relative error of r̂_u-parameterised guidance is the same at every CFG scale
+    errs = [v for v in m["by_cfg"].values()]
+    assert max(errs) - min(errs) < 1e-6 and abs(errs[0] - m["rel_err"]) < 1e-4
+    # the curve went down
+    val = [v for _, v in trained.history["val"]]
+    assert val[-1] < val[0] and len(trained.history["train"]) == 200
+    meta = trained.model.metadata
+    assert meta["format"] == "core2-weak-model" and meta["dataset"]["manifest_hash"] == manifest_hash(dataset)
+    assert meta["family"] == "sdxl" and meta["latent_channels"] == 4 and meta["prediction"] == "eps"
+    assert meta["cfg"] == [5.0] and meta["base_model"]["key_hash"] and meta["config"]["arch"] == "core2.conv_film"
+    assert meta["training"]["complete"] is True and meta["training"]["step"] == 200
+    assert abs(meta["val_metrics"]["rel_err"] - m["rel_err"]) < 1e-9
+    assert "relative error" in trained.summary and trained.model.trained_cfg == 5.0
+
+
+def test_save_load_round_trip_is_exact(trained):
+    from comfyui_core2.core2.weak import StepInfo
+    from comfyui_core2.core2.weights_io import load_weak_model
+
+    loaded = load_weak_model(trained.path)
+    assert loaded.config == trained.model.config and loaded.trained_cfg == 5.0
+    rc, sigma = torch.randn(2, 4, 16, 16), torch.tensor([5.0, 0.2])
+    p, n = feats(), feats(seed=3)
+    with torch.no_grad():
+        a = trained.model.predict(rc, sigma, 6.0, StepInfo(1, 8), trained.model.prepare(p, n))
+        b = loaded.predict(rc, sigma, 6.0, StepInfo(1, 8), loaded.prepare(p, n))
+    assert torch.equal(a, b)
+
+
+def test_cancel_leaves_checkpoint_and_resume_continues(dataset, tmp_path):
+    import comfy.model_management as mm
+
+    from comfyui_core2.core2.train import optimizer_path, train
+    from comfyui_core2.core2.weights_io import load_weak_model, read_metadata
+
+    out = tmp_path / "w.safetensors"
+
+    def cancel_at_7(step, total, loss):
+        if step == 7:
+            raise mm.InterruptProcessingException()
+
+    with pytest.raises(mm.InterruptProcessingException):
+        train(dataset, out, settings(steps=12, eval_every=5), on_step=cancel_at_7)
+    meta = read_metadata(out)
+    assert meta["training"]["step"] == 7 and meta["training"]["complete"] is False
+    assert optimizer_path(out).is_file()
+    load_weak_model(out)  # a usable model already
+    with pytest.raises(FileExistsError, match="resume"):
+        train(dataset, out, settings(steps=12))
+    res = train(dataset, out, settings(steps=12, eval_every=5, resume=True))
+    assert res.step == 12
+    assert [s for s, _ in res.history["train"]] == list(range(1, 13))
+    assert read_metadata(out)["training"]["complete"] is True
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
+    from comfyui_core2.core2.train import NonFiniteLossError, train
+
+    out = tmp_path / "w.safetensors"
+    train(dataset, out, settings(steps=4))
+    good = out.read_bytes()
+    with pytest.raises(NonFiniteLossError, match="last good checkpoint .step 4"):
+        train(dataset, out, settings(steps=60, lr=1e12, resume=True, weight_decay=0.0, grad_clip=0.0))
+    assert out.read_bytes() == good
+
+
+def test_bad_datasets_give_clear_errors(tmp_path, dataset):
+    from comfyui_core2.core2.dataset import DatasetError
+    from comfyui_core2.core2.train import train
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="not a CoRe² dataset"):
+        train(empty, tmp_path / "a.safetensors", settings())
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(DatasetError, match="not a CoRe² dataset"):
+        train(foreign, tmp_path / "a.safetensors", settings())
+    no_items = tmp_path / "no_items"
+    no_items.mkdir()
+    man = json.loads((Path(dataset) / "manifest.json").read_text())
+    man["items"] = []
+    (no_items / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(DatasetError, match="no trajectories"):
+        train(no_items, tmp_path / "a.safetensors", settings())
+    with pytest.raises(ValueError, match="size"):
+        train(dataset, tmp_path / "a.safetensors", settings(size="huge"))
+    assert not (tmp_path / "a.safetensors").exists()
+
+
+def test_failed_write_keeps_previous_file(trained, tmp_path, monkeypatch):
+    from comfyui_core2.core2 import files
+    from comfyui_core2.core2.weights_io import load_weak_model, save_weak_model
+
+    path = tmp_path / "keep.safetensors"
+    save_weak_model(path, trained.model, {"note": "v1"})
+    before = path.read_bytes()
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", disk_full)
+    with torch.no_grad():
+        trained.model.head.bias.add_(1.0)
+    try:
+        with pytest.raises(OSError, match="No space"):
+            save_weak_model(path, trained.model, {"note": "v2"})
+    finally:
+        with torch.no_grad():
+            trained.model.head.bias.sub_(1.0)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.safetensors"]  # no temporary file left behind
+    assert load_weak_model(path).metadata["note"] == "v1"
+
+
+# --- loader registry ----------------------------------------------------------------------------------------------
+def test_loader_registry_and_official_hook(tmp_path, monkeypatch, trained):
+    import types
+
+    from safetensors.torch import save_file
+
+    from comfyui_core2.core2 import weights_io
+    from comfyui_core2.core2.weak import IdentityWeakModel
+
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"lora.weight": torch.zeros(2, 2)}, str(foreign))
+    with pytest.raises(weights_io.WeakModelFileError, match="not a weak model"):
+        weights_io.load_weak_model(foreign)
+
+    # official CoRe² weights (.pth) reach core2/official through is_official_state_dict / load_official
+    pth = tmp_path / "official.pth"
+    torch.save({"transformer_blocks.0.attn.to_q.weight": torch.zeros(2, 2)}, str(pth))
+    seen = {}
+
+    def is_official(keys):
+        return any(k.startswith("transformer_blocks.") for k in keys)
+
+    def load_official(obj):
+        seen["obj"] = obj
+        return IdentityWeakModel()
+
+    fake = types.ModuleType("comfyui_core2.core2.official")
+    fake.is_official_state_dict, fake.load_official = is_official, load_official
+    monkeypatch.setitem(sys.modules, "comfyui_core2.core2.official", fake)
+    m = weights_io.load_weak_model(pth)
+    assert isinstance(m, IdentityWeakModel) and set(seen["obj"]) == {"transformer_blocks.0.attn.to_q.weight"}
+    assert not m.training and not any(p.requires_grad for p in m.parameters())
+
+    # a registered loader wins for what it recognises
+    weights_io.register_loader("test-lora", lambda p, keys, meta: "lora.weight" in keys, lambda p, sd, meta: IdentityWeakModel())
+    try:
+        assert isinstance(weights_io.load_weak_model(foreign), IdentityWeakModel)
+    finally:
+        weights_io._LOADERS[:] = [e for e in weights_io._LOADERS if e[0] != "test-lora"]
+    # pickles with code are refused (weights_only)
+    evil = tmp_path / "evil.pth"
+    torch.save({"x": IdentityWeakModel()}, str(evil))
+    with pytest.raises(weights_io.WeakModelFileError, match="plain tensors"):
+        weights_io.load_weak_model(evil)
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def test_command_line_trainer_without_comfyui(dataset, tmp_path):
+    out = tmp_path / "cli.safetensors"
+    code = ("import sys, core2.train as t\n"
+            "rc = t.main(sys.argv[1:])\n"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('comfy', 'folder_paths', 'nodes', 'comfy_extras'))\n"
+            "assert not bad, bad\n"
+            "sys.exit(rc)\n")
+    args = ["--dataset", str(dataset), "--out", str(out), "--steps", "3", "--batch-size", "4", "--size", "small",
+            "--val-fraction", "0.25", "--device", "cpu", "--plot", str(tmp_path / "loss.png")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert out.is_file() and (tmp_path / "loss.png").stat().st_size > 1000
+    assert "relative error" in r.stderr
+    r2 = subprocess.run([sys.executable, "-c", code, "--dataset", str(tmp_path), "--out", str(tmp_path / "x.safetensors")],
+                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert r2.returncode == 2 and "not a CoRe² dataset" in r2.stderr
+
+
+# --- nodes --------------------------------------------------------------------------------------------------------
+@pytest.fixture
+def comfy_dirs(tmp_path, monkeypatch, dataset):
+    """Point the pack's folders at tmp_path (ComfyUI's folder_paths where present, else CORE2_HOME) and put the
+    test dataset in the datasets folder."""
+    import shutil
+
+    from comfyui_core2.nodes import paths
+
+    if paths.folder_paths is not None:
+        fp = paths.folder_paths
+        monkeypatch.setattr(fp, "models_dir", str(tmp_path / "models"))
+        monkeypatch.setitem(fp.folder_names_and_paths, paths.FOLDER, ([str(tmp_path / "models" / "core2")], set(paths.EXTENSIONS)))
+        old_out = fp.get_output_directory()
+        fp.set_output_directory(str(tmp_path / "output"))
+        if hasattr(fp, "filename_list_cache"):
+            fp.filename_list_cache.clear()
+    else:
+        monkeypatch.setenv("CORE2_HOME", str(tmp_path))
+    shutil.copytree(dataset, paths.datasets_dir() / "tinyset")
+    yield tmp_path
+    if paths.folder_paths is not None:
+        paths.folder_paths.set_output_directory(old_out)
+
+
+def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):
+    import comfy.model_management as mm
+    import comfy.utils
+
+    from comfyui_core2.nodes import paths, reflect
+
+    assert reflect.NODE_DISPLAY_NAME_MAPPINGS["CoRe2Reflect"] == "CoRe² Reflect (Train Weak Model)"
+    assert "tinyset" in reflect.CoRe2Reflect.INPUT_TYPES()["required"]["dataset"][0]
+    node = reflect.CoRe2Reflect()
+    args = dict(dataset="tinyset", size="small", steps=10, batch_size=4, learning_rate=1e-3, seed=0, val_fraction=0.25,
+                save_name="node weak")
+
+    # ComfyUI runs nodes under inference mode; a cancel arrives through the progress hook's interrupt flag
+    def hook(value, total, preview, *a, **k):
+        if value == 4:
+            mm.interrupt_current_processing(True)
+
+    old_hook = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(hook)
+    try:
+        with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
+            node.reflect(resume=False, **args)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old_hook)
+        mm.interrupt_current_processing(False)
+    saved = paths.weak_model_save_dir() / "node weak.safetensors"
+    from comfyui_core2.core2.weights_io import read_metadata
+
+    assert read_metadata(saved)["training"]["step"] == 4
+    with torch.inference_mode():
+        weak, img, summary = node.reflect(resume=True, **args)
+    assert "4 → 10" in summary and weak.trained_cfg == 5.0
+    assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and 0 <= float(img.min()) and float(img.max()) <= 1
+    assert float(img.std()) > 0.01  # something was drawn
+    with pytest.raises(ValueError, match="dataset"):
+        node.reflect(resume=False, **{**args, "dataset": "(no datasets yet: run CoRe² Collect)"})
+    with pytest.raises(ValueError, match="invalid"):
+        node.reflect(resume=False, **{**args, "dataset_override": "../escape"})
+
+    loader = reflect.CoRe2LoadWeakModel()
+    assert "node weak.safetensors" in reflect.CoRe2LoadWeakModel.INPUT_TYPES()["required"]["weak_model_name"][0]
+    with torch.inference_mode():
+        w2, info = loader.load("node weak.safetensors", model=tiny("sdxl").patcher)
+    assert "matches the connected MODEL" in info and "steps 10/10" in info
+    with pytest.raises(ValueError, match="sd3"):
+        loader.load("node weak.safetensors", model=tiny("sd3").patcher)
+    # same kind of model, other weights (a fine-tune): a warning, not an error
+    from comfyui_core2.core2.weights_io import save_weak_model
+
+    meta = read_metadata(saved)
+    meta["base_model"] = {**meta["base_model"], "key_hash": "0123456789abcdef"}
+    save_weak_model(saved.with_name("finetune.safetensors"), w2, {k: v for k, v in meta.items() if k != "format"})
+    if paths.folder_paths is not None and hasattr(paths.folder_paths, "filename_list_cache"):
+        paths.folder_paths.filename_list_cache.clear()
+    _, info = loader.load("finetune.safetensors", model=tiny("sdxl").patcher)
+    assert "warning" in info and "different base model" in info
