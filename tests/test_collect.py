@@ -364,3 +364,52 @@ def test_recorder_does_not_block_sampling_on_slow_disk():
     gate.set()
     rec.close()
     assert [r.meta["seed"] for r in runs] == [0, 1, 2]
+
+
+def _tiny_clip(tmp_path):
+    """A real ComfyUI CLIP (SD1 text encoder class + tokenizer) shrunk to 1 layer, deterministic weights."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import tiny_models
+
+    if not (Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer" / "vocab.json").is_file():
+        pytest.skip("this ComfyUI ships no CLIP tokenizer files (notcomfy): the CLIP path runs with COMFYUI_DIR")
+    cfg = {"hidden_size": 768, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
+           "hidden_act": "quick_gelu", "vocab_size": 49408, "max_position_embeddings": 77, "projection_dim": 768,
+           "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1}
+    path = tmp_path / "tiny_clip.json"
+    path.write_text(json.dumps(cfg))
+
+    class Target:
+        params = {"textmodel_json_config": str(path), "clip_model": comfy.sd1_clip.SDClipModel}
+        clip = comfy.sd1_clip.SD1ClipModel
+        tokenizer = comfy.sd1_clip.SD1Tokenizer
+
+    clip = comfy.sd.CLIP(Target())
+    tiny_models.init_weights(clip.cond_stage_model, 3)
+    return clip
+
+
+def test_batch_node_with_a_real_clip(tiny_sd15, dirs):
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect
+
+    clip = _tiny_clip(dirs)
+    node = collect.CoRe2CollectBatch()
+    (dirs / "input" / "more.txt").write_text("a green tree\n")
+    args = dict(model=tiny_sd15.patcher, clip=clip, prompts="a red fox\n\n# skipped\na blue car", prompts_file="more.txt",
+                negative_prompt="blurry", seeds_per_prompt=1, seed=3, steps=4, cfg=5.0, sampler_name="euler",
+                scheduler="normal", width=128, height=128, dataset_name="clipped", store_x=False)
+    out = node.collect(**args)
+    image, name = out["result"]
+    assert name == "clipped" and image.shape == (1, 128, 128, 3) and torch.isfinite(image).all()
+    reader = ds.DatasetReader(dirs / "output" / "core2_datasets" / "clipped")
+    assert sorted(p["positive"] for p in reader.manifest["prompts"].values()) == ["a blue car", "a green tree", "a red fox"]
+    pid = ds.prompt_id("a red fox", "blurry")
+    pos, neg = reader.prompt_features(pid)
+    want = collect.encode_text(clip, "a red fox")[0]
+    assert torch.equal(pos.tokens[0], want[0][0].half().float())
+    assert torch.equal(pos.pooled[0], want[1]["pooled_output"][0].half().float())
+    tiny_sd15.reset_calls()
+    node.collect(**args)  # everything is there already
+    assert tiny_sd15.calls == []

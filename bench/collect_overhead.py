@@ -1,0 +1,110 @@
+"""Overhead of CoRe² Collect recording against plain sampling (same model, noise, sampler, steps).
+
+Runs plain and recorded sampling alternately and prints the median wall time of each and the overhead. The recorded
+time includes committing each run to disk (end of run), so it is the time a user waits.
+
+    python bench/collect_overhead.py                     # notcomfy (scripts/setup_env.sh venv) or $COMFYUI_DIR
+    python bench/collect_overhead.py --reps 7 --threads 1 --store-x
+    CORE2_TEST_DEVICE=cuda python bench/collect_overhead.py --device cuda
+
+Cases: tiny SD1.5 at a 32x32 latent, 20 steps (the fixed cost of recording dominates: the model is tiny) and a
+larger one (tiny SD1.5, batch 4 at 64x64, or --case), all euler/normal at cfg 6.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+CASES = {  # name: (family, batch, latent h=w, steps)
+    "sd15-32": ("sd15", 1, 32, 20),
+    "sd15-b4-64": ("sd15", 4, 64, 20),
+    "sdxl-64": ("sdxl", 1, 64, 20),
+}
+
+
+def _load_pack():
+    spec = importlib.util.spec_from_file_location("comfyui_core2", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_core2"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: sd15-32 and sd15-b4-64")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
+    ap.add_argument("--store-x", action="store_true", help="also record x_t")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from tools import comfy_env
+
+    inst = comfy_env.activate()
+    _load_pack()
+    import comfy.model_patcher
+    import comfy.sample
+    import tiny_models
+    from comfyui_core2.nodes import collect, paths
+
+    tmp = Path(tempfile.mkdtemp(prefix="core2-bench-"))
+    os.environ["CORE2_HOME"] = str(tmp)
+    if paths.folder_paths is not None:
+        paths.folder_paths.set_output_directory(str(tmp / "output"))
+    dev = torch.device(args.device)
+    print(f"ComfyUI: {inst.describe()}; device {dev}; torch threads {torch.get_num_threads()}; store_x={args.store_x}; "
+          f"reps={args.reps}")
+    print(f"{'case':<12} {'plain s':>9} {'recorded s':>11} {'overhead':>9} {'evals':>6} {'MiB written':>12} {'queue wait s':>13}")
+    for name in args.case or ["sd15-32", "sd15-b4-64"]:
+        fam, batch, hw, steps = CASES[name]
+        tm = tiny_models.BUILDERS[fam]()
+        model = tm.patcher
+        if dev.type != "cpu":
+            model = comfy.model_patcher.ModelPatcher(model.model, load_device=dev, offload_device=torch.device("cpu"))
+        latent = torch.zeros(batch, tm.latent_channels, hw, hw)
+        noise = comfy.sample.prepare_noise(latent, 1)
+        (wrapped,) = collect.CoRe2Collect().wrap(model, f"bench-{name}", args.store_x)
+        session = collect.session_of(wrapped)
+
+        def run(m, seed):
+            out = comfy.sample.sample(m, noise, steps, 6.0, "euler", "normal", tm.positive, tm.negative, latent,
+                                      disable_pbar=True, seed=seed)
+            if m is wrapped:
+                session.recorder.flush()  # a no-op wait where sampler wrappers already committed the run
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return out
+
+        run(model, 0)
+        run(wrapped, 0)  # warm-up (also creates the dataset)
+        plain, rec = [], []
+        for r in range(args.reps):
+            for m, acc in ((model, plain), (wrapped, rec)) if r % 2 == 0 else ((wrapped, rec), (model, plain)):
+                t0 = time.perf_counter()
+                run(m, 100 + r)
+                acc.append(time.perf_counter() - t0)
+        folder = session.folder
+        mib = sum(p.stat().st_size for p in folder.glob("*")) / 2**20
+        p, q = statistics.median(plain), statistics.median(rec)
+        st = session.recorder.stats
+        print(f"{name:<12} {p:>9.3f} {q:>11.3f} {100 * (q - p) / p:>8.1f}% {st['evaluations']:>6} {mib:>12.2f} "
+              f"{st['put_wait_s']:>13.4f}")
+        session.close()
+
+
+if __name__ == "__main__":
+    main()
