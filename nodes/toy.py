@@ -1,0 +1,154 @@
+"""Toy world nodes: a tiny text-to-image model that runs on any CPU in seconds, to try CoRe² without real weights.
+
+Pictures are 32×32, one coloured shape at a place ("a red triangle at the top"). The model is a real ComfyUI model
+(UNetModel, ε-prediction): ComfyUI's KSampler, the CoRe² samplers and Collect work on it as on SD1.5.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..core2.files import safe_child
+from ..toy import world
+from . import paths
+
+CATEGORY = "CoRe²/toy"
+TOY_TEXT = "CORE2_TOY_TEXT"
+SHIPPED = "toy_t2i.safetensors"
+_USER_SUBDIR = "toy"  # retrained toy models: models/core2/toy/*.safetensors
+
+
+def _user_dirs() -> list[Path]:
+    return [d / _USER_SUBDIR for d in paths.weak_model_dirs()]
+
+
+def model_files() -> list[str]:
+    names = [SHIPPED]
+    for d in _user_dirs():
+        if d.is_dir():
+            names += sorted(f"{_USER_SUBDIR}/{p.name}" for p in d.glob("*.safetensors") if p.is_file())
+    return list(dict.fromkeys(names))
+
+
+def model_path(name: str) -> Path:
+    if name == SHIPPED:
+        return world.DEFAULT_WEIGHTS
+    prefix = _USER_SUBDIR + "/"
+    if name.startswith(prefix):
+        for d in _user_dirs():
+            p = safe_child(d, name[len(prefix):], "toy model file name")
+            if p.is_file():
+                return p
+    raise FileNotFoundError(f"CoRe² toy: no toy model named {name!r}. Choose {SHIPPED} (shipped with the pack) or put "
+                            f"a file made by `python -m toy.train_toy` into models/core2/{_USER_SUBDIR}/.")
+
+
+class CoRe2ToyModelLoader:
+    DESCRIPTION = ("Loads the CoRe² toy world: a tiny text-to-image model (32×32 pictures of one coloured shape at a "
+                   "place) and its text encoder. Runs in seconds on a CPU; use it to try Collect, Reflect and the "
+                   "CoRe² samplers without downloading a real checkpoint.")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("MODEL", TOY_TEXT)
+    RETURN_NAMES = ("model", "toy_text")
+    OUTPUT_TOOLTIPS = ("The toy diffusion model (ε-prediction, like SD1.5): plug it into KSampler or a CoRe² sampler.",
+                       "The toy text encoder: plug it into CoRe² Toy Text Encode.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"toy_model": (model_files(), {"default": SHIPPED, "tooltip":
+                             f"{SHIPPED} ships with the pack; retrained ones go in models/core2/{_USER_SUBDIR}/."})}}
+
+    def load(self, toy_model):
+        w = world.load(model_path(toy_model))
+        return (w.patcher.clone(), w)
+
+
+class CoRe2ToyTextEncode:
+    DESCRIPTION = ("Turns a toy-world prompt into CONDITIONING. The toy world knows shapes (circle, square, triangle, "
+                   "cross), colours (red, green, blue, yellow, magenta, cyan) and places (top, bottom, left, right, "
+                   "centre), e.g. \"a red triangle at the top\". Leave it empty for the negative prompt.")
+    CATEGORY = CATEGORY
+    FUNCTION = "encode"
+    RETURN_TYPES = ("CONDITIONING",)
+    OUTPUT_TOOLTIPS = ("Token embeddings [1, 16, 64] and a pooled vector [1, 64], like a CLIP text encoder's.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "toy_text": (TOY_TEXT, {"tooltip": "From CoRe² Toy Model Loader."}),
+            "text": ("STRING", {"multiline": True, "dynamicPrompts": True, "default": "a red triangle at the top",
+                                "tooltip": "Words outside the toy vocabulary are read as 'unknown'. Empty = no prompt "
+                                           "(the unconditional prompt the model was trained with)."}),
+        }}
+
+    def encode(self, toy_text, text):
+        tokens, pooled = toy_text.text_encoder.encode(text)
+        return ([[tokens.detach().clone(), {"pooled_output": pooled.detach().clone()}]],)
+
+
+class CoRe2ToyEmptyLatent:
+    DESCRIPTION = ("An empty latent for the toy model: a 32×32 picture is a 12×16×16 latent (2×2 pixel patches). "
+                   "ComfyUI's Empty Latent Image at 128×128 also works (KSampler widens its 4 channels to 12).")
+    CATEGORY = CATEGORY
+    FUNCTION = "generate"
+    RETURN_TYPES = ("LATENT",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"batch_size": ("INT", {"default": 4, "min": 1, "max": 4096,
+                                                    "tooltip": "How many pictures to make at once."})}}
+
+    def generate(self, batch_size):
+        return ({"samples": world.empty_latent(batch_size)},)
+
+
+class CoRe2ToyDecode:
+    DESCRIPTION = "Turns a toy-world latent into 32×32 pictures (exact: the toy world has no VAE)."
+    CATEGORY = CATEGORY
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT", {"tooltip": "A latent made by sampling the toy model."})}}
+
+    def decode(self, samples):
+        return (world.decode(samples),)
+
+
+class CoRe2ToyPromptList:
+    DESCRIPTION = ("Every toy-world prompt (4 shapes × 6 colours × 5 places = 120), one per line, in a seeded order: "
+                   "a ready prompt list for collecting trajectories or for a benchmark.")
+    CATEGORY = CATEGORY
+    FUNCTION = "list"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("prompts",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "count": ("INT", {"default": 120, "min": 1, "max": 100000, "tooltip": "How many prompts; repeats after 120."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Order of the prompts."}),
+        }}
+
+    def list(self, count, seed):
+        from ..toy.evaluate import prompt_set
+
+        prompts, _ = prompt_set(count, seed)
+        return ("\n".join(prompts),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "CoRe2ToyModelLoader": CoRe2ToyModelLoader,
+    "CoRe2ToyTextEncode": CoRe2ToyTextEncode,
+    "CoRe2ToyEmptyLatent": CoRe2ToyEmptyLatent,
+    "CoRe2ToyDecode": CoRe2ToyDecode,
+    "CoRe2ToyPromptList": CoRe2ToyPromptList,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CoRe2ToyModelLoader": "CoRe² Toy Model Loader",
+    "CoRe2ToyTextEncode": "CoRe² Toy Text Encode",
+    "CoRe2ToyEmptyLatent": "CoRe² Toy Empty Latent",
+    "CoRe2ToyDecode": "CoRe² Toy Decode",
+    "CoRe2ToyPromptList": "CoRe² Toy Prompt List",
+}
