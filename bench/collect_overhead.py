@@ -8,7 +8,7 @@ time includes committing each run to disk (end of run), so it is the time a user
     CORE2_TEST_DEVICE=cuda python bench/collect_overhead.py --device cuda
 
 Cases: tiny SD1.5 at a 32x32 latent, 20 steps (the fixed cost of recording dominates: the model is tiny) and a
-larger one (tiny SD1.5, batch 4 at 64x64, or --case), all euler/normal at cfg 6.
+larger one (tiny SD1.5, batch 4 at 48x48, or --case), all euler/normal at cfg 6.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 CASES = {  # name: (family, batch, latent h=w, steps)
     "sd15-32": ("sd15", 1, 32, 20),
-    "sd15-b4-64": ("sd15", 4, 64, 20),
+    "sd15-b4-48": ("sd15", 4, 48, 20),
     "sdxl-64": ("sdxl", 1, 64, 20),
 }
 
@@ -41,7 +41,7 @@ def _load_pack():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: sd15-32 and sd15-b4-64")
+    ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: sd15-32 and sd15-b4-48")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--store-x", action="store_true", help="also record x_t")
@@ -69,7 +69,7 @@ def main():
     print(f"ComfyUI: {inst.describe()}; device {dev}; torch threads {torch.get_num_threads()}; store_x={args.store_x}; "
           f"reps={args.reps}")
     print(f"{'case':<12} {'plain s':>9} {'recorded s':>11} {'overhead':>9} {'evals':>6} {'MiB written':>12} {'queue wait s':>13}")
-    for name in args.case or ["sd15-32", "sd15-b4-64"]:
+    for name in args.case or ["sd15-32", "sd15-b4-48"]:
         fam, batch, hw, steps = CASES[name]
         tm = tiny_models.BUILDERS[fam]()
         model = tm.patcher

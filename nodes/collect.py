@@ -358,7 +358,7 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     for text in prompts:
         pid = ds.prompt_id(text, neg_text)
         for j in range(seeds_per_prompt):
-            s = int(seed) + j
+            s = (int(seed) + j) % 2**64
             (skipped if ds.item_key(pid, s, 0) in writer_keys else todo).append((text, s))
     evals_per_step = 2 if sampler_name in _TWO_EVAL else 1
     c = mhdr["latent_channels"]

@@ -368,12 +368,12 @@ def test_recorder_does_not_block_sampling_on_slow_disk():
 
 def _tiny_clip(tmp_path):
     """A real ComfyUI CLIP (SD1 text encoder class + tokenizer) shrunk to 1 layer, deterministic weights."""
-    import comfy.sd
     import comfy.sd1_clip
     import tiny_models
 
     if not (Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer" / "vocab.json").is_file():
         pytest.skip("this ComfyUI ships no CLIP tokenizer files (notcomfy): the CLIP path runs with COMFYUI_DIR")
+    import comfy.sd
     cfg = {"hidden_size": 768, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 1,
            "hidden_act": "quick_gelu", "vocab_size": 49408, "max_position_embeddings": 77, "projection_dim": 768,
            "layer_norm_eps": 1e-5, "bos_token_id": 0, "eos_token_id": 49407, "pad_token_id": 1}
