@@ -59,7 +59,8 @@ class CoRe2Reflect:
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed for initialisation, shuffling and the validation split."}),
                 "val_fraction": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.9, "step": 0.05,
                                            "tooltip": "Share of PROMPTS held out to measure how well the model generalises."}),
-                "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the checkpoint with this save name (its step count and optimizer state)."}),
+                "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the checkpoint with this save name (its step count and optimizer state). "
+                                      "Off: an existing file with this name is not overwritten (an error asks for another name)."}),
                 "save_name": ("STRING", {"default": "core2_weak", "tooltip": "File name in models/core2 (.safetensors is added)."}),
             },
             "optional": {
@@ -101,6 +102,7 @@ class CoRe2Reflect:
         finally:
             mm.soft_empty_cache()
         log.info("%s", res.summary)
+        res.model.to(mm.unet_offload_device())  # the CoRe² samplers move it to the sampling device
         img = loss_plot.draw(res.history["train"], res.history["val"], title=f"CoRe² Reflect: {out.name}")
         return (res.model, _image(img), res.summary)
 

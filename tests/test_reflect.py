@@ -167,6 +167,19 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
     assert out.read_bytes() == good
 
 
+def test_out_of_memory_gives_advice(dataset, tmp_path, monkeypatch):
+    from comfyui_core2.core2 import arch
+    from comfyui_core2.core2.train import OutOfMemoryTrainingError, train
+
+    def oom(*a, **k):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(arch.ConvFiLMWeakModel, "predict_uncond", oom)
+    with pytest.raises(OutOfMemoryTrainingError, match="Lower batch_size"):
+        train(dataset, tmp_path / "o.safetensors", settings(steps=3))
+    assert not (tmp_path / "o.safetensors").exists()
+
+
 def test_bad_datasets_give_clear_errors(tmp_path, dataset):
     from comfyui_core2.core2.dataset import DatasetError
     from comfyui_core2.core2.train import train
