@@ -38,27 +38,35 @@ class RunStats:
         self.fast_steps: set[int] = set()
         self.slow_evals = 0
         self.fast_evals = 0
+        self.invert_evals = 0
+        self.model_passes = 0  # base-model passes (cond + uncond of one evaluation count 2)
         self.weak_calls = 0
 
-    def record(self, step: int, slow: bool, weak_called: bool) -> None:
-        (self.slow_steps if slow else self.fast_steps).add(step)
-        if slow:
+    def record(self, step: int, kind: str, passes: int, weak_called: bool) -> None:
+        """kind: 'slow', 'fast' or 'invert' (a zigzag inversion)."""
+        if kind == "slow":
+            self.slow_steps.add(step)
             self.slow_evals += 1
-        else:
+        elif kind == "fast":
+            self.fast_steps.add(step)
             self.fast_evals += 1
+        else:
+            self.invert_evals += 1
+        self.model_passes += passes
         self.weak_calls += int(weak_called)
 
     @property
-    def model_passes(self) -> int:
-        """Base-model passes (a batch of cond + uncond counts 2)."""
-        return 2 * self.slow_evals + self.fast_evals
+    def evaluations(self) -> int:
+        return self.slow_evals + self.fast_evals + self.invert_evals
 
     @property
     def cfg_passes(self) -> int:
-        return 2 * (self.slow_evals + self.fast_evals)
+        """What the same evaluations cost with plain CFG (2 passes each)."""
+        return 2 * self.evaluations
 
-    def summary(self, seconds: float, weak_name: str) -> str:
+    def summary(self, seconds: float, weak_name: str, method: str = "core") -> str:
         saved = 1 - self.model_passes / self.cfg_passes if self.cfg_passes else 0.0
-        return (f"CoRe²: {len(self.slow_steps) + len(self.fast_steps)} steps ({len(self.slow_steps)} slow, "
-                f"{len(self.fast_steps)} fast), {self.model_passes} model passes vs {self.cfg_passes} for CFG "
+        zig = f", {self.invert_evals} zigzag inversions" if self.invert_evals else ""
+        return (f"CoRe² ({method}): {len(self.slow_steps | self.fast_steps)} steps ({len(self.slow_steps)} slow, "
+                f"{len(self.fast_steps)} fast){zig}, {self.model_passes} model passes vs {self.cfg_passes} for CFG "
                 f"({saved:.0%} fewer), weak model '{weak_name}' {self.weak_calls} calls, {seconds:.2f} s")

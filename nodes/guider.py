@@ -8,6 +8,10 @@ functions, calc-cond-batch replacements):
   out = weak + w·(strong − weak); then the post-cfg functions;
 * fast step: cond only (1 pass), the pre-cfg functions, out = weak; then the post-cfg functions, which see the
   unconditional prediction implied by the weak model, u = (g·c − weak)/(g − 1).
+
+Methods (CORE2_SPEC §5): "core" as above; "z-core" and "z-sampling" run the Euler zigzag loop of core2/zigzag.py,
+where every denoise is full CFG (as in the official code) and the inversion is, for z-core, one conditional pass
+extrapolated through the weak model, cond + w·(weak − cond), and for z-sampling, CFG at inv_cfg (2 passes).
 """
 from __future__ import annotations
 
@@ -21,9 +25,11 @@ import torch
 from ..core2 import guidance
 from ..core2.schedule import RunStats, StepMap
 from ..core2.weak import StepInfo, WeakModel
+from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info
 
 log = logging.getLogger("comfyui-core2")
+METHODS = ("core", "z-core", "z-sampling")
 
 
 def _evaluate(model, conds, x, timestep, cond_scale, model_options):
@@ -50,21 +56,36 @@ def _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cond_scale,
 
 
 class CoRe2Guider(comfy.samplers.CFGGuider):
-    def __init__(self, model_patcher, weak: WeakModel, w2s_scale: float = 1.5, slow_steps: int | None = None,
-                 schedule: torch.Tensor | None = None):
+    def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
+                 schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
+                 inv_cfg: float = 0.5):
         """slow_steps: how many of the first schedule steps run slow (None: all). schedule: the full σ schedule the
-        steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample()."""
+        steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
+        METHODS; zigzag_steps: how many of the first steps zigzag (None: all but the last); inv_cfg: the CFG scale of
+        the z-sampling inversion."""
         super().__init__(model_patcher)
+        if method not in METHODS:
+            raise ValueError(f"CoRe²: unknown method {method!r}; use one of {', '.join(METHODS)}.")
+        if weak is None and method != "z-sampling":
+            raise ValueError(f"CoRe²: method {method!r} needs a weak model; connect one (only z-sampling runs without).")
         self.weak = weak
         self.w2s_scale = float(w2s_scale)
         self.slow_steps = slow_steps
         self.schedule = schedule
+        self.method = method
+        self.zigzag_steps = zigzag_steps
+        self.inv_cfg = float(inv_cfg)
         self.stats: RunStats | None = None
 
     # --- checks before any work -------------------------------------------------------------------------------
     def validate(self, total_steps: int) -> None:
         mp = self.model_patcher
-        self.weak.check_compatible(model_info.family(mp), model_info.latent_channels(mp), model_info.prediction(mp))
+        if self.weak is not None:
+            self.weak.check_compatible(model_info.family(mp), model_info.latent_channels(mp), model_info.prediction(mp))
+        if self.method != "core":
+            if not conditioning.has_negative(self.original_conds.get("negative")):
+                raise ValueError(f"CoRe²: {self.method} runs full CFG on every denoise and needs a negative conditioning.")
+            return
         slow = total_steps if self.slow_steps is None else self.slow_steps
         if not 0 <= slow <= total_steps:
             raise ValueError(f"CoRe²: slow_steps is {slow} but the schedule has {total_steps} steps; "
@@ -78,16 +99,30 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         schedule = self.schedule if self.schedule is not None else sigmas
         total = int(torch.as_tensor(schedule).numel()) - 1
         self.validate(total)
-        self._map = StepMap(schedule, total if self.slow_steps is None else self.slow_steps)
+        if self.method != "core":
+            sampler = self._zigzag_sampler(sampler)
+        self._map = StepMap(schedule, total if self.slow_steps is None or self.method != "core" else self.slow_steps)
         self.stats = RunStats()
         self._contexts = {}
         t0 = time.perf_counter()
         try:
             return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
-            if self.stats.slow_evals + self.stats.fast_evals:
-                log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name))
+            if self.stats.evaluations:
+                log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
             self._contexts = {}
+
+    def _zigzag_sampler(self, sampler):
+        """Replace an Euler SAMPLER by the zigzag loop; other samplers have no defined inversion here."""
+        fn = getattr(sampler, "sampler_function", None)
+        if getattr(fn, "__name__", "") != "sample_euler" or getattr(sampler, "extra_options", {}).get("s_churn", 0):
+            name = getattr(fn, "__name__", type(sampler).__name__).replace("sample_", "")
+            raise ValueError(f"CoRe²: {self.method} is defined for the euler sampler (first order, deterministic); "
+                             f"got '{name}'. Choose sampler 'euler', or method 'core'.")
+        from functools import partial
+
+        return comfy.samplers.KSAMPLER(partial(sample_zigzag_euler, zigzag_steps=self.zigzag_steps),
+                                       inpaint_options=getattr(sampler, "inpaint_options", {}))
 
     def _weak_context(self, batch: int, device, dtype):
         key = (batch, str(device), dtype)
@@ -112,8 +147,23 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         raw = self.weak(raw_c.to(dtype), sigma, float(self.cfg), info, ctx).to(x.dtype)
         return guidance.denoised_from_raw(x, raw, timestep)
 
+    def _invert(self, x, timestep, step, model_options):
+        """The zigzag inversion prediction (x0 space)."""
+        model = self.inner_model
+        cond = self.conds.get("positive", None)
+        if self.method == "z-sampling":
+            self.stats.record(step, "invert", 1 if math.isclose(self.inv_cfg, 1.0) else 2, False)
+            return comfy.samplers.sampling_function(model, x, timestep, self.conds.get("negative", None), cond,
+                                                    self.inv_cfg, model_options=model_options)
+        cond_pred = _evaluate(model, [cond, None], x, timestep, self.cfg, model_options)[0]
+        self.stats.record(step, "invert", 1, True)
+        weak = self._weak_denoised(x, timestep, cond_pred, step)
+        return guidance.weak_to_strong(cond_pred, weak, self.w2s_scale)
+
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         step = self._map.index(timestep)
+        if model_options.get(INVERT_KEY):
+            return self._invert(x, timestep, step, model_options)
         slow = self._map.is_slow(step)
         model = self.inner_model
         cond = self.conds.get("positive", None)
@@ -126,7 +176,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
             strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                                  model_options=no_post, cond=cond, uncond=uncond)
-            use_weak = self.w2s_scale != 1.0
+            use_weak = self.w2s_scale != 1.0 and self.method == "core"
             denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, cond_pred, step), strong,
                                                self.w2s_scale) if use_weak else strong
         else:
@@ -135,5 +185,6 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             denoised = self._weak_denoised(x, timestep, cond_pred, step)
             uncond_pred = guidance.implied_uncond(cond_pred, denoised, cfg)
             uncond = None
-        self.stats.record(step, slow, use_weak)
+        passes = 1 if not slow or uncond is None else 2
+        self.stats.record(step, "slow" if slow else "fast", passes, use_weak)
         return _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cfg, x, timestep, model_options)

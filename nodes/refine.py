@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import comfy.samplers
 
-from .guider import CoRe2Guider
+from .guider import METHODS, CoRe2Guider
 from .sampling import run_ksampler
 
 WEAK = "CORE2_WEAK_MODEL"
@@ -19,11 +19,27 @@ def _core2_inputs(slow_default=10):
         "slow_steps": ("INT", {"default": slow_default, "min": 0, "max": 10000,
                                "tooltip": "How many of the first steps run slow (cond + uncond, 2 model passes). The rest "
                                           "run fast (cond only + weak model, 1 pass). 0 = fastest; = steps: best quality."}),
+        "method": (list(METHODS), {"default": "core", "tooltip":
+                   "core: CoRe² slow/fast steps. z-core: Z-CoRe², zigzag sampling whose inversion is one conditional "
+                   "pass through the weak model (euler only). z-sampling: plain Z-Sampling, the baseline (euler only; "
+                   "the weak model is not used). Zigzag methods run full CFG on every denoise and ignore slow_steps."}),
+        "zigzag_steps": ("INT", {"default": -1, "min": -1, "max": 10000, "tooltip":
+                         "z-core / z-sampling: how many of the first steps zigzag; -1 = all but the last."}),
     }
 
 
-def _guider_factory(weak_model, w2s_scale, slow_steps):
-    return lambda model, schedule: CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule)
+OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "max": 10.0, "step": 0.1, "tooltip":
+                                               "z-sampling only: CFG scale of the inversion pass (official default 0.5)."})}}
+
+
+def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None):
+    return CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
+                       zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg)
+
+
+def _check_slow(slow_steps, steps, method):
+    if method == "core" and slow_steps > steps:
+        raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
 
 
 class CoRe2KSampler:
@@ -44,17 +60,19 @@ class CoRe2KSampler:
             "latent_image": ("LATENT",),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             **_core2_inputs(),
-        }}
+        }, **OPTIONAL}
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
     CATEGORY = CATEGORY
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               weak_model, w2s_scale, slow_steps):
-        if slow_steps > steps:
-            raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
-        make = _guider_factory(weak_model, w2s_scale, slow_steps)
+               weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5):
+        _check_slow(slow_steps, steps, method)
+
+        def make(m, schedule):
+            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule)
+
         return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, denoise=denoise),)
 
@@ -80,17 +98,20 @@ class CoRe2KSamplerAdvanced:
             "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
             "return_with_leftover_noise": (["disable", "enable"],),
             **_core2_inputs(),
-        }}
+        }, **OPTIONAL}
 
     RETURN_TYPES = ("LATENT",)
     FUNCTION = "sample"
     CATEGORY = CATEGORY
 
     def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
-               latent_image, start_at_step, end_at_step, return_with_leftover_noise, weak_model, w2s_scale, slow_steps):
-        if slow_steps > steps:
-            raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
-        make = _guider_factory(weak_model, w2s_scale, slow_steps)
+               latent_image, start_at_step, end_at_step, return_with_leftover_noise, weak_model, w2s_scale, slow_steps,
+               method="core", zigzag_steps=-1, inv_cfg=0.5):
+        _check_slow(slow_steps, steps, method)
+
+        def make(m, schedule):
+            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule)
+
         return (run_ksampler(make, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, disable_noise=add_noise == "disable", start_step=start_at_step,
                              last_step=end_at_step, force_full_denoise=return_with_leftover_noise != "enable"),)
@@ -108,14 +129,15 @@ class CoRe2GuiderNode:
             "negative": ("CONDITIONING",),
             "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
             **_core2_inputs(),
-        }}
+        }, **OPTIONAL}
 
     RETURN_TYPES = ("GUIDER",)
     FUNCTION = "get_guider"
     CATEGORY = CATEGORY
 
-    def get_guider(self, model, positive, negative, cfg, weak_model, w2s_scale, slow_steps):
-        guider = CoRe2Guider(model, weak_model, w2s_scale, slow_steps)
+    def get_guider(self, model, positive, negative, cfg, weak_model, w2s_scale, slow_steps, method="core",
+                   zigzag_steps=-1, inv_cfg=0.5):
+        guider = _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return (guider,)

@@ -96,7 +96,7 @@ def test_cost_20_steps_5_slow_is_25_passes(tiny_sd15, caplog):
         core2(tm, latent, 0, 20, 6.0, "euler", "normal", IdentityWeakModel(), 1.5, 5)
     assert tm.calls == [2] * 5 + [1] * 15
     assert tm.samples_evaluated == 25
-    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CoRe²:")][-1]
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CoRe² (core):")][-1]
     assert "20 steps (5 slow, 15 fast)" in line and "25 model passes vs 40 for CFG" in line
 
 

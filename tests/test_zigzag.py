@@ -1,0 +1,80 @@
+"""Z-CoRe² and Z-Sampling: zigzag Euler sampling with the weak model (CORE2_SPEC §5)."""
+import pytest
+import torch
+
+import comfy.sample
+from comfyui_core2.core2.weak import IdentityWeakModel, WeakModel
+from comfyui_core2.core2.zigzag import euler_invert, euler_step, to_d
+from comfyui_core2.nodes import refine
+
+
+class AffineWeak(WeakModel):
+    name = "affine test weak"
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        return raw_cond * 1.3
+
+
+def run(tm, method, steps=6, sampler="euler", zigzag_steps=-1, weak=None):
+    latent = tm.empty_latent(1)
+    (out,) = refine.CoRe2KSampler().sample(tm.patcher, 1, steps, 5.0, sampler, "normal", tm.positive, tm.negative,
+                                           {"samples": latent}, 1.0, weak or AffineWeak(), 1.5, steps, method=method,
+                                           zigzag_steps=zigzag_steps)
+    return out["samples"]
+
+
+@pytest.mark.parametrize("n", [4, 7])
+def test_call_counts(tiny_sd15, n):
+    tm = tiny_sd15
+    run(tm, "z-core", steps=n)
+    assert tm.samples_evaluated == 5 * n - 3
+    tm.reset_calls()
+    run(tm, "z-sampling", steps=n)
+    assert tm.samples_evaluated == 6 * n - 4
+    tm.reset_calls()
+    run(tm, "z-core", steps=n, zigzag_steps=2)  # only the first two steps zigzag: +3 passes each
+    assert tm.samples_evaluated == 2 * n + 3 * 2
+
+
+def test_euler_inversion_is_exact_with_the_same_prediction(tiny_sd3):
+    tm = tiny_sd3
+    import comfy.samplers
+
+    model = tm.patcher.model
+    sigmas = comfy.samplers.calculate_sigmas(model.model_sampling, "normal", 8)
+    x = torch.randn(1, 16, 16, 16, generator=torch.Generator().manual_seed(0)) * sigmas[2]
+    import comfy.sampler_helpers
+
+    conds = comfy.sampler_helpers.convert_cond(tm.positive)
+    conds = comfy.samplers.encode_model_conds(model.extra_conds, conds, x, x.device, "positive")
+    with torch.no_grad():
+        den = comfy.samplers.calc_cond_batch(model, [conds], x, sigmas[2:3], {})[0]
+    d = to_d(x, sigmas[2], den)
+    back = euler_invert(euler_step(x, d, sigmas[2], sigmas[3]), d, sigmas[2], sigmas[3])
+    assert (back - x).abs().max() <= 1e-5
+
+
+def test_methods_differ_and_are_finite(tiny_sd15):
+    tm = tiny_sd15
+    outs = {m: run(tm, m) for m in ("core", "z-core", "z-sampling")}
+    for o in outs.values():
+        assert torch.isfinite(o).all()
+    assert (outs["z-core"] - outs["z-sampling"]).abs().max() > 1e-3
+    assert (outs["z-core"] - outs["core"]).abs().max() > 1e-3
+
+
+def test_z_core_with_identity_weak_and_w_equals_1_inverts_with_cond(tiny_sd15):
+    """With f = identity the Z-CoRe² inversion is the plain conditional prediction, i.e. Z-Sampling at inv_cfg = 1."""
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    common = (tm.patcher, 1, 5, 5.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
+              IdentityWeakModel(), 1.0, 5)
+    (a,) = refine.CoRe2KSampler().sample(*common, method="z-core")
+    (b,) = refine.CoRe2KSampler().sample(*common, method="z-sampling", inv_cfg=1.0)
+    assert (a["samples"] - b["samples"]).abs().max() <= 1e-5
+
+
+def test_non_euler_sampler_is_refused(tiny_sd15):
+    with pytest.raises(ValueError, match="defined for the euler sampler"):
+        run(tiny_sd15, "z-core", sampler="dpmpp_2m")
+    assert tiny_sd15.calls == []
