@@ -1,0 +1,30 @@
+"""Warnings when a run differs from how the official weights were trained (CORE2_SPEC §2.3, §4.2, §9)."""
+from __future__ import annotations
+
+# Schedulers (ComfyUI names) whose σ spacing matches the training schedule closely:
+# SDXL was trained on DDIM 50 "leading" steps (ComfyUI: sampler ddim + scheduler ddim_uniform; normal/sgm_uniform/simple
+# are close); SD3.5 on FlowMatch-Euler 28 steps with shift 3 (ComfyUI: euler + simple/normal/sgm_uniform, shift 3).
+CLOSE_SCHEDULERS = {"sdxl": ("ddim_uniform", "normal", "simple", "sgm_uniform"),
+                    "sd35": ("simple", "normal", "sgm_uniform")}
+TRAINING = {"sdxl": "DDIM, 50 steps, cfg ≈ 5.5 (inferred from the demo)", "sd35": "Euler, 28 steps, shift 3, cfg 3.5"}
+CFG_TOLERANCE = 0.25
+
+
+def compatibility_warnings(weak, cfg: float | None, steps: int | None, scheduler_name: str | None) -> list[str]:
+    """Human-readable warnings (empty when the run matches training). `weak` is an OfficialWeakModel."""
+    variant = getattr(weak, "variant", None)
+    if variant not in TRAINING:
+        return []
+    out = []
+    trained = TRAINING[variant]
+    if cfg is not None and abs(float(cfg) - weak.trained_cfg) > CFG_TOLERANCE:
+        out.append(f"cfg {cfg:g} differs from the {weak.trained_cfg:g} the official {variant} weak model was trained at "
+                   f"({trained}); its CFG scale is baked in, so fast steps behave like cfg ≈ {weak.trained_cfg:g}.")
+    if steps is not None and int(steps) != weak.trained_steps:
+        out.append(f"{steps} steps differ from the {weak.trained_steps} the weights were trained with ({trained}); each "
+                   f"LoRA is picked by the fraction of steps done, so it sees noise levels it was not trained on. "
+                   f"Consider lora_index_mode='sigma'.")
+    if scheduler_name and scheduler_name not in CLOSE_SCHEDULERS[variant]:
+        out.append(f"scheduler '{scheduler_name}' spaces σ differently from training ({trained}); prefer "
+                   f"{' / '.join(CLOSE_SCHEDULERS[variant])}, or use lora_index_mode='sigma'.")
+    return out
