@@ -53,6 +53,7 @@ class TrainSettings:
     checkpoint_every: int = 250
     eval_every: int = 250
     max_val_rows: int = 1024
+    keep_best: bool = True  # end with the weights that scored best on held-out prompts (guards against overfitting)
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     arch_overrides: dict = field(default_factory=dict)
@@ -356,6 +357,14 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     rows_per_epoch = max(1, sum(it["n"] for it in train_items))
     batches = _infinite_batches(reader, train_items, s.batch_size, s.seed, step * s.batch_size // rows_per_epoch)
     last_saved, last_metrics, t0, start_step = step, {}, time.time(), step
+    held_out = val_label == "held-out prompts"
+    best = {"err": math.inf, "step": None, "state": None, "metrics": None}
+
+    def note_best(metrics):
+        err = metrics.get("rel_err")
+        if s.keep_best and held_out and err is not None and err < best["err"]:
+            best.update(err=err, step=step, metrics=dict(metrics),
+                        state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
     done = step  # steps whose update completed
     try:
         while step < s.steps:
@@ -391,6 +400,7 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
             if step % s.eval_every == 0 or step == s.steps:
                 last_metrics = evaluate(model, reader, val_items, device, s.batch_size * 2, s.max_val_rows)
                 history["val"].append([step, last_metrics.get("rel_err")])
+                note_best(last_metrics)
             if step % s.checkpoint_every == 0 and step < s.steps:
                 _save_checkpoint(out_path, model, opt, step, full_meta(last_metrics), complete=False)
                 last_saved = step
@@ -415,7 +425,18 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     if not last_metrics or not history["val"] or history["val"][-1][0] != step:
         last_metrics = evaluate(model, reader, val_items, device, s.batch_size * 2, s.max_val_rows)
         history["val"] = [v for v in history["val"] if v[0] != step] + [[step, last_metrics.get("rel_err")]]
+        note_best(last_metrics)
+    meta["training"]["best_step"] = step
+    if best["state"] is not None and best["step"] != step and best["err"] < last_metrics.get("rel_err", math.inf):
+        notes.append(f"kept the weights of step {best['step']} (validation {best['err']:.4f}); later steps overfit "
+                     f"(step {step}: {last_metrics.get('rel_err'):.4f}). Collect more prompts/seeds for a better model")
+        model.load_state_dict(best["state"])
+        last_metrics = best["metrics"]
+        meta["training"]["best_step"] = best["step"]
     last_metrics["validation_on"] = val_label
+    if held_out and last_metrics.get("rel_err", 0) >= 1.0:
+        notes.append("WARNING: on held-out prompts this model is no better than cfg = 1 (relative error ≥ 1): the "
+                     "dataset is too small or too varied for it. Collect more prompts and seeds.")
     final_meta = full_meta(last_metrics)
     _save_checkpoint(out_path, model, opt, step, final_meta, complete=True)
     model.eval()

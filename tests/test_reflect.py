@@ -116,6 +116,24 @@ def test_training_beats_identity_on_held_out_prompts(trained, dataset):
     assert "relative error" in trained.summary and trained.model.trained_cfg == 5.0
 
 
+def test_keep_best_guards_against_overfitting(tmp_path):
+    """Unseen noise on a tiny random UNet: nothing transfers, training overfits; the best-validation weights are kept."""
+    import tiny_models
+
+    from comfyui_core2.core2.train import train
+
+    ds = collect_helpers.collect(tiny_models.build_sdxl(), tmp_path / "ds", n_prompts=6, seeds=(1,), batch=2, steps=6,
+                                 distinct_seeds=True)
+    res = train(ds, tmp_path / "w.safetensors", settings(steps=60, eval_every=15, val_fraction=0.34))
+    errs = dict((s, e) for s, e in res.history["val"])
+    best_step = min(errs, key=errs.get)
+    assert res.metrics["rel_err"] == pytest.approx(errs[best_step])
+    assert res.model.metadata["training"]["best_step"] == best_step
+    if best_step != 60:
+        assert "kept the weights of step" in res.summary
+    assert res.metrics["rel_err"] <= min(errs.values()) + 1e-12
+
+
 def test_save_load_round_trip_is_exact(trained):
     from comfyui_core2.core2.weak import StepInfo
     from comfyui_core2.core2.weights_io import load_weak_model
