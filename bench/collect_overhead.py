@@ -76,11 +76,11 @@ def main():
         if dev.type != "cpu":
             model = comfy.model_patcher.ModelPatcher(model.model, load_device=dev, offload_device=torch.device("cpu"))
         latent = torch.zeros(batch, tm.latent_channels, hw, hw)
-        noise = comfy.sample.prepare_noise(latent, 1)
         (wrapped,) = collect.CoRe2Collect().wrap(model, f"bench-{name}", args.store_x)
         session = collect.session_of(wrapped)
 
         def run(m, seed):
+            noise = comfy.sample.prepare_noise(latent, seed)  # a new trajectory per run (nothing skipped as a duplicate)
             out = comfy.sample.sample(m, noise, steps, 6.0, "euler", "normal", tm.positive, tm.negative, latent,
                                       disable_pbar=True, seed=seed)
             if m is wrapped:
