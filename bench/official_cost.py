@@ -24,7 +24,7 @@ log = logging.getLogger("official_cost")
 
 
 def count(fn) -> int:
-    with FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
         fn()
     return fc.get_total_flops()
 
@@ -65,6 +65,17 @@ def unet_flops(latent: int, batch: int) -> int:
     params = sum(p.numel() for p in unet.parameters())
     f = count(lambda: unet(x, timesteps=t, context=ctx, y=y))
     return f, params
+
+
+def sd35_weak_flops(latent: int) -> int:
+    """The SD3.5 weak net (8 blocks, 16 channels), steady state (LoRA merged)."""
+    from core2.official import SD35, PromptNet
+
+    net = PromptNet(SD35, device="meta")
+    args = (torch.empty(1, 16, latent, latent, device="meta"), torch.empty(1, 64, 666, device="meta"),
+            torch.empty(1, 64, device="meta"), torch.empty(1, 64, 4096, device="meta"), torch.empty(1, 4096, device="meta"))
+    count(lambda: net(*args))  # first call merges
+    return count(lambda: net(*args))
 
 
 def weak_flops(latent: int):
@@ -145,6 +156,7 @@ def main(argv=None):
     log.info("CoRe² SDXL weak net: %.1f M active base params (+6.81 M per LoRA)", base_params / 1e6)
     for k, f in weak.items():
         log.info("  weak net, %s: %.2f GFLOP = %.2f%% of a batch-1 UNet call", k, f / 1e9, 100 * f / u1)
+    log.info("CoRe² SD3.5 weak net (merged LoRA): %.2f GFLOP per call", sd35_weak_flops(a.latent) / 1e9)
     if a.time:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if dev == "cuda" else torch.float32

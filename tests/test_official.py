@@ -2,6 +2,7 @@
 step → LoRA quirks, prompt recipes, the WeakModel contract, errors, the safetensors converter."""
 from __future__ import annotations
 
+import functools
 import math
 import re
 from pathlib import Path
@@ -43,11 +44,17 @@ SMALL = {
 }
 
 
+@functools.lru_cache(maxsize=None)
+def meta_shapes(cfg: net.NetConfig) -> dict:
+    return {k: v.shape for k, v in net.PromptNet(cfg, device="meta").state_dict().items()}
+
+
 def random_state_dict(cfg: net.NetConfig, seed: int = 0) -> dict:
     """Random values for every tensor, LoRA B and the zero-initialised layers included."""
     g = torch.Generator().manual_seed(seed)
     sd = {}
-    for k, v in net.PromptNet(cfg, device="meta").state_dict().items():
+    for k, shape in meta_shapes(cfg).items():
+        v = torch.empty(shape, device="meta")
         fan = v[0].numel() if v.ndim > 1 else 1
         t = torch.randn(v.shape, generator=g) / math.sqrt(fan)
         if k.endswith(".B"):
@@ -188,13 +195,14 @@ def test_training_sigma_grids_and_nearest_rule():
 # -- prompt recipes -------------------------------------------------------------------------------------------------
 def test_sdxl_recipe_rows_of_u_zero_negative_and_pooled():
     g = torch.Generator().manual_seed(5)
-    tok, pooled = torch.randn(2, 154, 2048, generator=g), torch.randn(2, 1280, generator=g)  # 2·77 tokens (long prompt)
-    x = recipes.sdxl_inputs(PromptFeatures(tok, pooled), PromptFeatures(torch.ones(2, 77, 2048), torch.ones(2, 1280)),
-                            dtype=torch.float32)
-    assert x.s.shape == (2, 64, 154) and x.v.shape == (2, 64) and x.d.shape == (2, 64, 2048)
+    D = 300  # narrower than CLIP's 2048 to keep the SVDs fast; still wider than the 154 stacked tokens
+    tok, pooled = torch.randn(2, 154, D, generator=g), torch.randn(2, 1280, generator=g)  # 2·77 tokens (long prompt)
+    x = recipes.sdxl_inputs(PromptFeatures(tok, pooled), PromptFeatures(torch.ones(2, 77, D), torch.ones(2, 1280)),
+                            dtype=torch.float32, text_dim=D)
+    assert x.s.shape == (2, 64, 154) and x.v.shape == (2, 64) and x.d.shape == (2, 64, D)
     assert x.pooled.shape == (2, 2560)
     assert torch.equal(x.pooled[:, :1280], torch.zeros(2, 1280)) and torch.equal(x.pooled[:, 1280:], pooled)
-    a = torch.cat([torch.zeros(77, 2048), tok[1, :77]])  # [neg = 0; pos], only the first 77 tokens; sample 1 alone
+    a = torch.cat([torch.zeros(77, D), tok[1, :77]])  # [neg = 0; pos], only the first 77 tokens; sample 1 alone
     u, sv, vh = torch.linalg.svd(a)
     assert torch.equal(x.s[1], u[:64]) and torch.equal(x.v[1], sv[:64]) and torch.equal(x.d[1], vh[:64])
     # rows (not columns) of U: orthonormal rows, ~zero over the zero-negative block
@@ -202,7 +210,7 @@ def test_sdxl_recipe_rows_of_u_zero_negative_and_pooled():
     assert x.s[1][:, :77].abs().max() < 1e-4
     assert not torch.allclose(x.s[1], u[:, :64].t(), atol=1e-3)
     # the user's negative is ignored (official zero negative); bf16 is the default dtype, as in the official code
-    y = recipes.sdxl_inputs(PromptFeatures(tok[1:], pooled[1:]), None)
+    y = recipes.sdxl_inputs(PromptFeatures(tok[1:], pooled[1:]), None, text_dim=D)
     assert y.s.dtype == y.v.dtype == y.d.dtype == y.pooled.dtype == torch.bfloat16
     assert torch.equal(y.s[0], x.s[1].to(torch.bfloat16)) and torch.equal(y.d[0], x.d[1].to(torch.bfloat16))
 
