@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from comfyui_core2.core2 import official
-from comfyui_core2.core2.official import convert, loader, lora, net, recipes, steps
+from comfyui_core2.core2.official import convert, lora, net, recipes, steps
 from comfyui_core2.core2.weak import PromptFeatures, StepInfo
 
 REF = Path("/work/shared/reference")
