@@ -68,6 +68,10 @@ class WeakModel(torch.nn.Module):
     def forward(self, raw_cond, sigma, cfg_scale, step, context):
         return self.predict(raw_cond, sigma, cfg_scale, step, context)
 
+    def setting_warnings(self, cfg: float | None, steps: int | None, scheduler: str | None) -> list[str]:
+        """Warnings when sampling settings differ from what the weights were trained for (empty: none)."""
+        return []
+
     def check_compatible(self, family: str, latent_channels: int, prediction: str) -> None:
         """Raise ValueError with a clear message if this weak model cannot serve that base model."""
         problems = []

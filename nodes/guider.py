@@ -75,6 +75,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self.method = method
         self.zigzag_steps = zigzag_steps
         self.inv_cfg = float(inv_cfg)
+        self.scheduler_name: str | None = None  # set by the KSampler nodes, for the weak model's setting warnings
         self.stats: RunStats | None = None
 
     # --- checks before any work -------------------------------------------------------------------------------
@@ -99,6 +100,9 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         schedule = self.schedule if self.schedule is not None else sigmas
         total = int(torch.as_tensor(schedule).numel()) - 1
         self.validate(total)
+        if self.weak is not None:
+            for w in self.weak.setting_warnings(self.cfg, total, self.scheduler_name):
+                log.warning("CoRe²: %s", w)
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
         self._map = StepMap(schedule, total if self.slow_steps is None or self.method != "core" else self.slow_steps)

@@ -32,9 +32,11 @@ OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "ma
                                                "z-sampling only: CFG scale of the inversion pass (official default 0.5)."})}}
 
 
-def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None):
-    return CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
-                       zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg)
+def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None):
+    g = CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
+                    zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg)
+    g.scheduler_name = scheduler
+    return g
 
 
 def _check_slow(slow_steps, steps, method):
@@ -71,7 +73,7 @@ class CoRe2KSampler:
         _check_slow(slow_steps, steps, method)
 
         def make(m, schedule):
-            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule)
+            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule, scheduler)
 
         return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, denoise=denoise),)
@@ -110,7 +112,7 @@ class CoRe2KSamplerAdvanced:
         _check_slow(slow_steps, steps, method)
 
         def make(m, schedule):
-            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule)
+            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule, scheduler)
 
         return (run_ksampler(make, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, disable_noise=add_noise == "disable", start_step=start_at_step,

@@ -116,7 +116,10 @@ class CoRe2LoadWeakModel:
         return {
             "required": {"weak_model_name": (paths.list_weak_models(), {"tooltip": "A file in models/core2."})},
             "optional": {"model": ("MODEL", {"tooltip": "Optional: the base model, to check family, latent channels, "
-                                             "prediction type and (as a warning) the exact base weights."})},
+                                             "prediction type and (as a warning) the exact base weights."}),
+                         "lora_index_mode": (["official", "sigma"], {"default": "official", "tooltip":
+                                             "Official CoRe² weights only: pick each step's LoRA by the fraction of "
+                                             "steps done (official) or by the nearest training noise level (sigma)."})},
         }
 
     RETURN_TYPES = (WEAK, "STRING")
@@ -125,10 +128,21 @@ class CoRe2LoadWeakModel:
     FUNCTION = "load"
     CATEGORY = CATEGORY
 
-    def load(self, weak_model_name, model=None):
+    @classmethod
+    def IS_CHANGED(cls, weak_model_name, **_):
+        """Reload when the file changes (a retrained or resumed model saved under the same name)."""
+        try:
+            st = paths.weak_model_path(weak_model_name).stat()
+            return f"{st.st_mtime_ns}-{st.st_size}"
+        except OSError:
+            return float("nan")
+
+    def load(self, weak_model_name, model=None, lora_index_mode="official"):
         path = paths.weak_model_path(weak_model_name)
         with torch.inference_mode(False):
             weak = load_weak_model(path)
+        if hasattr(weak, "lora_index_mode"):
+            weak.lora_index_mode = lora_index_mode
         info = describe(weak)
         if model is not None:
             weak.check_compatible(model_info.family(model), model_info.latent_channels(model), model_info.prediction(model))

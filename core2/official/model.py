@@ -56,6 +56,11 @@ class OfficialWeakModel(WeakModel):
         self.name = f"CoRe² official {variant}" + (f" ({source})" if source else "")
         self.lora_index_mode = lora_index_mode
 
+    def setting_warnings(self, cfg, steps, scheduler):
+        from .compat import compatibility_warnings
+
+        return compatibility_warnings(self, cfg, steps, scheduler)
+
     @property
     def lora_index_mode(self) -> str:
         return self._mode
