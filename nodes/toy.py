@@ -1,7 +1,7 @@
 """Toy world nodes: a tiny text-to-image model that runs on any CPU in seconds, to try CoRe² without real weights.
 
 Pictures are 32×32, one coloured shape at a place ("a red triangle at the top"). The model is a real ComfyUI model
-(UNetModel, ε-prediction): ComfyUI's KSampler, the CoRe² samplers and Collect work on it as on SD1.5.
+(UNetModel, v-prediction as SD2.x): ComfyUI's KSampler, the CoRe² samplers and Collect work on it as on SD.
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class CoRe2ToyModelLoader:
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", TOY_TEXT)
     RETURN_NAMES = ("model", "toy_text")
-    OUTPUT_TOOLTIPS = ("The toy diffusion model (ε-prediction, like SD1.5): plug it into KSampler or a CoRe² sampler.",
+    OUTPUT_TOOLTIPS = ("The toy diffusion model (v-prediction, like SD2.x): plug it into KSampler or a CoRe² sampler.",
                        "The toy text encoder: plug it into CoRe² Toy Text Encode.")
 
     @classmethod

@@ -10,6 +10,15 @@ from comfyui_core2.nodes import model_info
 from comfyui_core2.nodes import toy as toy_nodes
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Sampling a tiny model is fastest single-threaded on a busy CPU (waiting threads thrash); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def toy():
     return world.load()
@@ -64,18 +73,18 @@ def test_shipped_weights_load_into_comfy_model(toy):
     assert isinstance(p, comfy.model_patcher.ModelPatcher) and isinstance(p.model, comfy.model_base.BaseModel)
     assert isinstance(p.model.diffusion_model, UNetModel)
     assert isinstance(p.model.model_sampling, comfy.model_sampling.ModelSamplingDiscrete)
-    assert model_info.prediction(p) == "eps" and model_info.latent_channels(p) == 12
+    assert p.model.model_type == comfy.model_base.ModelType.V_PREDICTION and model_info.latent_channels(p) == 12
     assert model_info.family(p) == "toy"
-    # trained, not freshly initialised: the ε prediction of a noised picture is close to the noise
-    x0 = pixels.to_latent(data.dataset(8, seed=5).images)
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn(x0.shape, generator=g)
-    sigma = torch.full((8,), 2.0)
-    cond = world.encode(data.dataset(8, seed=5).prompts)[0][0]
-    with torch.no_grad():
-        den = p.model.apply_model(x0 + 2.0 * noise, sigma, c_crossattn=cond)
-    eps = (x0 + 2.0 * noise - den) / 2.0
-    assert float(torch.nn.functional.mse_loss(eps, noise)) < 0.2
+    # trained, not freshly initialised: it denoises far better than an untrained (zero-output) v-model would
+    pics = data.dataset(8, seed=5)
+    x0 = pixels.to_latent(pics.images)
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    cond = world.encode(pics.prompts)[0][0]
+    for s in (0.5, 2.0, 8.0):
+        with torch.no_grad():
+            den = p.model.apply_model(x0 + s * noise, torch.full((8,), s), c_crossattn=cond)
+        untrained = float(torch.nn.functional.mse_loss((x0 + s * noise) / (s * s + 1), x0))
+        assert float(torch.nn.functional.mse_loss(den, x0)) < 0.25 * untrained, s
 
 
 def test_bad_model_files_are_refused(tmp_path):

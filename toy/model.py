@@ -1,4 +1,4 @@
-"""The toy text-to-image model as a real ComfyUI model: a small comfy UNetModel in a BaseModel (ε-prediction,
+"""The toy text-to-image model as a real ComfyUI model: a small comfy UNetModel in a BaseModel (v-prediction as SD2,
 ModelSamplingDiscrete, SD's noise schedule) on the toy "latent" (toy/pixels.py: the 32×32 picture folded into
 2×2 patches, 12 channels at 16×16), cross-attending to the toy text encoder's tokens.
 
@@ -48,7 +48,10 @@ class Toy(comfy.supported_models_base.BASE):
     supported_inference_dtypes = [torch.float32]
 
     def model_type(self, state_dict, prefix=""):
-        return comfy.model_base.ModelType.EPS
+        return comfy.model_base.ModelType.V_PREDICTION
+
+    def inpaint_model(self):
+        return False  # 12 input channels are the picture's patches, not SD's latent + mask + masked image
 
 
 def build(dtype: torch.dtype = torch.float32) -> comfy.model_base.BaseModel:

@@ -18,7 +18,8 @@ import torch
 
 log = logging.getLogger("toy.train_toy")
 DEFAULT_OUT = Path(__file__).resolve().parent / "weights" / "toy_t2i.safetensors"
-STEPS = 1000
+STEPS = 1400
+CAPTION_NOISE = 0.3
 WARMUP = 50
 
 
@@ -33,15 +34,29 @@ def _allow_autograd_through_comfy_attention(unet: torch.nn.Module) -> None:
                 norm.register_forward_pre_hook(lambda mod, args: tuple(a.clone() for a in args))
 
 
+def noisy_captions(labels: torch.Tensor, noise: float, gen: torch.Generator) -> list[str]:
+    """Prompts for [B, 3] labels where each attribute is, with probability `noise`, replaced by a random value
+    (possibly the same): imperfect captions, as in real training data. The model's conditional distribution then
+    follows the prompt only partly, and classifier-free guidance sharpens it back towards the prompt."""
+    from . import data
+
+    labels = labels.clone()
+    for i, a in enumerate(data.ATTRIBUTES):
+        swap = torch.rand(len(labels), generator=gen) < noise
+        labels[swap, i] = torch.randint(data.NUM_CLASSES[a], (int(swap.sum()),), generator=gen)
+    return [data.Attributes.from_label(lab).prompt for lab in labels.tolist()]
+
+
 def train(out: Path, seed: int = 0, steps: int = STEPS, batch: int = 32, lr: float = 1.5e-3, uncond_prob: float = 0.15,
-          ema_decay: float = 0.995, log_every: int = 50, save_every: int = 0) -> dict:
+          caption_noise: float = CAPTION_NOISE, ema_decay: float = 0.995, log_every: int = 50,
+          save_every: int = 0) -> dict:
     from . import data, model, pixels, text
 
     torch.manual_seed(seed)
     base = model.build()
     model.reset_parameters(base.diffusion_model, seed)
     unet = base.diffusion_model
-    with torch.no_grad():  # start as a zero ε-predictor (as SD's UNet does)
+    with torch.no_grad():  # start from a zero output (as SD's UNet does)
         unet.out[-1].weight.zero_()
         unet.out[-1].bias.zero_()
     torch.manual_seed(seed + 1)
@@ -60,15 +75,17 @@ def train(out: Path, seed: int = 0, steps: int = STEPS, batch: int = 32, lr: flo
     t0, running = time.time(), []
     for step in range(steps):
         b = data.sample_batch(batch, gen)
-        prompts = [p if float(torch.rand(1, generator=gen)) >= uncond_prob else "" for p in b.prompts]
+        captions = noisy_captions(b.labels, caption_noise, gen) if caption_noise > 0 else b.prompts
+        prompts = [p if float(torch.rand(1, generator=gen)) >= uncond_prob else "" for p in captions]
         x0 = pixels.to_latent(b.images)
         t = torch.randint(0, len(sigmas), (batch,), generator=gen)
         sigma = sigmas[t].view(-1, 1, 1, 1)
         noise = torch.randn(x0.shape, generator=gen)
         xc = (x0 + sigma * noise) / (sigma ** 2 + 1.0).sqrt()  # ComfyUI's EPS calculate_input
         tokens, _pooled = encoder(text.tokenize_batch(prompts))
-        eps = unet(xc, t.float(), context=tokens)
-        loss = torch.nn.functional.mse_loss(eps, noise)
+        v = unet(xc, t.float(), context=tokens)
+        # v-prediction (ComfyUI's V_PREDICTION): x0 = x/(σ²+1) − v·σ/√(σ²+1)  ⇔  v = (ε − σ·x0)/√(σ²+1)
+        loss = torch.nn.functional.mse_loss(v, (noise - sigma * x0) / (sigma ** 2 + 1.0).sqrt())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -91,8 +108,10 @@ def train(out: Path, seed: int = 0, steps: int = STEPS, batch: int = 32, lr: flo
             running = []
         if save_every and (step + 1) % save_every == 0 and step + 1 < steps:
             _save(out.with_name(f"{out.stem}.step{step + 1}{out.suffix}"), ema, ema_text,
-                  {"seed": seed, "steps": step + 1, "batch": batch, "lr": lr, "uncond_prob": uncond_prob})
-    _save(out, ema, ema_text, {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "uncond_prob": uncond_prob})
+                  {"seed": seed, "steps": step + 1, "batch": batch, "lr": lr, "uncond_prob": uncond_prob,
+                   "caption_noise": caption_noise})
+    _save(out, ema, ema_text, {"seed": seed, "steps": steps, "batch": batch, "lr": lr, "uncond_prob": uncond_prob,
+                               "caption_noise": caption_noise})
     log.info("saved %s (%.1f MB) in %.0fs", out, out.stat().st_size / 1e6, time.time() - t0)
     return {"seconds": time.time() - t0, "path": str(out)}
 
@@ -119,6 +138,8 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1.5e-3)
+    ap.add_argument("--caption-noise", type=float, default=CAPTION_NOISE,
+                    help="chance that each attribute in a training prompt is replaced by a random one")
     ap.add_argument("--save-every", type=int, default=0, help="also save <out>.step<N>.safetensors every N steps")
     ap.add_argument("--uncond-prob", type=float, default=0.15, help="share of samples trained with the empty prompt")
     ap.add_argument("--threads", type=int, default=1,
@@ -131,7 +152,7 @@ def main(argv=None) -> None:
     inst = comfy_env.activate()
     log.info("training with %s", inst.describe())
     train(args.out, seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr, uncond_prob=args.uncond_prob,
-          save_every=args.save_every)
+          caption_noise=args.caption_noise, save_every=args.save_every)
 
 
 if __name__ == "__main__":

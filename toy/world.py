@@ -2,7 +2,7 @@
 
 ComfyUI is imported lazily: call tools.comfy_env.activate() first when running outside ComfyUI.
 
-    model = load_toy_model()                       # comfy ModelPatcher (ε-prediction, ModelSamplingDiscrete)
+    model = load_toy_model()                       # comfy ModelPatcher (v-prediction, ModelSamplingDiscrete)
     positive, negative = encode("a red triangle at the top"), encode("")
     latent = empty_latent(4)                       # [4, 12, 16, 16]
     samples = comfy.sample.sample(model, noise, 20, 5.0, "euler", "normal", positive, negative, latent)
