@@ -47,8 +47,9 @@ def test_euler_inversion_is_exact_with_the_same_prediction(tiny_sd3):
 
     conds = comfy.sampler_helpers.convert_cond(tm.positive)
     conds = comfy.samplers.encode_model_conds(model.extra_conds, conds, x, x.device, "positive")
+    kwargs = {k: v.process_cond(batch_size=1, device=x.device).cond for k, v in conds[0]["model_conds"].items()}
     with torch.no_grad():
-        den = comfy.samplers.calc_cond_batch(model, [conds], x, sigmas[2:3], {})[0]
+        den = model.apply_model(x, sigmas[2:3], **kwargs)
     d = to_d(x, sigmas[2], den)
     back = euler_invert(euler_step(x, d, sigmas[2], sigmas[3]), d, sigmas[2], sigmas[3])
     assert (back - x).abs().max() <= 1e-5
