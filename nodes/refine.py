@@ -39,9 +39,12 @@ def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_
     return g
 
 
-def _check_slow(slow_steps, steps, method):
+def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg):
+    """Check the step settings, then return make(model, schedule) -> guider for run_ksampler."""
     if method == "core" and slow_steps > steps:
         raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
+    return lambda m, schedule: _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule,
+                                       scheduler)
 
 
 class CoRe2KSampler:
@@ -70,11 +73,7 @@ class CoRe2KSampler:
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5):
-        _check_slow(slow_steps, steps, method)
-
-        def make(m, schedule):
-            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule, scheduler)
-
+        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg)
         return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, denoise=denoise),)
 
@@ -109,11 +108,7 @@ class CoRe2KSamplerAdvanced:
     def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                latent_image, start_at_step, end_at_step, return_with_leftover_noise, weak_model, w2s_scale, slow_steps,
                method="core", zigzag_steps=-1, inv_cfg=0.5):
-        _check_slow(slow_steps, steps, method)
-
-        def make(m, schedule):
-            return _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule, scheduler)
-
+        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg)
         return (run_ksampler(make, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, disable_noise=add_noise == "disable", start_step=start_at_step,
                              last_step=end_at_step, force_full_denoise=return_with_leftover_noise != "enable"),)

@@ -18,15 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest single-threaded (and the test machine is shared)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
     """Output/input folders in tmp (ComfyUI's folder_paths when present, else CORE2_HOME)."""

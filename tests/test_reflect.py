@@ -16,15 +16,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(width=32, mults=[1, 2], blocks=1, emb_dim=128)  # a test-sized "small"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The test machine has 2 shared cores; one torch thread avoids spin contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     import tiny_models

@@ -10,15 +10,6 @@ from comfyui_core2.nodes import model_info
 from comfyui_core2.nodes import toy as toy_nodes
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Sampling a tiny model is fastest single-threaded on a busy CPU (waiting threads thrash); restored after."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def toy():
     return world.load()
