@@ -1,0 +1,278 @@
+"""The pieces the demo and the benchmark share: load ComfyUI and the pack, collect, train, sample, count, score.
+
+Everything runs on the toy world (toy/world.py): a real ComfyUI UNetModel, small enough for a CPU.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "comfyui_core2"
+log = logging.getLogger("core2.demo")
+
+
+@dataclass
+class DemoConfig:
+    """Sizes of the demo run. The defaults take about 3-5 minutes on 1 CPU thread."""
+    prompts: int = 120  # toy prompts collected (the toy world has 120)
+    seeds_per_prompt: int = 3
+    collect_seed: int = 1000  # collected seeds: collect_seed .. collect_seed + seeds_per_prompt - 1
+    steps: int = 20
+    cfg: float = 5.0
+    sampler_name: str = "euler"
+    scheduler: str = "normal"
+    train_steps: int = 1500
+    train_batch: int = 32
+    train_lr: float = 1e-3
+    size: str = "small"
+    val_fraction: float = 0.1
+    w2s_scale: float = 1.5
+    eval_samples: int = 60  # held-out (prompt, seed) samples per method in the report
+    eval_seed: int = 500_000  # evaluation seeds start here (never collected)
+    grid_prompts: tuple = ("a red triangle at the top", "a blue cross in the centre", "a yellow circle on the left",
+                           "a magenta square at the bottom", "a green triangle on the right",
+                           "a cyan circle at the bottom")
+    grid_seed: int = 900_000
+    grid_scale: int = 4
+    dataset_name: str = "toy_demo"
+    model_name: str = "toy_demo_small"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# environment
+
+
+def setup(out_dir: Path, threads: int = 1):
+    """Activate ComfyUI, load the pack as ComfyUI does (package `comfyui_core2`), point its folders at out_dir."""
+    torch.set_num_threads(threads)
+    out_dir = Path(out_dir).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["CORE2_HOME"] = str(out_dir)
+    for p in (str(ROOT),):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    from tools import comfy_env
+
+    inst = comfy_env.activate()
+    pack = load_pack()
+    import comfy.utils
+
+    if hasattr(comfy.utils, "PROGRESS_BAR_ENABLED"):  # one log line per run is enough here
+        comfy.utils.PROGRESS_BAR_ENABLED = False
+    from comfyui_core2.nodes import paths
+
+    if paths.folder_paths is not None:  # full ComfyUI: its own folder registry
+        paths.folder_paths.set_output_directory(str(out_dir / "output"))
+    return inst, pack
+
+
+def load_pack():
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def toy_prompts(n: int, seed: int = 0) -> list[str]:
+    from comfyui_core2.toy.evaluate import prompt_set
+
+    return prompt_set(n, seed)[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Collect and Reflect
+
+
+def collect(out_dir: Path, cfg: DemoConfig) -> dict:
+    """Collect (resumable): every (prompt, seed) pair not yet in the dataset is sampled with recording on."""
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect as collect_nodes, paths
+    from comfyui_core2.toy import world
+
+    model = world.load_toy_model()
+    prompts = toy_prompts(cfg.prompts)
+    t0 = time.perf_counter()
+    res = collect_nodes.collect_batch(model, prompts, world.UNCOND_PROMPT, world.encode,
+                                      seeds_per_prompt=cfg.seeds_per_prompt, seed=cfg.collect_seed, steps=cfg.steps,
+                                      cfg=cfg.cfg, sampler_name=cfg.sampler_name, scheduler=cfg.scheduler,
+                                      width=32, height=32, dataset_name=cfg.dataset_name, store_x=False)
+    seconds = time.perf_counter() - t0
+    folder = paths.datasets_dir() / cfg.dataset_name
+    reader = ds.DatasetReader(folder)
+    info = {"folder": str(folder), "items": len(reader.items), "prompts": len(reader.prompt_ids()),
+            "samples": int(reader.n_samples), "collected_now": len(res.written), "reused": len(res.skipped),
+            "seconds_this_run": round(seconds, 2),
+            "bytes": sum(p.stat().st_size for p in folder.glob("*") if p.is_file())}
+    state = _state(out_dir)
+    if res.written:  # keep the time of the run that collected most of it
+        state["collect_seconds"] = state.get("collect_seconds", 0.0) + seconds
+        _save_state(out_dir, state)
+    info["seconds_total"] = round(state.get("collect_seconds", seconds), 2)
+    return info
+
+
+def weak_model_path(out_dir: Path, cfg: DemoConfig) -> Path:
+    return Path(out_dir).resolve() / "models" / "core2" / f"{cfg.model_name}.safetensors"
+
+
+def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, dict]:
+    """Reflect (resumable): reuse a complete model file, resume an incomplete one, else train from scratch."""
+    from comfyui_core2.core2 import train as trainer
+    from comfyui_core2.core2.weights_io import load_weak_model, read_metadata
+
+    out = weak_model_path(out_dir, cfg)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = read_metadata(out) if out.is_file() else {}
+    tr = meta.get("training", {})
+    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps
+    if done and tr.get("size") not in (None, cfg.size):
+        raise ValueError(f"{out} holds a '{tr.get('size')}' weak model, the demo asks for '{cfg.size}': delete it or "
+                         "choose another --out folder.")
+    state = _state(out_dir)
+    trained_now = False
+    if not done:
+        settings = trainer.TrainSettings(steps=cfg.train_steps, batch_size=cfg.train_batch, lr=cfg.train_lr,
+                                         size=cfg.size, seed=0, val_fraction=cfg.val_fraction,
+                                         resume=out.is_file(), eval_every=max(50, cfg.train_steps // 6),
+                                         checkpoint_every=max(50, cfg.train_steps // 6))
+        t0 = time.perf_counter()
+        r = trainer.train(dataset_folder, out, settings)
+        state["train_seconds"] = state.get("train_seconds", 0.0) * settings.resume + time.perf_counter() - t0
+        _save_state(out_dir, state)
+        log.info("%s", r.summary)
+        meta = read_metadata(out)
+        trained_now = True
+    weak = load_weak_model(out)
+    vm = meta.get("val_metrics", {})
+    info = {"path": str(out), "size": meta.get("training", {}).get("size"), "steps": meta.get("training", {}).get("step"),
+            "best_step": meta.get("training", {}).get("best_step"), "batch_size": cfg.train_batch, "lr": cfg.train_lr,
+            "seconds": round(state.get("train_seconds", float("nan")), 2), "trained_now": trained_now,
+            "val_rel_err": vm.get("rel_err"), "val_rel_err_median": vm.get("rel_err_median"),
+            "validation_on": vm.get("validation_on"),
+            "parameters": sum(p.numel() for p in weak.parameters()) if hasattr(weak, "parameters") else None}
+    return weak, info
+
+
+def _state(out_dir) -> dict:
+    p = Path(out_dir) / "demo_state.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_state(out_dir, state: dict) -> None:
+    from comfyui_core2.core2.files import atomic_write_json
+
+    atomic_write_json(Path(out_dir) / "demo_state.json", state)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Refine: sampling with pass counting
+
+
+@dataclass
+class Method:
+    name: str
+    kind: str  # "cfg" (ComfyUI's own sampling) or "core2" (the pack's CoRe2KSampler node)
+    cfg: float
+    steps: int
+    slow_steps: int = 0
+    w2s_scale: float = 1.0
+    method: str = "core"
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class PassCounter:
+    """Counts base-model passes per image: rows through the diffusion model / batch size (a UNet wrapper)."""
+
+    def __init__(self, model):
+        self.rows = 0
+        self.model = model.clone()
+
+        def wrapper(apply_model, args):
+            self.rows += int(args["input"].shape[0])
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        self.model.set_model_unet_function_wrapper(wrapper)
+
+
+def sample(base_model, m: Method, weak, prompts: list[str], seed: int) -> tuple[torch.Tensor, float, float]:
+    """Pictures for prompts (one batch, noise from one seed): IMAGE [B, 32, 32, 3], model passes per image, seconds."""
+    import comfy.sample
+
+    from comfyui_core2.nodes import refine
+    from comfyui_core2.toy import world
+
+    counter = PassCounter(base_model)
+    latent = world.empty_latent(len(prompts))
+    pos, neg = world.encode(prompts), world.encode(world.UNCOND_PROMPT)
+    t0 = time.perf_counter()
+    if m.kind == "cfg":
+        noise = comfy.sample.prepare_noise(latent, seed)
+        out = comfy.sample.sample(counter.model, noise, m.steps, m.cfg, "euler", "normal", pos, neg, latent,
+                                  disable_pbar=True, seed=seed)
+    else:
+        (res,) = refine.CoRe2KSampler().sample(counter.model, seed, m.steps, m.cfg, "euler", "normal", pos, neg,
+                                               {"samples": latent}, 1.0, weak, m.w2s_scale, m.slow_steps, m.method)
+        out = res["samples"]
+    seconds = time.perf_counter() - t0
+    return world.decode(out), counter.rows / len(prompts), seconds
+
+
+def demo_methods(cfg: DemoConfig) -> list[Method]:
+    n = cfg.steps
+    return [Method("cfg 1", "cfg", 1.0, n, note="no guidance"),
+            Method(f"CFG {cfg.cfg:g}", "cfg", cfg.cfg, n),
+            Method("CoRe² all-fast", "core2", cfg.cfg, n, 0, 1.0),
+            Method("CoRe² mixed", "core2", cfg.cfg, n, n // 2, cfg.w2s_scale, note=f"{n // 2} slow steps"),
+            Method("CoRe² all-slow", "core2", cfg.cfg, n, n, cfg.w2s_scale)]
+
+
+def evaluate(base_model, methods: list[Method], weak, n: int, seed: int, batch: int = 60,
+             features: bool = False) -> list[dict]:
+    """Each method on the same n held-out (prompt, seed) samples: accuracy, passes per image, seconds."""
+    from comfyui_core2.toy import evaluate as toy_eval
+
+    prompts, labels = toy_eval.prompt_set(n, seed=1)
+    rows = []
+    for m in methods:
+        imgs, passes, secs = [], [], 0.0
+        for i in range(0, n, batch):
+            im, p, s = sample(base_model, m, weak, prompts[i:i + batch], seed + i)
+            imgs.append(im)
+            passes.append(p)
+            secs += s
+        images = torch.cat(imgs)
+        acc = toy_eval.score(images, labels).as_dict()
+        row = {**m.as_dict(), "passes_per_image": round(sum(passes) / len(passes), 3), "seconds": round(secs, 2),
+               "accuracy": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()}}
+        if features:
+            row["_images"], row["_labels"] = images, labels
+        rows.append(row)
+        log.info("%-16s passes/image %5.1f  accuracy %.3f  (%.1f s)", m.name, row["passes_per_image"], acc["mean"], secs)
+    return rows
+
+
+def config_dict(cfg: DemoConfig) -> dict:
+    d = asdict(cfg)
+    d["grid_prompts"] = list(cfg.grid_prompts)
+    return d
+
+
+__all__ = ["DemoConfig", "Method", "setup", "collect", "train", "sample", "evaluate", "demo_methods", "field"]
