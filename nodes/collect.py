@@ -42,6 +42,7 @@ WRAPPER_KEY = "core2_collect"
 CFG1_MESSAGE = ("CoRe² Collect: this sampler runs at cfg = 1 (or without a negative prompt), so there is no unconditional "
                 "output to record. Set cfg > 1 (e.g. 5-8) on the sampler and give it a negative conditioning, or remove "
                 "the CoRe² Collect node.")
+CLIP_TYPES = "CLIP,CORE2_TOY_TEXT"  # a union type: ComfyUI links either a CLIP or the toy text encoder here
 # samplers that evaluate the model twice per step (for disk estimates)
 _TWO_EVAL = {"heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
              "dpmpp_sde_gpu", "seeds_2", "exp_heun_2_x0", "exp_heun_2_x0_sde"}
@@ -424,7 +425,15 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
 
 
 def encode_text(clip, text: str) -> list:
-    """CONDITIONING for a text, like ComfyUI's CLIPTextEncode."""
+    """CONDITIONING for a text, like ComfyUI's CLIPTextEncode; also takes the toy world's text encoder
+    (CORE2_TOY_TEXT from CoRe² Toy Model Loader: an object whose .text_encoder.encode(text) gives tokens, pooled)."""
+    toy = getattr(clip, "text_encoder", None)
+    if not hasattr(clip, "tokenize") and callable(getattr(toy, "encode", None)):
+        tokens, pooled = toy.encode(text)
+        return [[tokens.detach().clone(), {"pooled_output": pooled.detach().clone()}]]
+    if not hasattr(clip, "tokenize"):
+        raise TypeError(f"CoRe² Collect Batch: cannot encode prompts with a {type(clip).__name__}; connect a CLIP "
+                        "(from a checkpoint or CLIP loader) or the toy_text output of CoRe² Toy Model Loader.")
     tokens = clip.tokenize(text)
     if hasattr(clip, "encode_from_tokens_scheduled"):
         return clip.encode_from_tokens_scheduled(tokens)
@@ -506,7 +515,8 @@ class CoRe2CollectBatch:
         return {
             "required": {
                 "model": ("MODEL",),
-                "clip": ("CLIP", {"tooltip": "Encodes every prompt and the negative prompt."}),
+                "clip": (CLIP_TYPES, {"tooltip": "Encodes every prompt and the negative prompt: a CLIP, or the toy_text "
+                                   "output of CoRe² Toy Model Loader."}),
                 "prompts": ("STRING", {"multiline": True, "default": "", "tooltip":
                             "One prompt per line (blank lines and lines starting with # are ignored)."}),
                 "prompts_file": ([cls.NONE_FILE] + prompt_files(), {"tooltip":

@@ -1,0 +1,529 @@
+"""Build the example workflows in workflows/ (ComfyUI UI format, workflow JSON v0.4) from compact descriptions.
+
+    python -m tools.make_workflows            # rewrite workflows/*.json
+    python -m tools.make_workflows --check    # exit 1 if a committed file differs from what this script builds
+
+widgets_values follow each node's INPUT_TYPES order (required, then optional), one value per widget input
+(INT, FLOAT, STRING, BOOLEAN, combo), plus the frontend's "control_after_generate" value right after an INT that has
+one (control_after_generate in its options, or named seed / noise_seed, as ComfyUI's frontend does). A widget input
+fed by a link (e.g. prompts from CoRe² Toy Prompt List) keeps its value and is listed in the node's inputs with
+"widget": {"name": ...}, as the frontend writes it.
+
+Node schemas: this pack's nodes come from their INPUT_TYPES (the pack is imported as ComfyUI would import it);
+ComfyUI's built-in nodes used here are described in BUILTINS (checked against a live server's /object_info by
+tests/test_workflows.py when COMFYUI_DIR is set).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = ROOT / "workflows"
+PACK_NAME = "comfyui_core2"
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+CONTROL_NAMES = ("seed", "noise_seed")  # the frontend adds control_after_generate to these INT widgets
+FILES = "FILES"  # marks a combo whose choices are the user's model files (not checkable without those files)
+FRONTEND_ONLY = ("Note", "MarkdownNote")  # node types that exist only in the frontend (not in /object_info)
+
+
+def load_pack():
+    """Import the pack the way ComfyUI does (a package named after its folder), after making ComfyUI importable."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from tools import comfy_env
+
+    comfy_env.activate()
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _samplers():
+    import comfy.samplers
+
+    return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+
+
+def builtins() -> dict:
+    """ComfyUI built-in nodes used by the workflows: inputs as (name, type, options) in INPUT_TYPES order (the
+    "optional" flag marks optional inputs), outputs as (name, type). Combo types are lists; FILES = model-file combos."""
+    samplers, schedulers = _samplers()
+    seed = ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True})
+    size = {"min": 16, "max": 16384, "step": 8}
+    return {
+        "CheckpointLoaderSimple": ([("ckpt_name", FILES, {})], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+        "UNETLoader": ([("unet_name", FILES, {}), ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {})],
+                       [("MODEL", "MODEL")]),
+        "DualCLIPLoader": ([("clip_name1", FILES, {}), ("clip_name2", FILES, {}),
+                            ("type", ["sdxl", "sd3", "flux", "hunyuan_video", "hidream", "hunyuan_image"], {}),
+                            ("device", ["default", "cpu"], {"optional": True})], [("CLIP", "CLIP")]),
+        "VAELoader": ([("vae_name", FILES, {})], [("VAE", "VAE")]),
+        "CLIPTextEncode": ([("text", "STRING", {"multiline": True}), ("clip", "CLIP", {})], [("CONDITIONING", "CONDITIONING")]),
+        "EmptyLatentImage": ([("width", "INT", {"default": 512, **size}), ("height", "INT", {"default": 512, **size}),
+                              ("batch_size", "INT", {"default": 1, "min": 1, "max": 4096})], [("LATENT", "LATENT")]),
+        "EmptySD3LatentImage": ([("width", "INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                                 ("height", "INT", {"default": 1024, "min": 16, "max": 16384, "step": 16}),
+                                 ("batch_size", "INT", {"default": 1, "min": 1, "max": 4096})], [("LATENT", "LATENT")]),
+        "ModelSamplingSD3": ([("model", "MODEL", {}), ("shift", "FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0})],
+                             [("MODEL", "MODEL")]),
+        "FluxGuidance": ([("conditioning", "CONDITIONING", {}), ("guidance", "FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0})],
+                         [("CONDITIONING", "CONDITIONING")]),
+        "KSampler": ([("model", "MODEL", {}), ("seed", *seed), ("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
+                      ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0}), ("sampler_name", samplers, {}),
+                      ("scheduler", schedulers, {}), ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}),
+                      ("latent_image", "LATENT", {}), ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})],
+                     [("LATENT", "LATENT")]),
+        "VAEDecode": ([("samples", "LATENT", {}), ("vae", "VAE", {})], [("IMAGE", "IMAGE")]),
+        "ImageBatch": ([("image1", "IMAGE", {}), ("image2", "IMAGE", {})], [("IMAGE", "IMAGE")]),
+        "SaveImage": ([("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"})], []),
+        "PreviewImage": ([("images", "IMAGE", {})], []),
+        "Note": ([("text", "STRING", {"multiline": True})], []),
+    }
+
+
+# our combos whose choices depend on the user's files / datasets
+OUR_FILE_COMBOS = {("CoRe2LoadWeakModel", "weak_model_name"), ("CoRe2Reflect", "dataset"), ("CoRe2CollectBatch", "prompts_file")}
+
+
+@dataclass
+class Input:
+    name: str
+    type: object  # str, or a list of choices (combo), or FILES
+    opts: dict
+    optional: bool = False
+
+    @property
+    def is_widget(self) -> bool:
+        return isinstance(self.type, list) or self.type == FILES or (self.type in WIDGET_TYPES and not self.opts.get("forceInput"))
+
+    @property
+    def has_control(self) -> bool:
+        return self.type == "INT" and (bool(self.opts.get("control_after_generate")) or self.name in CONTROL_NAMES)
+
+    @property
+    def link_type(self) -> str:
+        if isinstance(self.type, list) or self.type == FILES:
+            return "COMBO"
+        return self.type
+
+
+@dataclass
+class Schema:
+    inputs: list
+    outputs: list  # (name, type)
+
+    def input(self, name) -> Input:
+        for i in self.inputs:
+            if i.name == name:
+                return i
+        raise KeyError(name)
+
+    @property
+    def widgets(self) -> list:
+        return [i for i in self.inputs if i.is_widget]
+
+
+def schemas() -> dict:
+    """Schema of every node type the workflows may use: the pack's nodes and BUILTINS."""
+    pack = load_pack()
+    out = {}
+    for name, (ins, outs) in builtins().items():
+        out[name] = Schema([Input(n, t, {k: v for k, v in o.items() if k != "optional"}, bool(o.get("optional")))
+                            for n, t, o in ins], list(outs))
+    for name, cls in pack.NODE_CLASS_MAPPINGS.items():
+        it = cls.INPUT_TYPES()
+        ins = []
+        for section in ("required", "optional"):
+            for n, spec in (it.get(section) or {}).items():
+                t = spec[0]
+                o = dict(spec[1]) if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                if (name, n) in OUR_FILE_COMBOS:
+                    t = FILES
+                ins.append(Input(n, list(t) if isinstance(t, (list, tuple)) else t, o, section == "optional"))
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        out[name] = Schema(ins, list(zip(names, cls.RETURN_TYPES)))
+    return out
+
+
+def default_value(inp: Input):
+    if "default" in inp.opts:
+        return inp.opts["default"]
+    if isinstance(inp.type, list):
+        return inp.type[0]
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(inp.type, "")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# building UI-format graphs
+
+
+@dataclass(frozen=True)
+class Out:
+    node: "Node"
+    slot: int
+
+
+@dataclass(eq=False)
+class Node:
+    id: int
+    type: str
+    pos: tuple
+    widgets: dict
+    links: dict  # input name -> Out
+    title: str | None = None
+    size: tuple | None = None
+
+    def out(self, name_or_index=0) -> Out:
+        return Out(self, name_or_index)
+
+
+@dataclass
+class Workflow:
+    name: str
+    note: str
+    nodes: list = field(default_factory=list)
+
+    def add(self, type_: str, pos, title=None, size=None, **kw) -> Node:
+        links = {k: v for k, v in kw.items() if isinstance(v, Out)}
+        widgets = {k: v for k, v in kw.items() if not isinstance(v, Out)}
+        n = Node(len(self.nodes) + 2, type_, tuple(pos), widgets, links, title, size)  # id 1 is the note
+        self.nodes.append(n)
+        return n
+
+    def build(self, sch: dict) -> dict:
+        note = {"id": 1, "type": "Note", "pos": [20, 20], "size": [420, 260], "flags": {}, "order": 0, "mode": 0,
+                "inputs": [], "outputs": [], "title": "About this workflow", "properties": {"text": ""},
+                "widgets_values": [self.note], "color": "#432", "bgcolor": "#653"}
+        ui_nodes, links = [note], []
+        order = _topological(self.nodes)
+        out_links: dict = {}
+        for n in self.nodes:
+            s = sch[n.type]
+            for iname in list(n.links) + list(n.widgets):
+                s.input(iname)  # KeyError on a misspelt input
+        for n in self.nodes:
+            s = sch[n.type]
+            inputs, values = [], []
+            for inp in s.inputs:
+                src = n.links.get(inp.name)
+                if inp.is_widget:
+                    v = n.widgets.get(inp.name, default_value(inp))
+                    values.append(v)
+                    if inp.has_control:
+                        values.append(n.widgets.get(inp.name + "__control", "fixed"))
+                    if src is None:
+                        continue
+                if src is None and inp.optional:
+                    continue
+                entry = {"name": inp.name, "type": inp.link_type, "link": None}
+                if inp.is_widget:
+                    entry["widget"] = {"name": inp.name}
+                if src is not None:
+                    slot = src.slot if isinstance(src.slot, int) else [o[0] for o in sch[src.node.type].outputs].index(src.slot)
+                    ltype = sch[src.node.type].outputs[slot][1]
+                    lid = len(links) + 1
+                    links.append([lid, src.node.id, slot, n.id, None, ltype])
+                    entry["link"] = lid
+                    out_links.setdefault((src.node.id, slot), []).append(lid)
+                inputs.append(entry)
+            # link inputs first, then widget inputs fed by links (the classic frontend's "convert widget to input")
+            inputs = [e for e in inputs if "widget" not in e] + [e for e in inputs if "widget" in e]
+            for k, e in enumerate(inputs):
+                if e["link"] is not None:
+                    links[e["link"] - 1][4] = k
+            rows = len(inputs) + len(values) + 2
+            node = {"id": n.id, "type": n.type, "pos": list(n.pos),
+                    "size": list(n.size or (320, 30 + 24 * max(rows, len(s.outputs) + 1))), "flags": {},
+                    "order": order.index(n) + 1, "mode": 0, "inputs": inputs, "outputs": [], "properties":
+                    {"Node name for S&R": n.type}, "widgets_values": values}
+            if n.title:
+                node["title"] = n.title
+            ui_nodes.append(node)
+        for node, n in zip(ui_nodes[1:], self.nodes):
+            node["outputs"] = [{"name": oname, "type": otype, "links": out_links.get((n.id, k), []), "slot_index": k}
+                               for k, (oname, otype) in enumerate(sch[n.type].outputs)]
+        return {"last_node_id": max(x["id"] for x in ui_nodes), "last_link_id": len(links), "nodes": ui_nodes,
+                "links": links, "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+                "version": 0.4}
+
+
+def _topological(nodes: list) -> list:
+    done, out = set(), []
+
+    def visit(n):
+        if n.id in done:
+            return
+        for src in n.links.values():
+            visit(src.node)
+        done.add(n.id)
+        out.append(n)
+
+    for n in nodes:
+        visit(n)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the workflows
+
+NEG = "blurry, low quality, deformed, watermark, text"
+POS = "a photo of a red fox sitting in a snowy forest at sunrise, detailed fur, soft light"
+SDXL_CKPT = "sd_xl_base_1.0.safetensors"
+TOY_PROMPTS = 8  # toy chain: 8 prompts × 2 seeds × 10 steps, 300 training steps (about a minute on a CPU)
+
+
+def _sdxl_base(wf: Workflow, x=460):
+    ck = wf.add("CheckpointLoaderSimple", (x, 20), ckpt_name=SDXL_CKPT)
+    pos = wf.add("CLIPTextEncode", (x + 360, 20), title="Positive", text=POS, clip=ck.out(1))
+    neg = wf.add("CLIPTextEncode", (x + 360, 260), title="Negative", text=NEG, clip=ck.out(1))
+    return ck, pos, neg
+
+
+def wf_collect_sdxl() -> Workflow:
+    wf = Workflow("01_collect_sdxl", (
+        "CoRe² step 1 of 3: COLLECT (SDXL).\n\nCoRe² Collect Batch samples every prompt with seeds_per_prompt seeds "
+        "at your CFG scale and stores the conditional and unconditional outputs of every step in "
+        "output/core2_datasets/<dataset_name>. One prompt per line, or a .txt file in ComfyUI's input folder.\n\n"
+        "Use a few hundred prompts × 2-4 seeds for a good weak model; a rerun skips pairs already collected, so you "
+        "can stop and resume. Use the sampler, steps and cfg you will sample with later. Disk: ~12.5 MiB per "
+        "50-step 1024² image.\n\nNext: 02_reflect_train_weak_model."))
+    ck = wf.add("CheckpointLoaderSimple", (460, 20), ckpt_name=SDXL_CKPT)
+    prompts = "\n".join([
+        "# one prompt per line; lines starting with # are ignored",
+        "a photo of a red fox sitting in a snowy forest at sunrise",
+        "a watercolor painting of a lighthouse on a cliff during a storm",
+        "a close-up portrait of an old fisherman, dramatic lighting",
+        "an isometric illustration of a cozy coffee shop",
+        "a bowl of ramen on a wooden table, food photography",
+        "a futuristic city skyline at night with neon lights"])
+    cb = wf.add("CoRe2CollectBatch", (840, 20), size=(400, 640), model=ck.out(0), clip=ck.out(1), vae=ck.out(2),
+                prompts=prompts, prompts_file="(none)", negative_prompt=NEG, seeds_per_prompt=2, seed=0, steps=30, cfg=6.0,
+                sampler_name="euler", scheduler="normal", width=1024, height=1024, dataset_name="sdxl_dataset")
+    wf.add("PreviewImage", (1280, 20), images=cb.out(0))
+    return wf
+
+
+def wf_reflect() -> Workflow:
+    wf = Workflow("02_reflect_train_weak_model", (
+        "CoRe² step 2 of 3: REFLECT (train a weak model).\n\nPick the dataset written by CoRe² Collect. Training "
+        "unloads your checkpoints, runs on the GPU if there is one and writes models/core2/<save_name>.safetensors "
+        "(pick it in CoRe² Load Weak Model). The preview shows the training loss and the validation error; the "
+        "summary (in the console) reports the relative error of the predicted guidance on held-out prompts "
+        "(1.0 = no better than cfg 1, lower is better).\n\nCancel at any time: a checkpoint is saved; switch resume "
+        "on to continue.\n\nNext: 03_core2_ksampler_sdxl."))
+    r = wf.add("CoRe2Reflect", (460, 20), size=(400, 420), dataset="sdxl_dataset", size_="medium", steps=2000,
+               batch_size=16, learning_rate=3e-4, seed=0, val_fraction=0.1, resume=False, save_name="my_sdxl_weak")
+    r.widgets["size"] = r.widgets.pop("size_")
+    wf.add("PreviewImage", (900, 20), size=(520, 400), title="Loss curve", images=r.out("loss_curve"))
+    return wf
+
+
+def _core2(wf, pos, model, positive, negative, latent, weak, **kw):
+    p = dict(seed=42, steps=30, cfg=6.0, sampler_name="euler", scheduler="normal", denoise=1.0, w2s_scale=1.5,
+             slow_steps=10, method="core", zigzag_steps=-1, inv_cfg=0.5)
+    p.update(kw)
+    return wf.add("CoRe2KSampler", pos, size=(340, 520), model=model, positive=positive, negative=negative,
+                  latent_image=latent, weak_model=weak, **p)
+
+
+def wf_sdxl() -> Workflow:
+    wf = Workflow("03_core2_ksampler_sdxl", (
+        "CoRe² step 3 of 3: REFINE (sample with the CoRe² KSampler, SDXL).\n\nSame inputs as KSampler, plus the weak "
+        "model. The first slow_steps steps run full CFG sharpened by the weak model "
+        "(out = weak + w2s_scale·(cfg − weak)); the other steps run only the conditional pass and let the weak model "
+        "stand in for CFG. Here 10 slow + 20 fast steps: 40 model passes instead of 60.\n\nw2s_scale 1.0 = plain CFG "
+        "on slow steps. slow_steps = steps: best quality; 0: fastest.\n\nThe weak model comes from 02_reflect (trained "
+        "on this checkpoint)."))
+    ck, pos, neg = _sdxl_base(wf)
+    lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
+    weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="my_sdxl_weak.safetensors", model=ck.out(0),
+                  lora_index_mode="official")
+    ks = _core2(wf, (1200, 20), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0))
+    dec = wf.add("VAEDecode", (1580, 20), samples=ks.out(0), vae=ck.out(2))
+    wf.add("SaveImage", (1800, 20), size=(520, 560), images=dec.out(0), filename_prefix="core2_sdxl")
+    return wf
+
+
+def wf_sd35() -> Workflow:
+    wf = Workflow("04_core2_ksampler_sd35", (
+        "CoRe² KSampler on SD3.5 (Large).\n\nModelSamplingSD3 with shift 3, cfg 4, euler + simple, 28 steps, and a "
+        "16-channel SD3 latent. The weak model: your own (CoRe² Reflect on SD3.5) or the official "
+        "sd35_noise_model.pth from the Hugging Face repo sst12345/CoRe2 in models/core2/ (it was trained at cfg 3.5 "
+        "with an EMPTY negative prompt: for it, set the negative text to \"\" and cfg to 3.5).\n\n"
+        "The checkpoint must include its text encoders (e.g. sd3.5_large_fp8_scaled.safetensors); otherwise load them "
+        "with TripleCLIPLoader."))
+    ck = wf.add("CheckpointLoaderSimple", (460, 20), ckpt_name="sd3.5_large_fp8_scaled.safetensors")
+    ms = wf.add("ModelSamplingSD3", (820, 500), model=ck.out(0), shift=3.0)
+    pos = wf.add("CLIPTextEncode", (820, 20), title="Positive", text=POS, clip=ck.out(1))
+    neg = wf.add("CLIPTextEncode", (820, 260), title="Negative", text=NEG, clip=ck.out(1))
+    lat = wf.add("EmptySD3LatentImage", (820, 620), width=1024, height=1024, batch_size=1)
+    weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="sd35_noise_model.pth", model=ms.out(0),
+                  lora_index_mode="official")
+    ks = _core2(wf, (1200, 20), ms.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0), steps=28, cfg=4.0,
+                sampler_name="euler", scheduler="simple", slow_steps=8)
+    dec = wf.add("VAEDecode", (1580, 20), samples=ks.out(0), vae=ck.out(2))
+    wf.add("SaveImage", (1800, 20), size=(520, 560), images=dec.out(0), filename_prefix="core2_sd35")
+    return wf
+
+
+def wf_flux() -> Workflow:
+    wf = Workflow("05_core2_ksampler_flux_true_cfg", (
+        "CoRe² KSampler on FLUX.1-dev with TRUE CFG.\n\nFLUX dev is guidance-distilled: FluxGuidance sets the "
+        "distilled guidance on the positive. CoRe² needs real CFG (a negative prompt and cfg > 1), which costs two "
+        "passes per step; CoRe²'s fast steps bring most of that back to one pass.\n\nThe weak model must be trained on "
+        "FLUX with CoRe² Collect + Reflect at this setting (there are no official FLUX weights). Files: "
+        "models/diffusion_models/flux1-dev.safetensors, models/text_encoders/clip_l + t5xxl, models/vae/ae.safetensors."))
+    unet = wf.add("UNETLoader", (460, 20), unet_name="flux1-dev.safetensors", weight_dtype="default")
+    clip = wf.add("DualCLIPLoader", (460, 160), clip_name1="clip_l.safetensors", clip_name2="t5xxl_fp16.safetensors",
+                  type="flux", device="default")
+    vae = wf.add("VAELoader", (460, 360), vae_name="ae.safetensors")
+    pos = wf.add("CLIPTextEncode", (820, 20), title="Positive", text=POS, clip=clip.out(0))
+    neg = wf.add("CLIPTextEncode", (820, 260), title="Negative", text=NEG, clip=clip.out(0))
+    fg = wf.add("FluxGuidance", (820, 500), conditioning=pos.out(0), guidance=3.5)
+    lat = wf.add("EmptySD3LatentImage", (820, 620), width=1024, height=1024, batch_size=1)
+    weak = wf.add("CoRe2LoadWeakModel", (460, 480), weak_model_name="my_flux_weak.safetensors", model=unet.out(0),
+                  lora_index_mode="official")
+    ks = _core2(wf, (1200, 20), unet.out(0), fg.out(0), neg.out(0), lat.out(0), weak.out(0), steps=28, cfg=2.5,
+                sampler_name="euler", scheduler="simple", slow_steps=8)
+    dec = wf.add("VAEDecode", (1580, 20), samples=ks.out(0), vae=vae.out(0))
+    wf.add("SaveImage", (1800, 20), size=(520, 560), images=dec.out(0), filename_prefix="core2_flux")
+    return wf
+
+
+def wf_official_sdxl() -> Workflow:
+    wf = Workflow("06_official_weights_sdxl", (
+        "The OFFICIAL CoRe² weights on SDXL.\n\nDownload weights/sdxl_noise_model.pth from the Hugging Face repo "
+        "sst12345/CoRe2 into models/core2/. It was trained at 50 steps, ddim + ddim_uniform, cfg 5.5: stay close "
+        "(the sampler logs a warning otherwise). lora_index_mode picks each step's LoRA by the fraction of steps "
+        "done (official) or by noise level (sigma; for other step counts).\n\nThe official net costs ~18% of a UNet "
+        "call at 1024², so fast steps save less than with your own (Reflect) weak models."))
+    ck, pos, neg = _sdxl_base(wf)
+    lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
+    weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="sdxl_noise_model.pth", model=ck.out(0),
+                  lora_index_mode="official")
+    ks = _core2(wf, (1200, 20), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0), steps=50, cfg=5.5,
+                sampler_name="ddim", scheduler="ddim_uniform", slow_steps=10)
+    dec = wf.add("VAEDecode", (1580, 20), samples=ks.out(0), vae=ck.out(2))
+    wf.add("SaveImage", (1800, 20), size=(520, 560), images=dec.out(0), filename_prefix="core2_official_sdxl")
+    return wf
+
+
+def wf_grid_sdxl() -> Workflow:
+    wf = Workflow("07_cfg_vs_core2_sdxl", (
+        "CFG vs CoRe², side by side (SDXL).\n\nKSampler (plain CFG) and the CoRe² KSampler with the same seed, "
+        "steps, cfg and sampler; the two images are batched into one preview (left: CFG, right: CoRe²). Change "
+        "w2s_scale and slow_steps to see their effect."))
+    ck, pos, neg = _sdxl_base(wf)
+    lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
+    weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="my_sdxl_weak.safetensors", model=ck.out(0),
+                  lora_index_mode="official")
+    k = wf.add("KSampler", (1200, 20), size=(320, 300), model=ck.out(0), seed=42, steps=30, cfg=6.0,
+               sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
+               latent_image=lat.out(0), denoise=1.0)
+    ks = _core2(wf, (1200, 360), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0))
+    d1 = wf.add("VAEDecode", (1580, 20), samples=k.out(0), vae=ck.out(2))
+    d2 = wf.add("VAEDecode", (1580, 360), samples=ks.out(0), vae=ck.out(2))
+    b = wf.add("ImageBatch", (1800, 20), image1=d1.out(0), image2=d2.out(0))
+    wf.add("PreviewImage", (2040, 20), size=(720, 420), images=b.out(0))
+    return wf
+
+
+def wf_toy_chain() -> Workflow:
+    wf = Workflow("08_toy_collect_reflect_refine", (
+        "The whole CoRe² chain on the TOY WORLD: runs on any CPU in about a minute, no downloads.\n\n"
+        "The toy model makes 32×32 pictures of one coloured shape at a place (\"a red triangle at the top\"). "
+        f"CoRe² Toy Prompt List gives {TOY_PROMPTS} prompts; CoRe² Collect Batch samples them (2 seeds each, cfg 5) "
+        "into output/core2_datasets/toy_demo; CoRe² Reflect trains a small weak model on it (models/core2/toy_weak); "
+        "the CoRe² KSampler then samples with 3 slow + 7 fast steps.\n\nReflect's dataset comes from the link "
+        "(dataset_override); resume is on so a rerun reuses the trained file. Raise count, seeds and steps for a "
+        "better weak model."))
+    ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
+    pl = wf.add("CoRe2ToyPromptList", (460, 160), count=TOY_PROMPTS, seed=0)
+    cb = wf.add("CoRe2CollectBatch", (820, 20), size=(400, 640), model=ld.out(0), clip=ld.out(1), prompts=pl.out(0), prompts_file="(none)",
+                negative_prompt="", seeds_per_prompt=2, seed=0, steps=10, cfg=5.0, sampler_name="euler",
+                scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=False)
+    wf.add("PreviewImage", (820, 700), size=(260, 300), title="Last collected", images=cb.out(0))
+    rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
+                dataset="(no datasets yet: run CoRe² Collect)", steps=300, batch_size=16, learning_rate=1e-3, seed=0,
+                val_fraction=0.25, resume=True, save_name="toy_weak")
+    rf.widgets["size"] = "small"
+    wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
+    pos = wf.add("CoRe2ToyTextEncode", (1700, 20), title="Positive", toy_text=ld.out(1), text="a red triangle at the top")
+    neg = wf.add("CoRe2ToyTextEncode", (1700, 200), title="Negative (empty)", toy_text=ld.out(1), text="")
+    lat = wf.add("CoRe2ToyEmptyLatent", (1700, 380), batch_size=4)
+    ks = _core2(wf, (2060, 20), ld.out(0), pos.out(0), neg.out(0), lat.out(0), rf.out(0), seed=0, steps=10, cfg=5.0,
+                sampler_name="euler", scheduler="normal", slow_steps=3)
+    dec = wf.add("CoRe2ToyDecode", (2440, 20), samples=ks.out(0))
+    wf.add("PreviewImage", (2660, 20), size=(300, 300), images=dec.out(0))
+    return wf
+
+
+def wf_toy_grid() -> Workflow:
+    wf = Workflow("09_toy_cfg_vs_core2", (
+        "CFG vs CoRe² on the TOY WORLD (no downloads).\n\nKSampler (CFG, 20 model passes for 10 steps) and the "
+        "CoRe² KSampler (3 slow + 7 fast steps: 13 passes) from the same seed; top row CFG, bottom row CoRe². "
+        "Needs models/core2/toy_weak.safetensors: run 08_toy_collect_reflect_refine once first."))
+    ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
+    pos = wf.add("CoRe2ToyTextEncode", (820, 20), title="Positive", toy_text=ld.out(1), text="a blue circle at the left")
+    neg = wf.add("CoRe2ToyTextEncode", (820, 200), title="Negative (empty)", toy_text=ld.out(1), text="")
+    lat = wf.add("CoRe2ToyEmptyLatent", (820, 380), batch_size=4)
+    weak = wf.add("CoRe2LoadWeakModel", (460, 160), weak_model_name="toy_weak.safetensors", model=ld.out(0),
+                  lora_index_mode="official")
+    k = wf.add("KSampler", (1200, 20), size=(320, 300), model=ld.out(0), seed=0, steps=10, cfg=5.0, sampler_name="euler",
+               scheduler="normal", positive=pos.out(0), negative=neg.out(0), latent_image=lat.out(0), denoise=1.0)
+    ks = _core2(wf, (1200, 360), ld.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0), seed=0, steps=10, cfg=5.0,
+                sampler_name="euler", scheduler="normal", slow_steps=3)
+    d1 = wf.add("CoRe2ToyDecode", (1580, 20), samples=k.out(0))
+    d2 = wf.add("CoRe2ToyDecode", (1580, 360), samples=ks.out(0))
+    b = wf.add("ImageBatch", (1800, 20), image1=d1.out(0), image2=d2.out(0))
+    wf.add("PreviewImage", (2040, 20), size=(420, 300), images=b.out(0))
+    return wf
+
+
+WORKFLOW_BUILDERS = [wf_collect_sdxl, wf_reflect, wf_sdxl, wf_sd35, wf_flux, wf_official_sdxl, wf_grid_sdxl,
+                     wf_toy_chain, wf_toy_grid]
+TOY_WORKFLOWS = ("08_toy_collect_reflect_refine", "09_toy_cfg_vs_core2")
+
+
+def build_all() -> dict:
+    sch = schemas()
+    return {wf.name: wf.build(sch) for wf in (b() for b in WORKFLOW_BUILDERS)}
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
+    a = ap.parse_args(argv)
+    built = build_all()
+    WORKFLOWS.mkdir(exist_ok=True)
+    bad = []
+    for name, wf in built.items():
+        p = WORKFLOWS / f"{name}.json"
+        text = dumps(wf)
+        if a.check:
+            if not p.is_file() or p.read_text(encoding="utf-8") != text:
+                bad.append(p.name)
+        else:
+            p.write_text(text, encoding="utf-8")
+    if bad:
+        print("out of date (run python -m tools.make_workflows):", ", ".join(bad))
+        return 1
+    print(f"{len(built)} workflows {'up to date' if a.check else 'written'} in {WORKFLOWS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
