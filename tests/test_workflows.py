@@ -1,0 +1,290 @@
+"""The example workflows in workflows/: well-formed UI-format JSON whose nodes, widget values and links fit our
+nodes' INPUT_TYPES (and ComfyUI's built-ins); with a full ComfyUI (COMFYUI_DIR) also checked against a live server's
+/object_info, the toy chain run through the HTTP API, and the README's install steps (git clone into custom_nodes)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import COMFY, ROOT
+import comfy_server
+from tools import make_workflows as mw
+
+WF_DIR = ROOT / "workflows"
+FILES = sorted(WF_DIR.glob("*.json"))
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+
+
+@pytest.fixture(scope="module")
+def schemas():
+    return mw.schemas()
+
+
+def _load(p):
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def test_every_example_is_there_and_up_to_date():
+    built = mw.build_all()
+    assert sorted(f"{n}.json" for n in built) == [p.name for p in FILES]
+    for name, wf in built.items():
+        assert (WF_DIR / f"{name}.json").read_text(encoding="utf-8") == mw.dumps(wf), \
+            f"{name}.json is stale: run python -m tools.make_workflows"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_workflow_is_ui_format_v04(path, schemas):
+    wf = _load(path)
+    assert wf["version"] == 0.4
+    for k in ("last_node_id", "last_link_id", "nodes", "links", "groups", "config", "extra"):
+        assert k in wf, k
+    ids = [n["id"] for n in wf["nodes"]]
+    assert len(ids) == len(set(ids)) and wf["last_node_id"] == max(ids)
+    assert wf["last_link_id"] == max([l[0] for l in wf["links"]] or [0])
+    notes = [n for n in wf["nodes"] if n["type"] == "Note"]
+    assert len(notes) == 1 and len(notes[0]["widgets_values"][0]) > 100, "each workflow explains itself in a Note"
+    for n in wf["nodes"]:
+        for k in ("id", "type", "pos", "size", "flags", "order", "mode", "inputs", "outputs", "properties", "widgets_values"):
+            assert k in n, (path.name, n.get("id"), k)
+        assert n["type"] in schemas, f"{path.name}: unknown node type {n['type']}"
+        if n["type"] != "Note":
+            assert n["properties"]["Node name for S&R"] == n["type"]
+    orders = sorted(n["order"] for n in wf["nodes"])
+    assert orders == list(range(len(orders)))
+
+
+def _check_value(where, inp: mw.Input, v):
+    t = inp.type
+    if t == mw.FILES:
+        assert isinstance(v, str) and v, f"{where}: file name expected, got {v!r}"
+        return
+    if isinstance(t, list):
+        assert v in t, f"{where}: {v!r} is not one of {t[:12]}"
+        return
+    o = inp.opts
+    if t == "INT":
+        assert isinstance(v, int) and not isinstance(v, bool), f"{where}: int expected, got {v!r}"
+    elif t == "FLOAT":
+        assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f"{where}: {v!r}"
+    elif t == "STRING":
+        assert isinstance(v, str), f"{where}: string expected, got {v!r}"
+    elif t == "BOOLEAN":
+        assert isinstance(v, bool), f"{where}: boolean expected, got {v!r}"
+    if t in ("INT", "FLOAT"):
+        assert o.get("min", -math.inf) <= v <= o.get("max", math.inf), f"{where}: {v} outside [{o.get('min')}, {o.get('max')}]"
+        if t == "INT" and o.get("step", 1) > 1:
+            assert (v - o.get("min", 0)) % o["step"] == 0, f"{where}: {v} is not a multiple of step {o['step']}"
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_widget_values_fit_input_types(path, schemas):
+    wf = _load(path)
+    for n in wf["nodes"]:
+        s = schemas[n["type"]]
+        vals = list(n["widgets_values"])
+        k = 0
+        for inp in s.widgets:
+            where = f"{path.name} node {n['id']} {n['type']}.{inp.name}"
+            assert k < len(vals), f"{where}: missing widget value"
+            _check_value(where, inp, vals[k])
+            k += 1
+            if inp.has_control:
+                assert vals[k] in CONTROL_VALUES, f"{where}: control_after_generate {vals[k]!r}"
+                k += 1
+        assert k == len(vals), f"{path.name} node {n['id']} {n['type']}: {len(vals)} widget values, expected {k}"
+
+
+def _types_match(out_type: str, in_type: str) -> bool:
+    """ComfyUI's rule (comfy_execution/validation.py): equal, or overlapping comma-separated unions, or '*'."""
+    a = {t.strip() for t in out_type.split(",")}
+    b = {t.strip() for t in in_type.split(",")}
+    return "*" in a or "*" in b or bool(a & b)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_links_connect_matching_types(path, schemas):
+    wf = _load(path)
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for lid, src, sslot, dst, dslot, ltype in wf["links"]:
+        s_node, d_node = nodes[src], nodes[dst]
+        out_name, out_type = schemas[s_node["type"]].outputs[sslot]
+        assert ltype == out_type == s_node["outputs"][sslot]["type"]
+        assert lid in s_node["outputs"][sslot]["links"]
+        d_in = d_node["inputs"][dslot]
+        assert d_in["link"] == lid, f"{path.name}: link {lid} does not land on input slot {dslot} of node {dst}"
+        inp = schemas[d_node["type"]].input(d_in["name"])
+        assert _types_match(out_type, inp.link_type), f"{path.name}: link {lid} {out_type} -> {d_in['name']} ({inp.link_type})"
+        if inp.is_widget:
+            assert d_in.get("widget") == {"name": inp.name}
+    # every required link input of every node is connected
+    for n in wf["nodes"]:
+        linked = {i["name"] for i in n["inputs"] if i.get("link") is not None}
+        for inp in schemas[n["type"]].inputs:
+            if not inp.is_widget and not inp.optional:
+                assert inp.name in linked, f"{path.name}: node {n['id']} {n['type']} has no {inp.name} link"
+
+
+def test_thumbnails_for_toy_workflows_are_small_jpgs():
+    for name in mw.TOY_WORKFLOWS:
+        p = WF_DIR / f"{name}.jpg"
+        assert p.is_file(), f"{p.name} missing: run python -m tools.render_thumbnails"
+        data = p.read_bytes()
+        assert data[:3] == b"\xff\xd8\xff" and len(data) < 100_000
+
+
+def test_collect_batch_encodes_with_the_toy_text_encoder():
+    """The toy chain's Collect Batch gets the toy text encoder in its clip input: same conditioning as Toy Text Encode."""
+    import torch
+    from comfyui_core2.nodes import collect, toy
+
+    _, toy_text = toy.CoRe2ToyModelLoader().load(toy.SHIPPED)
+    got = collect.encode_text(toy_text, "a red triangle at the top")
+    want = toy.CoRe2ToyTextEncode().encode(toy_text, "a red triangle at the top")[0]
+    assert torch.equal(got[0][0], want[0][0]) and torch.equal(got[0][1]["pooled_output"], want[0][1]["pooled_output"])
+    assert not torch.equal(got[0][0], collect.encode_text(toy_text, "a blue circle at the left")[0][0])
+    with pytest.raises(TypeError, match="connect a CLIP"):
+        collect.encode_text(object(), "x")
+
+
+def test_ui_to_api_conversion_maps_widgets_by_input_order(schemas):
+    """The converter used against the live server, on our schemas rendered as /object_info (no server needed)."""
+    info = {t: _object_info_like(s) for t, s in schemas.items()}
+    wf = _load(WF_DIR / "08_toy_collect_reflect_refine.json")
+    api = comfy_server.ui_to_api(wf, info)
+    assert "1" not in api  # the Note
+    ks = next(v for v in api.values() if v["class_type"] == "CoRe2KSampler")
+    assert ks["inputs"]["seed"] == 0 and ks["inputs"]["steps"] == 10 and ks["inputs"]["slow_steps"] == 3
+    assert ks["inputs"]["method"] == "core" and isinstance(ks["inputs"]["weak_model"], list)
+    cb = next(v for v in api.values() if v["class_type"] == "CoRe2CollectBatch")
+    assert isinstance(cb["inputs"]["prompts"], list) and cb["inputs"]["dataset_name"] == "toy_demo"
+
+
+def _object_info_like(s: mw.Schema) -> dict:
+    sec = {"required": {}, "optional": {}}
+    for i in s.inputs:
+        t = i.type if isinstance(i.type, list) else ("COMBO" if i.type == mw.FILES else i.type)
+        sec["optional" if i.optional else "required"][i.name] = [t, i.opts]
+    return {"input": sec, "input_order": {k: list(v) for k, v in sec.items()}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# full ComfyUI: a live server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = comfy_server.Server(COMFY.path, ROOT, tmp_path_factory.mktemp("comfy_base"))
+    try:
+        srv.wait()
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def object_info(server):
+    return server.get("/object_info", timeout=120)
+
+
+@pytest.mark.full_comfy
+def test_builtin_schemas_match_live_server(object_info):
+    for name, (ins, outs) in mw.builtins().items():
+        if name in mw.FRONTEND_ONLY:
+            continue
+        assert name in object_info, f"ComfyUI has no {name}"
+        live = comfy_server.input_specs(object_info[name])
+        assert [n for n, _, _ in live] == [n for n, _, _ in ins], name
+        for (n, spec, opt), (_, t, o) in zip(live, ins):
+            assert opt == bool(o.get("optional")), (name, n)
+            if t == mw.FILES:
+                assert isinstance(spec[0], list) or spec[0] == "COMBO", (name, n)
+            elif isinstance(t, list):
+                live_choices = spec[0] if isinstance(spec[0], list) else spec[1].get("options")
+                assert set(t) <= set(live_choices), (name, n)
+            else:
+                assert spec[0] == t, (name, n, spec[0], t)
+        assert [o[1] for o in outs] == list(object_info[name]["output"]), name
+
+
+@pytest.mark.full_comfy
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_workflow_widgets_valid_for_live_object_info(path, object_info):
+    wf = _load(path)
+    for n in wf["nodes"]:
+        if n["type"] in comfy_server.FRONTEND_ONLY:
+            continue
+        assert n["type"] in object_info, f"{path.name}: the server has no node {n['type']}"
+        info = object_info[n["type"]]
+        values = comfy_server.widget_map(n, info)
+        specs = {name: spec for name, spec, _ in comfy_server.input_specs(info)}
+        for name, v in values.items():
+            t, o = specs[name][0], (specs[name][1] if len(specs[name]) > 1 else {})
+            choices = t if isinstance(t, list) else (o.get("options") if t == "COMBO" else None)
+            if choices is not None:
+                if (n["type"], name) in mw.OUR_FILE_COMBOS or n["type"] in ("CheckpointLoaderSimple", "UNETLoader",
+                                                                                "VAELoader") or name.startswith("clip_name"):
+                    continue  # the user's files
+                assert v in choices, f"{path.name} {n['type']}.{name}: {v!r} not in {choices[:10]}"
+            elif t in ("INT", "FLOAT"):
+                assert o.get("min", -math.inf) <= v <= o.get("max", math.inf), (path.name, n["type"], name, v)
+        for i in n["inputs"]:
+            assert i["name"] in specs, (path.name, n["type"], i["name"])
+
+
+@pytest.mark.full_comfy
+def test_toy_workflows_run_through_the_api(server, object_info):
+    """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained)."""
+    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 1 + 1), ("09_toy_cfg_vs_core2", 8)):
+        api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
+        hist = server.run_prompt(api, timeout=240)
+        images = [im for out in hist["outputs"].values() for im in out.get("images", [])]
+        assert len(images) == expect_images, (name, hist["outputs"])
+        for im in images[:2]:
+            data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (server.base / "models" / "core2" / "toy_weak.safetensors").is_file()
+    assert (server.base / "output" / "core2_datasets" / "toy_demo" / "manifest.json").is_file()
+
+
+@pytest.mark.full_comfy
+def test_readme_install_git_clone_then_comfyui_lists_our_nodes(tmp_path):
+    """README: `cd ComfyUI/custom_nodes && git clone <repo>`; ComfyUI then imports the pack without errors."""
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    custom = tmp_path / "custom_nodes"
+    custom.mkdir()
+    r = subprocess.run(["git", "clone", "-q", str(ROOT), "comfyui-core2"], cwd=custom, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "main.py", "--cpu", "--quick-test-for-ci", "--base-directory", str(tmp_path),
+                        "--disable-auto-launch", "--verbose", "DEBUG"], cwd=COMFY.path, capture_output=True, text=True,
+                       timeout=300)
+    log = r.stdout + r.stderr
+    assert r.returncode == 0, log[-3000:]
+    mine = [l for l in log.splitlines() if "comfyui-core2" in l]
+    assert any(str(custom / "comfyui-core2") in l for l in mine), log[-3000:]
+    assert not any("IMPORT FAILED" in l for l in mine), "\n".join(mine)
+    assert "Traceback" not in log, log[-3000:]
+
+
+@pytest.mark.full_comfy
+def test_pyproject_is_a_valid_registry_config():
+    from comfy_config import config_parser
+
+    cfg = config_parser.extract_node_configuration(str(ROOT))
+    assert cfg is not None
+    p = cfg.project
+    assert p.name == "comfyui-core2" and p.version and p.description
+    assert p.license and (p.urls.repository or "").startswith("https://github.com/")
+    t = cfg.tool_comfy
+    assert t.publisher_id and t.display_name and t.icon.startswith("https://")
+    assert (ROOT / "LICENSE").is_file()
+    # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights and workflows must get in
+    tracked = subprocess.run(["git", "ls-files", "toy/weights", "workflows"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    for need in ("toy/weights/toy_t2i.safetensors", "workflows/08_toy_collect_reflect_refine.json"):
+        assert need in tracked or any(need.startswith(i.rstrip("/") + "/") for i in t.includes), need
