@@ -6,12 +6,29 @@ from pathlib import Path
 import torch
 
 
+_FONTS = ("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "DejaVuSans.ttf", "Arial.ttf")
+
+
+def _font(ImageFont):
+    """A TrueType font with "²" where one is found, else PIL's default (plain=True)."""
+    for name in _FONTS:
+        try:
+            return ImageFont.truetype(name, 11), False
+        except OSError:
+            continue
+    return ImageFont.load_default(), True
+
+
 def render_grid(images: list[list[torch.Tensor]], row_labels: list[str], col_labels: list[str], path: Path,
                 scale: int = 4, title: str = "") -> Path:
     """images[r][c]: one [H, W, 3] picture (0..1). Nearest-neighbour upscaling by `scale`. Writes a PNG."""
     from PIL import Image, ImageDraw, ImageFont
 
-    font = ImageFont.load_default()
+    font, plain = _font(ImageFont)
+    if plain:  # the bitmap fallback font has no "²"
+        row_labels = [t.replace("²", "2") for t in row_labels]
+        col_labels = [t.replace("²", "2") for t in col_labels]
+        title = title.replace("²", "2")
     h, w = images[0][0].shape[:2]
     cell_w, cell_h, pad = w * scale, h * scale, 6
     left = max(8 + int(font.getlength(t)) for t in row_labels) + 10

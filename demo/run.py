@@ -43,7 +43,7 @@ def make_grid(out_dir: Path, cfg: DemoConfig, model, weak) -> tuple[Path, float]
     cols = []
     for m in methods:
         _, passes, _ = pipeline.sample(model, m, weak, [cfg.grid_prompts[0]], cfg.grid_seed)
-        extra = f"cfg {m.cfg:g}" if m.kind == "cfg" else f"{m.slow_steps} slow, w2s {m.w2s_scale:g}"
+        extra = (f"cfg {m.cfg:g}" if m.cfg != 1 else "no guidance") if m.kind == "cfg" else f"{m.slow_steps} slow, w2s {m.w2s_scale:g}"
         cols.append(f"{m.name}\n{extra}\n{passes:g} passes")
     labels = [f"{p}  (seed {cfg.grid_seed + r})" for r, p in enumerate(cfg.grid_prompts)]
     title = (f"toy world, {cfg.steps} steps {cfg.sampler_name}/{cfg.scheduler}; weak model '{cfg.model_name}'; "

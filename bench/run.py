@@ -1,0 +1,380 @@
+"""The CoRe² benchmark: quality against model passes on the toy world, and step speed at SD1.5 / SDXL size.
+
+    python -m bench.run              # about 10-15 minutes on 1 CPU thread; writes bench/results/*.json + a table
+    python -m bench.run --quick      # a small version (a few minutes)
+    python -m bench.run --skip-speed # quality only
+
+Quality (bench/results/quality.json): held-out (prompt, seed) samples of the toy world (seeds never collected), each
+method on the same noise. Attribute accuracy from the shipped toy classifier, and a Fréchet distance in that
+classifier's 128-d penultimate features against real procedural pictures (toy/data.py) of the same prompts. The weak
+model is the demo's (demo_out/, collected and trained by demo.run's code if absent; resumable).
+
+Speed (bench/results/speed.json): ComfyUI's UNetModel built from the SD15 and SDXL configs found in the active
+ComfyUI's comfy/model_detection.py, random weights, fp32, one small latent; median wall time of a CFG step (cond +
+uncond batched, as ComfyUI runs it) and of a fast step (cond pass + our weak model); plus the Collect overhead
+(bench/collect_overhead.py).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import math
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+log = logging.getLogger("core2.bench")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# quality
+
+
+def quality_methods(n: int, cfg: float, w2s: float):
+    from demo.pipeline import Method
+
+    lean = max(1, round(0.1 * n))  # CoRe² at ≤ 0.6× CFG's passes: N + lean ≤ 0.6 · 2N
+    return [Method("cfg 1", "cfg", 1.0, n, note="no guidance"),
+            Method(f"CFG, {n} steps", "cfg", cfg, n),
+            Method(f"CFG, {n // 2} steps", "cfg", cfg, n // 2, note="equal passes to CoRe² all-fast"),
+            Method("CoRe² all-fast", "core2", cfg, n, 0, 1.0),
+            Method(f"CoRe² {lean} slow", "core2", cfg, n, lean, w2s, note="≤ 0.6× CFG's passes"),
+            Method("CoRe² mixed", "core2", cfg, n, n // 2, w2s),
+            Method("CoRe² all-slow", "core2", cfg, n, n, w2s),
+            Method("Z-Sampling", "core2", cfg, n, n, w2s, "z-sampling", note="euler, inv_cfg 0.5"),
+            Method("Z-CoRe²", "core2", cfg, n, n, w2s, "z-core", note="euler")]
+
+
+@torch.no_grad()
+def classifier_features(images: torch.Tensor) -> torch.Tensor:
+    """Penultimate (128-d) features of the toy attribute classifier. images: [B, 3, H, W] or IMAGE [B, H, W, 3]."""
+    from comfyui_core2.toy import classifier
+
+    net = classifier.load()
+    if images.shape[-1] == 3 and images.shape[1] != 3:
+        images = images.movedim(-1, 1)
+    return net.hidden(net.features(images.float() * 2.0 - 1.0)).double()
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖μa − μb‖² + tr(Σa + Σb − 2 (Σa^½ Σb Σa^½)^½), in float64."""
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    ca, cb = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(ca)
+    sa = (v * w.clamp_min(0).sqrt()) @ v.T
+    m = sa @ cb @ sa
+    ev = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0)
+    return float((mu_a - mu_b).pow(2).sum() + ca.trace() + cb.trace() - 2 * ev.sqrt().sum())
+
+
+def run_quality(args, env: dict) -> dict:
+    from demo import pipeline
+    from demo.pipeline import DemoConfig
+
+    from comfyui_core2.toy import data, world
+
+    dcfg = DemoConfig()
+    if args.quick:
+        dcfg.seeds_per_prompt = 2
+    t0 = time.perf_counter()
+    dataset = pipeline.collect(args.work, dcfg)
+    weak, training = pipeline.train(args.work, dcfg, dataset["folder"])
+    prep = time.perf_counter() - t0
+    model = world.load_toy_model()
+    methods = quality_methods(args.steps, dcfg.cfg, dcfg.w2s_scale)
+    if args.quick:
+        methods = [m for m in methods if m.method == "core" or args.zigzag]
+    rows = pipeline.evaluate(model, methods, weak, args.samples, args.seed, batch=args.batch, features=True)
+    labels = rows[0]["_labels"]
+    real = data.render(labels, torch.Generator().manual_seed(12345))
+    real2 = data.render(labels, torch.Generator().manual_seed(54321))
+    f_real = classifier_features(real)
+    floor = frechet_distance(classifier_features(real2), f_real)
+    cfg_passes = next(r["passes_per_image"] for r in rows if r["kind"] == "cfg" and r["steps"] == args.steps and r["cfg"] > 1)
+    for r in rows:
+        r["fd"] = round(frechet_distance(classifier_features(r.pop("_images")), f_real), 3)
+        r.pop("_labels")
+        r["passes_vs_cfg"] = round(r["passes_per_image"] / cfg_passes, 3)
+    res = {"format": "core2-bench-quality", "version": 1, "environment": env,
+           "setup": {"samples": args.samples, "seed": args.seed, "steps": args.steps, "cfg": dcfg.cfg,
+                     "sampler": "euler", "scheduler": "normal", "w2s_scale": dcfg.w2s_scale,
+                     "collected_seeds": [dcfg.collect_seed, dcfg.collect_seed + dcfg.seeds_per_prompt - 1],
+                     "fd_features": "toy classifier penultimate layer (128-d)",
+                     "fd_reference": "procedural pictures (toy/data.py) of the same prompts",
+                     "fd_real_vs_real": round(floor, 3), "prep_seconds": round(prep, 1)},
+           "dataset": dataset, "training": training, "methods": rows}
+    res["checks"] = quality_checks(rows, args.steps)
+    return res
+
+
+def quality_checks(rows: list[dict], n: int) -> dict:
+    """The headline claims, answered from the measured rows (no tuning: whatever came out)."""
+    by = {r["name"]: r for r in rows}
+    cfg_full = by.get(f"CFG, {n} steps")
+    cfg_half = by.get(f"CFG, {n // 2} steps")
+    fast = by.get("CoRe² all-fast")
+    out = {}
+    if cfg_half and fast:
+        out["all_fast_vs_cfg_at_equal_passes"] = {
+            "passes": [fast["passes_per_image"], cfg_half["passes_per_image"]],
+            "accuracy": [fast["accuracy"]["mean"], cfg_half["accuracy"]["mean"]], "fd": [fast["fd"], cfg_half["fd"]],
+            "core2_better_accuracy": fast["accuracy"]["mean"] > cfg_half["accuracy"]["mean"],
+            "core2_better_fd": fast["fd"] < cfg_half["fd"]}
+    if cfg_full:
+        cheap = [r for r in rows if r["kind"] == "core2" and r["passes_per_image"] <= 0.6 * cfg_full["passes_per_image"] + 1e-9]
+        ok = [r["name"] for r in cheap if r["accuracy"]["mean"] >= cfg_full["accuracy"]["mean"] - 0.01]
+        out["matches_cfg_at_0.6x_passes"] = {
+            "cfg_accuracy": cfg_full["accuracy"]["mean"], "cfg_fd": cfg_full["fd"],
+            "candidates": {r["name"]: {"passes": r["passes_per_image"], "accuracy": r["accuracy"]["mean"], "fd": r["fd"]}
+                           for r in cheap},
+            "tolerance": "accuracy within 0.01 of CFG's", "met_by": ok}
+    return out
+
+
+def quality_table(res: dict) -> str:
+    s = res["setup"]
+    lines = [f"Toy world, {s['samples']} held-out (prompt, seed) samples, {s['steps']} steps euler/normal, cfg "
+             f"{s['cfg']:g}, w2s {s['w2s_scale']:g}; FD in the toy classifier's features against real pictures of the "
+             f"same prompts (real vs real: {s['fd_real_vs_real']:.2f}). Weak model: {res['training']['size']}, "
+             f"validation relative error {res['training']['val_rel_err']:.3f}.", "",
+             "| method | steps | slow | passes / image | × CFG | accuracy | shape | colour | position | FD ↓ | time s |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in res["methods"]:
+        a = r["accuracy"]
+        slow = "-" if r["kind"] == "cfg" else r["slow_steps"]
+        lines.append(f"| {r['name']} | {r['steps']} | {slow} | {r['passes_per_image']:g} | {r['passes_vs_cfg']:.2f} | "
+                     f"**{a['mean']:.3f}** | {a['shape']:.3f} | {a['colour']:.3f} | {a['position']:.3f} | "
+                     f"{r['fd']:.2f} | {r['seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speed
+
+
+def unet_configs() -> dict[str, dict]:
+    """The SD15 and SDXL UNet configs as written in the active ComfyUI's comfy/model_detection.py (read, not copied)."""
+    import comfy.model_detection
+
+    tree = ast.parse(Path(comfy.model_detection.__file__).read_text())
+    found = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                and node.targets[0].id in ("SD15", "SDXL") and isinstance(node.value, ast.Dict):
+            d = {}
+            for k, v in zip(node.value.keys, node.value.values):
+                try:
+                    d[ast.literal_eval(k)] = ast.literal_eval(v)
+                except ValueError:  # e.g. 'dtype': dtype
+                    continue
+            found.setdefault(node.targets[0].id, d)
+    missing = {"SD15", "SDXL"} - set(found)
+    if missing:
+        raise RuntimeError(f"no {', '.join(sorted(missing))} UNet config found in {comfy.model_detection.__file__}")
+    return found
+
+
+FAMILY = {"SD15": {"token_dim": 768, "pooled_dim": None, "tokens": 77, "family": "sd15"},
+          "SDXL": {"token_dim": 2048, "pooled_dim": 1280, "tokens": 77, "family": "sdxl"}}
+
+
+def _median_time(fn, reps: int) -> tuple[float, list[float]]:
+    with torch.no_grad():
+        fn()  # warm-up
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+    return statistics.median(ts), ts
+
+
+def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> dict:
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+    from comfyui_core2.core2 import arch
+    from comfyui_core2.core2.weak import PromptFeatures, StepInfo
+
+    fam = FAMILY[name]
+    kwargs = {k: v for k, v in cfg.items() if k not in ("dtype",)}
+    torch.manual_seed(0)
+    unet = UNetModel(**kwargs, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init).eval()
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.normal_(0, 0.02)
+    n_params = sum(p.numel() for p in unet.parameters())
+    c = cfg.get("in_channels", 4)
+
+    def inputs(b):
+        x = torch.randn(b, c, hw, hw)
+        t = torch.full((b,), 500.0)
+        ctx = torch.randn(b, fam["tokens"], fam["token_dim"])
+        y = torch.randn(b, cfg["adm_in_channels"]) if cfg.get("adm_in_channels") else None
+        return x, t, ctx, y
+
+    x1, t1, c1, y1 = inputs(1)
+    x2, t2, c2, y2 = inputs(2)
+    cond_pass = lambda: unet(x1, t1, context=c1, y=y1)  # noqa: E731
+    cfg_step = lambda: unet(x2, t2, context=c2, y=y2)  # noqa: E731  (ComfyUI batches cond + uncond)
+    weak_times = {}
+    for size in sizes:
+        w = arch.build(arch.make_config(size, c, fam["token_dim"], fam["pooled_dim"], family=fam["family"],
+                                        prediction="eps")).eval()
+        with torch.no_grad():
+            w.head.weight.normal_(0, 0.01)
+        pf = lambda: PromptFeatures(torch.randn(1, fam["tokens"], fam["token_dim"]),  # noqa: E731
+                                    torch.randn(1, fam["pooled_dim"]) if fam["pooled_dim"] else None)
+        with torch.no_grad():
+            ctx = w.prepare(pf(), pf())
+        rc, sigma = torch.randn(1, c, hw, hw), torch.tensor([3.0])
+        weak_times[size] = _median_time(lambda: w.predict(rc, sigma, 5.0, StepInfo(0, 20), ctx), max(reps, 5))[0]
+        weak_times[size + "_params"] = sum(p.numel() for p in w.parameters())
+    # alternate the two so that machine load hits both alike
+    t_cond, t_cfg = [], []
+    with torch.no_grad():
+        cond_pass()
+        cfg_step()
+        for r in range(reps):
+            for fn, acc in ((cond_pass, t_cond), (cfg_step, t_cfg)) if r % 2 == 0 else ((cfg_step, t_cfg), (cond_pass, t_cond)):
+                t = time.perf_counter()
+                fn()
+                acc.append(time.perf_counter() - t)
+    del unet
+    mc, mf = statistics.median(t_cond), statistics.median(t_cfg)
+    out = {"unet_parameters": n_params, "latent": [c, hw, hw], "reps": reps, "cond_pass_s": round(mc, 4),
+           "cfg_step_s": round(mf, 4), "cond_pass_times": [round(v, 4) for v in t_cond],
+           "cfg_step_times": [round(v, 4) for v in t_cfg], "weak": {}}
+    for size in sizes:
+        tw = weak_times[size]
+        out["weak"][size] = {"parameters": weak_times[size + "_params"], "seconds": round(tw, 5),
+                             "pct_of_base_call": round(100 * tw / mc, 3),
+                             "fast_step_s": round(mc + tw, 4),
+                             "fast_over_cfg_step": round((mc + tw) / mf, 3)}
+    log.info("%s at %dx%d: cond pass %.3f s, CFG step %.3f s; %s", name, hw, hw, mc, mf,
+             ", ".join(f"{s}: weak {100 * weak_times[s] / mc:.2f}%, fast/CFG {(mc + weak_times[s]) / mf:.3f}" for s in sizes))
+    return out
+
+
+def collect_overhead(reps: int) -> dict:
+    cmd = [sys.executable, str(ROOT / "bench" / "collect_overhead.py"), "--reps", str(reps), "--threads", "1",
+           "--case", "sd15-32", "--case", "sd15-b4-48"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    if p.returncode:
+        return {"error": p.stderr[-2000:]}
+    cases = {}
+    for line in p.stdout.splitlines():
+        m = re.match(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)%", line)
+        if m:
+            cases[m.group(1)] = {"plain_s": float(m.group(2)), "recorded_s": float(m.group(3)),
+                                 "overhead_pct": float(m.group(4))}
+    return {"command": " ".join(["python", "bench/collect_overhead.py"] + cmd[2:]), "reps": reps, "cases": cases,
+            "output": p.stdout}
+
+
+def run_speed(args, env: dict) -> dict:
+    cfgs = unet_configs()
+    fams = {}
+    for name, hw in (("SD15", args.hw), ("SDXL", args.hw)):
+        fams[name] = time_family(name, cfgs[name], hw, args.reps, ["small", "medium"])
+    res = {"format": "core2-bench-speed", "version": 1, "environment": env,
+           "setup": {"precision": "fp32", "weights": "random (normal 0.02)", "latent_hw": args.hw,
+                     "cfg_step": "one UNet call on batch 2 (cond + uncond), as ComfyUI batches them",
+                     "fast_step": "one UNet call on batch 1 (cond) + one weak-model call",
+                     "configs_from": "comfy/model_detection.py (SD15, SDXL)"},
+           "families": fams}
+    if not args.skip_collect:
+        res["collect_overhead"] = collect_overhead(args.collect_reps)
+    return res
+
+
+def speed_table(res: dict) -> str:
+    s = res["setup"]
+    lines = [f"ComfyUI UNetModel with the real SD1.5 / SDXL configs, random weights, {s['precision']}, latent "
+             f"{s['latent_hw']}×{s['latent_hw']}, {res['environment']['device']}, torch {res['environment']['torch']}, "
+             f"{res['environment']['threads']} thread(s); medians of {next(iter(res['families'].values()))['reps']} runs.",
+             "", "| UNet | cond pass s | CFG step s | weak | weak params | weak % of a base call | fast step / CFG step |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for name, f in res["families"].items():
+        for size, w in f["weak"].items():
+            lines.append(f"| {name} ({f['unet_parameters'] / 1e6:.0f} M) | {f['cond_pass_s']:.3f} | {f['cfg_step_s']:.3f} | "
+                         f"{size} | {w['parameters'] / 1e6:.2f} M | {w['pct_of_base_call']:.2f}% | "
+                         f"**{w['fast_over_cfg_step']:.3f}** |")
+    co = res.get("collect_overhead", {}).get("cases")
+    if co:
+        lines += ["", "Collect overhead (tiny SD1.5, 20 steps, recorded vs plain sampling): " + "; ".join(
+            f"{k}: {v['overhead_pct']:+.1f}%" for k, v in co.items()) + "."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def environment(inst) -> dict:
+    return {"comfyui": inst.describe(), "torch": torch.__version__, "device": "cpu",
+            "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d")}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smaller: 60 samples, no zigzag rows, fewer repetitions")
+    ap.add_argument("--work", type=Path, default=ROOT / "demo_out", help="the demo folder with dataset and weak model")
+    ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--samples", type=int, default=None, help="held-out samples per method (default 240; quick 60)")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=700_000, help="first evaluation seed (never collected)")
+    ap.add_argument("--batch", type=int, default=60)
+    ap.add_argument("--zigzag", action="store_true", help="with --quick: keep the Z-Sampling / Z-CoRe² rows")
+    ap.add_argument("--hw", type=int, default=32, help="UNet latent size for the speed part")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5; quick 3)")
+    ap.add_argument("--collect-reps", type=int, default=None)
+    ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-collect", action="store_true", help="no Collect-overhead measurement")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    args.samples = args.samples or (60 if args.quick else 240)
+    args.reps = args.reps or (3 if args.quick else 5)
+    args.collect_reps = args.collect_reps or (3 if args.quick else 5)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    from demo import pipeline
+
+    inst, _ = pipeline.setup(args.work, args.threads)
+    env = environment(inst)
+    args.results.mkdir(parents=True, exist_ok=True)
+    suffix = "_quick" if args.quick else ""
+    from comfyui_core2.core2.files import atomic_write_json
+
+    tables = []
+    if not args.skip_quality:
+        t0 = time.perf_counter()
+        q = run_quality(args, env)
+        q["seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(args.results / f"quality{suffix}.json", q)
+        tables.append("### Quality vs model passes (toy world)\n\n" + quality_table(q))
+        log.info("quality: %s", json.dumps(q["checks"]))
+    if not args.skip_speed:
+        t0 = time.perf_counter()
+        s = run_speed(args, env)
+        s["seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_json(args.results / f"speed{suffix}.json", s)
+        tables.append("### Step speed (CPU)\n\n" + speed_table(s))
+    md = "\n\n".join(tables) + "\n"
+    (args.results / f"results{suffix}.md").write_text(md, encoding="utf-8")
+    print("\n" + md)
+    print(f"results: {args.results}")
+
+
+if __name__ == "__main__":
+    main()
