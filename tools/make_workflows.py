@@ -278,7 +278,7 @@ def _topological(nodes: list) -> list:
 NEG = "blurry, low quality, deformed, watermark, text"
 POS = "a photo of a red fox sitting in a snowy forest at sunrise, detailed fur, soft light"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
-TOY_PROMPTS = 8  # toy chain: 8 prompts × 2 seeds × 10 steps, 300 training steps (about a minute on a CPU)
+TOY_PROMPTS = 8  # toy chain: 8 prompts × 2 seeds × 10 steps, 150 training steps
 
 
 def _sdxl_base(wf: Workflow, x=460):
@@ -453,7 +453,7 @@ def wf_toy_chain() -> Workflow:
                 scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=False)
     wf.add("PreviewImage", (820, 700), size=(260, 300), title="Last collected", images=cb.out(0))
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
-                dataset="(no datasets yet: run CoRe² Collect)", steps=300, batch_size=16, learning_rate=1e-3, seed=0,
+                dataset="(no datasets yet: run CoRe² Collect)", steps=150, batch_size=16, learning_rate=1e-3, seed=0,
                 val_fraction=0.25, resume=True, save_name="toy_weak")
     rf.widgets["size"] = "small"
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
