@@ -3,6 +3,7 @@ UI-format -> API-format conversion that the frontend does when you press Queue."
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -36,7 +37,13 @@ class Server:
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                                       "--base-directory", str(self.base), "--disable-auto-launch"], cwd=comfy_dir,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=self._env())
+
+    @staticmethod
+    def _env() -> dict:
+        """The toy models are latency-bound: one torch thread is faster than several on a small shared CPU."""
+        threads = os.environ.get("CORE2_TEST_THREADS", "1")
+        return {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -282,6 +282,8 @@ def test_pyproject_is_a_valid_registry_config():
     assert p.license and (p.urls.repository or "").startswith("https://github.com/")
     t = cfg.tool_comfy
     assert t.publisher_id and t.display_name and t.icon.startswith("https://")
+    icon = t.icon.split("/main/", 1)[-1]  # the icon is served from this repository's main branch
+    assert (ROOT / icon).is_file() and (ROOT / icon).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", icon
     assert (ROOT / "LICENSE").is_file()
     # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights and workflows must get in
     tracked = subprocess.run(["git", "ls-files", "toy/weights", "workflows"], cwd=ROOT, capture_output=True,

@@ -1,4 +1,4 @@
-"""Render the .jpg thumbnails of the toy example workflows with the toy model (no downloads, a few seconds on a CPU).
+"""Render the .jpg thumbnails of the toy example workflows (and docs/icon.png, the registry icon) with the toy model (no downloads, a few seconds on a CPU).
 
     python -m tools.render_thumbnails
 
@@ -50,7 +50,13 @@ def main() -> int:
     out = ROOT / "workflows"
     _grid([list(cfg)]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
     _grid([list(cfg), list(sharp)]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
-    print("thumbnails written to", out)
+    # the Comfy Registry icon ([tool.comfy] Icon in pyproject.toml): 4×4 toy pictures, 256 px square
+    icon_prompts = [f"a {c} {s} at the centre" for c, s in zip(["red", "green", "blue", "yellow", "magenta", "cyan", "red",
+                                                                "blue"] * 2, ["circle", "square", "triangle", "cross"] * 4)]
+    icons = world.generate(icon_prompts, cfg=5.0, steps=10, seed=1, model=model)
+    (ROOT / "docs").mkdir(exist_ok=True)
+    _grid([list(icons[i:i + 4]) for i in range(0, 16, 4)], scale=2).save(ROOT / "docs" / "icon.png")
+    print("thumbnails written to", out, "and the registry icon to docs/icon.png")
     return 0
 
 
