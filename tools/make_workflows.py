@@ -278,7 +278,7 @@ def _topological(nodes: list) -> list:
 NEG = "blurry, low quality, deformed, watermark, text"
 POS = "a photo of a red fox sitting in a snowy forest at sunrise, detailed fur, soft light"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
-TOY_PROMPTS = 8  # toy chain: 8 prompts × 2 seeds × 10 steps, 150 training steps
+TOY_PROMPTS = 8  # toy chain: 8 prompts × 2 seeds × 10 steps, 300 training steps (~15 s on one CPU thread)
 
 
 def _sdxl_base(wf: Workflow, x=460):
@@ -439,7 +439,7 @@ def wf_grid_sdxl() -> Workflow:
 
 def wf_toy_chain() -> Workflow:
     wf = Workflow("08_toy_collect_reflect_refine", (
-        "The whole CoRe² chain on the TOY WORLD: runs on any CPU in about a minute, no downloads.\n\n"
+        "The whole CoRe² chain on the TOY WORLD: runs on any CPU in well under a minute, no downloads.\n\n"
         "The toy model makes 32×32 pictures of one coloured shape at a place (\"a red triangle at the top\"). "
         f"CoRe² Toy Prompt List gives {TOY_PROMPTS} prompts; CoRe² Collect Batch samples them (2 seeds each, cfg 5) "
         "into output/core2_datasets/toy_demo; CoRe² Reflect trains a small weak model on it (models/core2/toy_weak); "
@@ -453,7 +453,7 @@ def wf_toy_chain() -> Workflow:
                 scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=False)
     wf.add("PreviewImage", (820, 700), size=(260, 300), title="Last collected", images=cb.out(0))
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
-                dataset="(no datasets yet: run CoRe² Collect)", steps=150, batch_size=16, learning_rate=1e-3, seed=0,
+                dataset="(no datasets yet: run CoRe² Collect)", steps=300, batch_size=16, learning_rate=1e-3, seed=0,
                 val_fraction=0.25, resume=True, save_name="toy_weak")
     rf.widgets["size"] = "small"
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
