@@ -343,6 +343,7 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-collect", action="store_true", help="no Collect-overhead measurement")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tables-only", action="store_true", help="only rewrite results.md from the JSON files")
     args = ap.parse_args(argv)
     args.samples = args.samples or (60 if args.quick else 240)
     args.reps = args.reps or (3 if args.quick else 5)
@@ -356,24 +357,33 @@ def main(argv=None) -> None:
     suffix = "_quick" if args.quick else ""
     from comfyui_core2.core2.files import atomic_write_json
 
-    tables = []
-    if not args.skip_quality:
+    if not args.skip_quality and not args.tables_only:
         t0 = time.perf_counter()
         q = run_quality(args, env)
         q["seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(args.results / f"quality{suffix}.json", q)
-        tables.append("### Quality vs model passes (toy world)\n\n" + quality_table(q))
         log.info("quality: %s", json.dumps(q["checks"]))
-    if not args.skip_speed:
+    if not args.skip_speed and not args.tables_only:
         t0 = time.perf_counter()
         s = run_speed(args, env)
         s["seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(args.results / f"speed{suffix}.json", s)
-        tables.append("### Step speed (CPU)\n\n" + speed_table(s))
-    md = "\n\n".join(tables) + "\n"
-    (args.results / f"results{suffix}.md").write_text(md, encoding="utf-8")
+    md = write_tables(args.results, suffix)
     print("\n" + md)
     print(f"results: {args.results}")
+
+
+def write_tables(results: Path, suffix: str = "") -> str:
+    """results{suffix}.md from whichever result files exist (a partial rerun keeps the other part's table)."""
+    tables = []
+    q, s = results / f"quality{suffix}.json", results / f"speed{suffix}.json"
+    if q.is_file():
+        tables.append("### Quality vs model passes (toy world)\n\n" + quality_table(json.loads(q.read_text())))
+    if s.is_file():
+        tables.append("### Step speed (CPU)\n\n" + speed_table(json.loads(s.read_text())))
+    md = "\n\n".join(tables) + "\n"
+    (results / f"results{suffix}.md").write_text(md, encoding="utf-8")
+    return md
 
 
 if __name__ == "__main__":
