@@ -279,12 +279,15 @@ def test_pyproject_is_a_valid_registry_config():
     assert cfg is not None
     p = cfg.project
     assert p.name == "comfyui-core2" and p.version and p.description
-    assert p.license and (p.urls.repository or "").startswith("https://github.com/")
+    assert p.license.file == "LICENSE" and (ROOT / "LICENSE").is_file()
+    for url in (p.urls.repository, p.urls.issues, p.urls.documentation):
+        assert url.startswith("https://github.com/comfyui-core2/comfyui-core2"), url
     t = cfg.tool_comfy
     assert t.publisher_id and t.display_name and t.icon.startswith("https://")
     icon = t.icon.split("/main/", 1)[-1]  # the icon is served from this repository's main branch
     assert (ROOT / icon).is_file() and (ROOT / icon).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", icon
-    assert (ROOT / "LICENSE").is_file()
+    for m in t.models:
+        assert m.location.startswith("/models/core2/") and m.model_url.startswith("https://huggingface.co/sst12345/CoRe2/")
     # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights and workflows must get in
     tracked = subprocess.run(["git", "ls-files", "toy/weights", "workflows"], cwd=ROOT, capture_output=True,
                              text=True).stdout.split()
