@@ -1,12 +1,13 @@
-"""Render the .jpg thumbnails of the toy example workflows (and docs/icon.png, the registry icon) with the toy model (no downloads, a few seconds on a CPU).
+"""Render the .jpg thumbnails of the toy example workflows and docs/icon.png (the registry icon) with the toy model.
 
-    python -m tools.render_thumbnails
+    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about a minute on a CPU)
+    python -m tools.render_thumbnails                                  # approximation without a full ComfyUI
 
-workflows/08_toy_collect_reflect_refine.jpg: four prompts sampled with CFG (cfg 5, 10 euler steps), the pictures the
-toy chain makes; workflows/09_toy_cfg_vs_core2.jpg: top row CFG, bottom row the same seeds with CoRe² guidance
-(w2s_scale 1.5 on every step, an exact weak-to-strong sharpening of CFG without a trained weak model: weak = cond,
-i.e. out = cond + 1.5·(cfg − cond): the CoRe² slow-step rule with the cfg=1 weak model). Running the workflows in
-ComfyUI shows the real results; these are only thumbnails.
+With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
+directory) runs 08_toy_collect_reflect_refine and then 09_toy_cfg_vs_core2 through its HTTP API, and the pictures
+of their final PreviewImage nodes are tiled (08: the four CoRe² KSampler pictures; 09: top row CFG, bottom row
+CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and 09's bottom row uses the weak-to-strong
+rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak model.
 """
 from __future__ import annotations
 
@@ -32,13 +33,53 @@ def _grid(rows, scale=SCALE):
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
+def _final_preview_images(server, name: str):
+    """Run a workflow through the server; the pictures of its last PreviewImage node, as [N, H, W, 3] tensors."""
+    import io
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import comfy_server
+
+    wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    hist = server.run_prompt(comfy_server.ui_to_api(wf, server.get("/object_info", timeout=120)), timeout=600)
+    last = max((n for n in wf["nodes"] if n["type"] == "PreviewImage"), key=lambda n: n["order"])
+    ims = []
+    for im in hist["outputs"][str(last["id"])]["images"]:
+        data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
+        ims.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255))
+    return ims
+
+
+def _from_server(comfy_path: Path, out: Path) -> None:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    import comfy_server
+
+    with tempfile.TemporaryDirectory() as base:
+        server = comfy_server.Server(comfy_path, ROOT, Path(base))
+        try:
+            server.wait()
+            chain = _final_preview_images(server, "08_toy_collect_reflect_refine")
+            grid = _final_preview_images(server, "09_toy_cfg_vs_core2")
+        finally:
+            server.stop()
+    _grid([chain]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
+    half = len(grid) // 2
+    _grid([grid[:half], grid[half:]]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
+
+
 def main() -> int:
     from tools import comfy_env
 
-    comfy_env.activate()
+    comfy = comfy_env.activate()
     from toy import world
 
-    cfg = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0)
+    out = ROOT / "workflows"
     model = world.load_toy_model()
 
     def w2s(args):  # weak = cond; slow-step rule out = weak + w·(cfg − weak)
@@ -46,10 +87,13 @@ def main() -> int:
         return c + 1.5 * (args["denoised"] - c)
 
     model.set_model_sampler_post_cfg_function(w2s)
-    sharp = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0, model=model)
-    out = ROOT / "workflows"
-    _grid([list(cfg)]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
-    _grid([list(cfg), list(sharp)]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
+    if comfy.full:
+        _from_server(comfy.path, out)
+    else:
+        cfg = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0)
+        sharp = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0, model=model)
+        _grid([list(cfg)]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
+        _grid([list(cfg), list(sharp)]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
     # the Comfy Registry icon ([tool.comfy] Icon in pyproject.toml): 4×4 toy pictures, 256 px square
     icon_prompts = [f"a {c} {s} at the centre" for c, s in zip(["red", "green", "blue", "yellow", "magenta", "cyan", "red",
                                                                 "blue"] * 2, ["circle", "square", "triangle", "cross"] * 4)]
