@@ -21,6 +21,10 @@ async function main() {
     const app = window.app ?? window.comfyAPI?.app?.app;
     return app && app.graph && window.LiteGraph && Object.keys(window.LiteGraph.registered_node_types).length > 50;
   }, null, { timeout: 120000 });
+  // the first visit opens the template browser (our workflows are listed under Custom Nodes): close it
+  await page.waitForTimeout(1000);
+  await page.keyboard.press("Escape");
+  await page.waitForTimeout(300);
   const out = { results: [] };
   const files = fs.readdirSync(wfDir).filter((f) => f.endsWith(".json")).sort();
   for (const f of files) {

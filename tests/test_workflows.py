@@ -237,6 +237,16 @@ def test_workflow_widgets_valid_for_live_object_info(path, object_info):
 
 
 @pytest.mark.full_comfy
+def test_server_offers_our_workflows_as_templates(server):
+    """ComfyUI serves <pack>/workflows/*.json (and same-named .jpg thumbnails) in its template browser."""
+    listed = server.get("/workflow_templates").get("comfyui-core2")
+    assert sorted(listed or []) == [p.stem for p in FILES]
+    name = mw.TOY_WORKFLOWS[0]
+    assert json.loads(server.get_bytes(f"/api/workflow_templates/comfyui-core2/{name}.json")) == _load(WF_DIR / f"{name}.json")
+    assert server.get_bytes(f"/api/workflow_templates/comfyui-core2/{name}.jpg")[:3] == b"\xff\xd8\xff"
+
+
+@pytest.mark.full_comfy
 def test_toy_workflows_run_through_the_api(server, object_info):
     """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained)."""
     for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 1 + 1), ("09_toy_cfg_vs_core2", 8)):
