@@ -268,7 +268,7 @@ def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> d
 
 def collect_overhead(reps: int) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "collect_overhead.py"), "--reps", str(reps), "--threads", "1",
-           "--case", "sd15-32", "--case", "sd15-b4-48"]
+           "--case", "sd15-32"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     if p.returncode:
         return {"error": p.stderr[-2000:]}
