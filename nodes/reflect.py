@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "CoRe²/reflect"
 WEAK = "CORE2_WEAK_MODEL"
-NO_DATASET = "(no datasets yet: run CoRe² Collect)"
+# Always offered first, so a saved workflow stays valid whether or not datasets exist yet (it then reads
+# dataset_override, e.g. linked from CoRe² Collect Batch's dataset_name output).
+USE_OVERRIDE = "(use dataset_override)"
 
 
 def list_datasets() -> list[str]:
@@ -46,7 +48,7 @@ class CoRe2Reflect:
 
     @classmethod
     def INPUT_TYPES(cls):
-        datasets = list_datasets() or [NO_DATASET]
+        datasets = [USE_OVERRIDE] + list_datasets()
         return {
             "required": {
                 "dataset": (datasets, {"tooltip": "A dataset folder under output/core2_datasets (written by CoRe² Collect)."}),
@@ -79,9 +81,9 @@ class CoRe2Reflect:
     def reflect(self, dataset, size, steps, batch_size, learning_rate, seed, val_fraction, resume, save_name,
                 dataset_override=""):
         name = (dataset_override or "").strip() or dataset
-        if name == NO_DATASET:
-            raise ValueError("CoRe² Reflect: there is no dataset yet. Run CoRe² Collect first, or type a dataset name "
-                             "in dataset_override.")
+        if name == USE_OVERRIDE:
+            raise ValueError("CoRe² Reflect: no dataset chosen. Pick one from the list (run CoRe² Collect first if it is "
+                             "empty), or type or link a dataset name into dataset_override.")
         folder = safe_child(paths.datasets_dir(), name, "dataset name")
         if not folder.is_dir():
             raise ValueError(f"CoRe² Reflect: no dataset named {name!r} in {paths.datasets_dir()}.")

@@ -366,7 +366,7 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):
     assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and 0 <= float(img.min()) and float(img.max()) <= 1
     assert float(img.std()) > 0.01  # something was drawn
     with pytest.raises(ValueError, match="dataset"):
-        node.reflect(resume=False, **{**args, "dataset": "(no datasets yet: run CoRe² Collect)"})
+        node.reflect(resume=False, **{**args, "dataset": "(use dataset_override)"})
     with pytest.raises(ValueError, match="invalid"):
         node.reflect(resume=False, **{**args, "dataset_override": "../escape"})
 
@@ -387,3 +387,11 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):
         paths.folder_paths.filename_list_cache.clear()
     _, info = loader.load("finetune.safetensors", model=tiny("sdxl").patcher)
     assert "warning" in info and "different base model" in info
+
+
+def test_dataset_choices_keep_the_override_entry(comfy_dirs):
+    """A saved workflow's dataset value must stay valid before and after datasets exist (re-queuing a chain)."""
+    from comfyui_core2.nodes.reflect import USE_OVERRIDE, CoRe2Reflect
+
+    choices = CoRe2Reflect.INPUT_TYPES()["required"]["dataset"][0]
+    assert choices[0] == USE_OVERRIDE and "tinyset" in choices

@@ -453,7 +453,7 @@ def wf_toy_chain() -> Workflow:
                 scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=False)
     wf.add("PreviewImage", (820, 700), size=(260, 300), title="Last collected", images=cb.out(0))
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
-                dataset="(no datasets yet: run CoRe² Collect)", steps=300, batch_size=16, learning_rate=1e-3, seed=0,
+                dataset="(use dataset_override)", steps=300, batch_size=16, learning_rate=1e-3, seed=0,
                 val_fraction=0.25, resume=True, save_name="toy_weak")
     rf.widgets["size"] = "small"
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
