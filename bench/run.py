@@ -266,10 +266,13 @@ def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> d
     return out
 
 
-def collect_overhead(reps: int) -> dict:
+def collect_overhead(reps: int, timeout: int = 600) -> dict:
     cmd = [sys.executable, str(ROOT / "bench" / "collect_overhead.py"), "--reps", str(reps), "--threads", "1",
            "--case", "sd15-32"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"bench/collect_overhead.py took longer than {timeout} s (a busy machine?); run it alone"}
     if p.returncode:
         return {"error": p.stderr[-2000:]}
     cases = {}
