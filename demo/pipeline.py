@@ -4,7 +4,6 @@ Everything runs on the toy world (toy/world.py): a real ComfyUI UNetModel, small
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -63,7 +62,7 @@ def setup(out_dir: Path, threads: int = 1):
     from tools import comfy_env
 
     inst = comfy_env.activate()
-    pack = load_pack()
+    pack = comfy_env.load_pack(PACK_NAME)
     import comfy.utils
 
     if hasattr(comfy.utils, "PROGRESS_BAR_ENABLED"):  # one log line per run is enough here
@@ -73,16 +72,6 @@ def setup(out_dir: Path, threads: int = 1):
     if paths.folder_paths is not None:  # full ComfyUI: its own folder registry
         paths.folder_paths.set_output_directory(str(out_dir / "output"))
     return inst, pack
-
-
-def load_pack():
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def toy_prompts(n: int, seed: int = 0) -> list[str]:

@@ -1,7 +1,6 @@
 """Test harness: real ComfyUI code (a checkout or notcomfy), this pack loaded the way ComfyUI loads it."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -21,21 +20,8 @@ for p in (str(ROOT), str(TESTS)):
 from tools import comfy_env  # noqa: E402
 
 COMFY = comfy_env.activate()
-PACK_NAME = "comfyui_core2"
-
-
-def load_pack():
-    """Import the pack as a package, as ComfyUI's load_custom_node does (spec from <pack>/__init__.py)."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-PACK = load_pack()
+PACK_NAME = comfy_env.PACK_NAME
+PACK = comfy_env.load_pack()
 
 
 def pytest_report_header(config):

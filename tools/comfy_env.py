@@ -70,6 +70,23 @@ def locate() -> ComfyInstall:
     )
 
 
+PACK_NAME = "comfyui_core2"
+
+
+def load_pack(name: str = PACK_NAME):
+    """Import this pack as a package, as ComfyUI's load_custom_node does (a spec from <pack>/__init__.py)."""
+    import importlib.util
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, PACK_ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(PACK_ROOT)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
 _ACTIVE: ComfyInstall | None = None
 
 
