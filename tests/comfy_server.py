@@ -100,6 +100,22 @@ class Server:
         self.post("/interrupt", {})
         raise TimeoutError("prompt did not finish in time:\n" + self.log()[-4000:])
 
+    @classmethod
+    def running(cls, comfy_dir: Path, pack_dir: Path, base: Path):
+        """A started server for a `with` block (or a fixture's yield); always stopped afterwards."""
+        from contextlib import contextmanager
+
+        @contextmanager
+        def ctx():
+            srv = cls(comfy_dir, pack_dir, base)
+            try:
+                srv.wait()
+                yield srv
+            finally:
+                srv.stop()
+
+        return ctx()
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -51,6 +51,33 @@ def pack():
     return PACK
 
 
+@pytest.fixture
+def comfy_folders(tmp_path, monkeypatch):
+    """ComfyUI's output, input and models/core2 folders redirected into tmp_path: folder_paths where ComfyUI has it,
+    else the pack's CORE2_HOME fallback. Yields tmp_path."""
+    from comfyui_core2.nodes import paths
+
+    for d in ("output", "input", "models/core2"):
+        (tmp_path / d).mkdir(parents=True, exist_ok=True)
+    monkeypatch.setenv("CORE2_HOME", str(tmp_path))
+    fp = paths.folder_paths
+    if fp is None:
+        yield tmp_path
+        return
+    old_out, old_in = fp.get_output_directory(), fp.get_input_directory()
+    monkeypatch.setattr(fp, "models_dir", str(tmp_path / "models"))
+    monkeypatch.setitem(fp.folder_names_and_paths, paths.FOLDER, ([str(tmp_path / "models" / "core2")], set(paths.EXTENSIONS)))
+    if hasattr(fp, "filename_list_cache"):
+        fp.filename_list_cache.clear()
+    fp.set_output_directory(str(tmp_path / "output"))
+    fp.set_input_directory(str(tmp_path / "input"))
+    try:
+        yield tmp_path
+    finally:
+        fp.set_output_directory(old_out)
+        fp.set_input_directory(old_in)
+
+
 _TINY = {}
 
 

@@ -44,12 +44,8 @@ pytestmark = [pytest.mark.full_comfy,
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = comfy_server.Server(COMFY.path, ROOT, tmp_path_factory.mktemp("comfy_browser"))
-    try:
-        srv.wait()
+    with comfy_server.Server.running(COMFY.path, ROOT, tmp_path_factory.mktemp("comfy_browser")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 def test_frontend_opens_every_workflow(server):

@@ -7,35 +7,22 @@ from comfyui_core2.core2.weights_io import load_weak_model
 from comfyui_core2.nodes import collect, paths, refine
 
 
-def _redirect_folders(tmp_path, monkeypatch):
-    if paths.folder_paths is not None:
-        fp = paths.folder_paths
-        old = fp.get_output_directory()
-        fp.set_output_directory(str(tmp_path / "output"))
-        return lambda: fp.set_output_directory(old)
-    monkeypatch.setenv("CORE2_HOME", str(tmp_path))
-    return lambda: None
-
-
-def test_trained_weak_model_all_fast_is_closer_to_cfg_than_cfg1(tiny_sd15, tmp_path, monkeypatch):
+def test_trained_weak_model_all_fast_is_closer_to_cfg_than_cfg1(tiny_sd15, comfy_folders):
     tm = tiny_sd15
-    restore = _redirect_folders(tmp_path, monkeypatch)
-    try:
-        g = torch.Generator().manual_seed(5)
-        prompts = [f"prompt {i}" for i in range(6)]
-        conds = {p: [[torch.randn(1, 77, 768, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]
-                 for p in prompts + [""]}
-        res = collect.collect_batch(tm.patcher, prompts, "", lambda text: conds[text], seeds_per_prompt=2, seed=100,
-                                    steps=8, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
-                                    dataset_name="chain", store_x=False)
-        folder = paths.datasets_dir() / "chain"
-        out = tmp_path / "weak.safetensors"
-        r = trainer.train(folder, out, trainer.TrainSettings(steps=300, batch_size=16, lr=1e-3, size="small",
-                                                              val_fraction=0.0, seed=0))
-        assert r.model is not None and res is not None
-        weak = load_weak_model(out)
-    finally:
-        restore()
+    tmp_path = comfy_folders
+    g = torch.Generator().manual_seed(5)
+    prompts = [f"prompt {i}" for i in range(6)]
+    conds = {p: [[torch.randn(1, 77, 768, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]
+             for p in prompts + [""]}
+    res = collect.collect_batch(tm.patcher, prompts, "", lambda text: conds[text], seeds_per_prompt=2, seed=100,
+                                steps=8, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
+                                dataset_name="chain", store_x=False)
+    folder = paths.datasets_dir() / "chain"
+    out = tmp_path / "weak.safetensors"
+    r = trainer.train(folder, out, trainer.TrainSettings(steps=300, batch_size=16, lr=1e-3, size="small",
+                                                          val_fraction=0.0, seed=0))
+    assert r.model is not None and res is not None
+    weak = load_weak_model(out)
 
     # Tiny random UNets have no guidance structure that carries over to unseen noise (the Reflect notes measure
     # this), so the comparison uses collected (prompt, seed) pairs: the question is whether the weak model reproduces

@@ -19,24 +19,8 @@ STEPS = 8
 
 
 @pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    """Output/input folders in tmp (ComfyUI's folder_paths when present, else CORE2_HOME)."""
-    from comfyui_core2.nodes import paths
-
-    out, inp = tmp_path / "output", tmp_path / "input"
-    out.mkdir()
-    inp.mkdir()
-    monkeypatch.setenv("CORE2_HOME", str(tmp_path))
-    fp = paths.folder_paths
-    if fp is not None:
-        old_out, old_in = fp.get_output_directory(), fp.get_input_directory()
-        fp.set_output_directory(str(out))
-        fp.set_input_directory(str(inp))
-        yield tmp_path
-        fp.set_output_directory(old_out)
-        fp.set_input_directory(old_in)
-    else:
-        yield tmp_path
+def dirs(comfy_folders):
+    return comfy_folders
 
 
 def _conds(tm):

@@ -308,27 +308,14 @@ def test_command_line_trainer_without_comfyui(dataset, tmp_path):
 
 # --- nodes --------------------------------------------------------------------------------------------------------
 @pytest.fixture
-def comfy_dirs(tmp_path, monkeypatch, dataset):
-    """Point the pack's folders at tmp_path (ComfyUI's folder_paths where present, else CORE2_HOME) and put the
-    test dataset in the datasets folder."""
+def comfy_dirs(comfy_folders, dataset):
+    """Redirected ComfyUI folders with the test dataset in the datasets folder."""
     import shutil
 
     from comfyui_core2.nodes import paths
 
-    if paths.folder_paths is not None:
-        fp = paths.folder_paths
-        monkeypatch.setattr(fp, "models_dir", str(tmp_path / "models"))
-        monkeypatch.setitem(fp.folder_names_and_paths, paths.FOLDER, ([str(tmp_path / "models" / "core2")], set(paths.EXTENSIONS)))
-        old_out = fp.get_output_directory()
-        fp.set_output_directory(str(tmp_path / "output"))
-        if hasattr(fp, "filename_list_cache"):
-            fp.filename_list_cache.clear()
-    else:
-        monkeypatch.setenv("CORE2_HOME", str(tmp_path))
     shutil.copytree(dataset, paths.datasets_dir() / "tinyset")
-    yield tmp_path
-    if paths.folder_paths is not None:
-        paths.folder_paths.set_output_directory(old_out)
+    return comfy_folders
 
 
 def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):

@@ -178,12 +178,8 @@ def _object_info_like(s: mw.Schema) -> dict:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = comfy_server.Server(COMFY.path, ROOT, tmp_path_factory.mktemp("comfy_base"))
-    try:
-        srv.wait()
+    with comfy_server.Server.running(COMFY.path, ROOT, tmp_path_factory.mktemp("comfy_base")) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
