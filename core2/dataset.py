@@ -166,7 +166,7 @@ class DatasetWriter:
         shard = f"traj-{key}.safetensors"
         atomic_save_safetensors(self.folder / shard, out)
         self.manifest["items"].append({"key": key, "prompt_id": pid, "seed": int(seed), "batch_index": int(batch_index),
-                                       "shard": shard, "n": int(out["cond"].shape[0]), **(extra or {})})
+                                       "shard": shard, "n": int(out["cond"].shape[0]), "x": "x" in out, **(extra or {})})
         self._keys.add(key)
         self._flush()
         return key
@@ -195,7 +195,13 @@ class DatasetReader:
         return sorted({it["prompt_id"] for it in self.items})
 
     def split(self, val_fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
-        """Train/validation split by prompt (no prompt in both), deterministic for a seed."""
+        """Train/validation split, deterministic for a seed: no prompt and no shared noise seed in both.
+
+        Validation holds a `val_fraction` of the prompts. When noise seeds are shared between prompts (Collect Batch
+        uses the same seeds for every prompt), it also holds a `val_fraction` of those seeds: validation items have a
+        held-out prompt AND a held-out seed, training items neither (the cross items are left out). Otherwise a
+        model could score well on validation by remembering the collected noise, and fail on new seeds. With one
+        shared seed only, validation cannot avoid it (see seed_overlap())."""
         pids = self.prompt_ids()
         random.Random(seed).shuffle(pids)
         n_val = int(round(len(pids) * val_fraction))
@@ -204,8 +210,44 @@ class DatasetReader:
         if n_val >= len(pids) and val_fraction > 0:
             raise DatasetError(f"CoRe²: {len(pids)} prompt(s) cannot be split with validation fraction {val_fraction}; "
                                "collect more prompts or lower the fraction.")
-        val = set(pids[:n_val])
-        return [it for it in self.items if it["prompt_id"] not in val], [it for it in self.items if it["prompt_id"] in val]
+        val_p = set(pids[:n_val])
+        prompts_of: dict[int, set] = {}
+        for it in self.items:
+            prompts_of.setdefault(int(it.get("seed", 0)), set()).add(it["prompt_id"])
+        shared = sorted(s for s, ps in prompts_of.items() if len(ps) > 1)
+        val_s: set = set()
+        if n_val and len(shared) > 1:
+            random.Random(seed + 1).shuffle(shared)
+            k = min(len(shared) - 1, max(1, int(round(len(shared) * val_fraction))))
+            val_s = set(shared[:k])
+        if not val_s:
+            return ([it for it in self.items if it["prompt_id"] not in val_p],
+                    [it for it in self.items if it["prompt_id"] in val_p])
+        train, val = [], []
+        for it in self.items:
+            sd = int(it.get("seed", 0))
+            p_in, s_in = it["prompt_id"] in val_p, sd in val_s
+            if p_in and (s_in or len(prompts_of[sd]) == 1):
+                val.append(it)
+            elif not p_in and not s_in:
+                train.append(it)
+        return train, val
+
+    @staticmethod
+    def seed_overlap(train: list[dict], val: list[dict]) -> bool:
+        """True when some validation item shares its noise seed with a training item."""
+        seeds = {int(it.get("seed", 0)) for it in train}
+        return any(int(it.get("seed", 0)) in seeds for it in val)
+
+    def has_x(self, items: list[dict]) -> bool:
+        """Whether every item stores the noisy latents x_t (collected with store_x)."""
+        for it in items:
+            flag = it.get("x")
+            if flag is None:
+                flag = "x" in self._handle(it["shard"]).keys()
+            if not flag:
+                return False
+        return bool(items)
 
     # --- reading ---------------------------------------------------------------------------------------------
     def _handle(self, shard: str):
