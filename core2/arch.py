@@ -23,7 +23,7 @@ from torch import nn
 from .weak import PromptFeatures, StepInfo, WeakModel
 
 ARCH = "core2.conv_film"
-ARCH_VERSION = 1
+ARCH_VERSION = 2  # 2: optional x_t input ("x_input"); version-1 files load as x_input = False
 
 PRESETS = {
     "small": {"width": 64, "mults": [1, 2], "blocks": 1, "emb_dim": 256, "queries": 4},
@@ -34,13 +34,16 @@ SIZES = tuple(PRESETS)
 
 
 def make_config(size: str, latent_channels: int, token_dim: int, pooled_dim: int | None, family: str = "any",
-                prediction: str | None = None, **overrides) -> dict:
-    """A complete config for `size` ("small" | "medium" | "large"); keyword overrides win."""
+                prediction: str | None = None, x_input: bool = False, **overrides) -> dict:
+    """A complete config for `size` ("small" | "medium" | "large"); keyword overrides win.
+
+    x_input: the net also sees the noisy latent x_t (see ConvFiLMWeakModel.predict_uncond); needs datasets
+    collected with store_x, and x_t at inference (the CoRe² guider always passes it)."""
     if size not in PRESETS:
         raise ValueError(f"CoRe²: unknown weak-model size {size!r}; choose one of {', '.join(SIZES)}.")
     cfg = {"arch": ARCH, "arch_version": ARCH_VERSION, "size": size, "latent_channels": int(latent_channels),
            "token_dim": int(token_dim), "pooled_dim": int(pooled_dim or 0), "patch": 2, "fourier": 16,
-           "family": family, "prediction": prediction, **PRESETS[size]}
+           "family": family, "prediction": prediction, "x_input": bool(x_input), **PRESETS[size]}
     cfg.update(overrides)
     return cfg
 
@@ -112,6 +115,7 @@ class ConvFiLMWeakModel(WeakModel):
         self.latent_channels = c["latent_channels"]
         self.prediction = c.get("prediction")
         self.name = c.get("name", f"CoRe² conv-FiLM ({c['size']})")
+        self.x_input = bool(c.get("x_input", False))
         cin, w, e, p = c["latent_channels"], c["width"], c["emb_dim"], c["patch"]
         self.register_buffer("freqs", torch.exp(torch.linspace(math.log(0.25), math.log(16.0), c["fourier"])),
                              persistent=False)
@@ -122,7 +126,7 @@ class ConvFiLMWeakModel(WeakModel):
         self.emb_out = nn.Sequential(nn.SiLU(), nn.Linear(e, e))
 
         chans = [w * m for m in c["mults"]]
-        self.stem = nn.Conv2d(cin, chans[0], p, stride=p)
+        self.stem = nn.Conv2d(cin * (2 if self.x_input else 1), chans[0], p, stride=p)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, ch in enumerate(chans):
@@ -194,8 +198,21 @@ class ConvFiLMWeakModel(WeakModel):
         return self.sigma_mlp(torch.cat([ls, ang.sin(), ang.cos()], 1).to(self._param().dtype))
 
     # --- the net ----------------------------------------------------------------------------------------------
-    def predict_uncond(self, raw_cond: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        """r̂_u for a batch: raw_cond [B,C,H,W], sigma [B] (or scalar), ctx [B or 1, E] from prepare()/encode_prompts()."""
+    def _input_scale(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Brings x_t to unit scale: 1/√(σ²+1) for ε/v models (x = x0 + σ·ε), 1 for flow models (x = (1−σ)·x0 + σ·ε)."""
+        if self.prediction == "flow":
+            return torch.ones_like(sigma)
+        return (sigma.float() ** 2 + 1.0).rsqrt().to(sigma.dtype)
+
+    def predict_uncond(self, raw_cond: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor,
+                       x: torch.Tensor | None = None) -> torch.Tensor:
+        """r̂_u for a batch: raw_cond [B,C,H,W], sigma [B] (or scalar), ctx [B or 1, E] from prepare()/encode_prompts(),
+        x [B,C,H,W] the noisy latent x_t (required when the model was built with x_input).
+
+        Without x the net maps r_c to r̂_u directly. With x it works in x0 space: the conditional x0 prediction
+        x0_c = x − σ·r_c and the scaled x_t go in, a correction Δ comes out, x̂0_u = x0_c + Δ and r̂_u = r_c − Δ/σ.
+        That matters for ε-like outputs: at high σ, r_c is mostly the noise itself, so a net that sees only r_c has to
+        denoise it to find the guidance signal, and learns the collected noise seeds instead of the task."""
         b, _, h, w = raw_cond.shape
         sigma = torch.as_tensor(sigma, device=raw_cond.device).reshape(-1)
         if sigma.numel() == 1 and b > 1:
@@ -205,29 +222,44 @@ class ConvFiLMWeakModel(WeakModel):
                 raise ValueError(f"prompt batch {ctx.shape[0]} does not divide latent batch {b}")
             ctx = ctx.repeat_interleave(b // ctx.shape[0], dim=0)
         emb = self.emb_out(self.sigma_embedding(sigma) + ctx)
+        if self.x_input:
+            if x is None:
+                raise ValueError("CoRe²: this weak model needs the noisy latent x_t (it was trained with x_t input); "
+                                 "use it through the CoRe² sampler nodes, which pass it.")
+            s4 = sigma.to(raw_cond.dtype).view(-1, 1, 1, 1)
+            x = x.to(raw_cond.dtype)
+            x0c = x - s4 * raw_cond
+            inp = torch.cat([x0c, x * self._input_scale(sigma).to(raw_cond.dtype).view(-1, 1, 1, 1)], 1)
+        else:
+            inp = raw_cond
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
-        x = F.pad(raw_cond, (0, pw, 0, ph), mode="replicate") if (ph or pw) else raw_cond
-        x = self.stem(x)
+        z = F.pad(inp, (0, pw, 0, ph), mode="replicate") if (ph or pw) else inp
+        z = self.stem(z)
         skips = []
         for i, blocks in enumerate(self.down_blocks):
             for blk in blocks:
-                x = blk(x, emb)
+                z = blk(z, emb)
             if i < len(self.downsamples):
-                skips.append(x)
-                x = self.downsamples[i](x)
+                skips.append(z)
+                z = self.downsamples[i](z)
         for up, blocks in zip(self.upsamples, self.up_blocks):
-            x = up(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-            x = torch.cat([x, skips.pop()], 1)
+            z = up(F.interpolate(z, scale_factor=2.0, mode="nearest"))
+            z = torch.cat([z, skips.pop()], 1)
             for blk in blocks:
-                x = blk(x, emb)
-        delta = self.head(F.silu(self.out_norm(x)))[:, :, :h, :w]
+                z = blk(z, emb)
+        delta = self.head(F.silu(self.out_norm(z)))[:, :, :h, :w]
+        if self.x_input:
+            return raw_cond - delta / s4.clamp_min(1e-4)
         return raw_cond + delta
 
     def predict(self, raw_cond: torch.Tensor, sigma: torch.Tensor, cfg_scale: float, step: StepInfo, context) -> torch.Tensor:
         ref = self._param()
         rc = raw_cond.to(ref.device, ref.dtype)
-        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype))
+        x = (step.extra or {}).get("x") if step is not None else None
+        if x is not None:
+            x = x.to(ref.device, ref.dtype)
+        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype), x)
         out = ru + (rc - ru) * float(cfg_scale)
         return out.to(raw_cond.device, raw_cond.dtype)
 

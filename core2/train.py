@@ -57,6 +57,7 @@ class TrainSettings:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     arch_overrides: dict = field(default_factory=dict)
+    x_input: bool | None = None  # the net also sees x_t; None: when the dataset stores it (store_x)
 
 
 class TrainingError(RuntimeError):
@@ -105,14 +106,18 @@ def collate(reader: DatasetReader, picks: list) -> dict:
     """A training batch from (item, row) picks: cond, uncond, sigma, cfg [B…] and the features of the batch's
     UNIQUE prompts (pos_/neg_ tokens, masks, pooled, has_neg [U…]) with prompt_index [B] into them, so each
     prompt is encoded once per batch."""
-    cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg")}
+    cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "x")}
     order: dict[str, int] = {}
     index = []
     for it, r in picks:
         h = reader._handle(it["shard"])
+        has_x = it["x"] if "x" in it else "x" in h.keys()  # older manifests do not say
         for k in cols:
-            cols[k].append(h.get_slice(k)[r:r + 1])
+            if k != "x" or has_x:
+                cols[k].append(h.get_slice(k)[r:r + 1])
         index.append(order.setdefault(it["prompt_id"], len(order)))
+    if len(cols["x"]) != len(picks):  # x_t only when every row has it
+        cols.pop("x")
     out = {k: torch.cat(v).float() for k, v in cols.items()}
     feats = [reader.prompt_features(pid) for pid in order]
     out.update(_stack_features("pos", [p for p, _ in feats]))
@@ -132,7 +137,11 @@ def _encode(model, b: dict):
     return ctx[b["prompt_index"]]
 
 
-_PER_ROW = ("cond", "uncond", "sigma", "cfg", "prompt_index")
+_PER_ROW = ("cond", "uncond", "sigma", "cfg", "x", "prompt_index")
+
+
+def _predict(model, b: dict) -> torch.Tensor:
+    return model.predict_uncond(b["cond"], b["sigma"], _encode(model, b), b.get("x") if model.x_input else None)
 
 
 def _finite_rows(b: dict) -> torch.Tensor:
@@ -189,7 +198,7 @@ def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int 
         if not keep.any():
             continue
         b = _to(_take(b, keep), device)
-        ru_hat = model.predict_uncond(b["cond"], b["sigma"], _encode(model, b))
+        ru_hat = _predict(model, b)
         g = b["cfg"].view(-1, 1, 1, 1)
         f = ru_hat + g * (b["cond"] - ru_hat)
         target = b["uncond"] + g * (b["cond"] - b["uncond"])
@@ -287,9 +296,14 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     if not train_items:
         raise DatasetError(f"CoRe²: dataset {reader.folder.name} leaves no training prompts; lower the validation fraction.")
     _check_data_sane(reader, train_items)
-    val_label = "held-out prompts"
+    val_label = "held-out prompts" if reader.seed_overlap(train_items, val_items) else "held-out prompts and seeds"
     if not val_items:
         val_items, val_label = train_items, "training prompts (no held-out prompts: val_fraction is 0 or one prompt)"
+    has_x = reader.has_x(train_items)
+    x_input = has_x if s.x_input is None else bool(s.x_input)
+    if x_input and not has_x:
+        raise DatasetError(f"CoRe²: x_t input was asked for, but dataset {reader.folder.name} does not store x_t. "
+                           "Collect with store_x on, or train without x_t input.")
     device = torch.device(s.device)
     ds_hash = manifest_hash(reader.folder)
 
@@ -311,6 +325,9 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
             if config.get(k) != facts[k]:
                 raise ValueError(f"CoRe²: cannot resume {out_path.name} on this dataset: its {k} is {config.get(k)}, "
                                  f"the dataset's is {facts[k]}. Train a new model (another name).")
+        if config.get("x_input", False) and not has_x:
+            raise DatasetError(f"CoRe²: {out_path.name} takes x_t input, but dataset {reader.folder.name} does not "
+                               "store x_t (collect with store_x on), so it cannot be resumed on it.")
         if config.get("size") != s.size:
             notes.append(f"resumed a '{config.get('size')}' model; the size setting '{s.size}' was ignored")
         if meta_old.get("dataset", {}).get("manifest_hash") != ds_hash:
@@ -319,7 +336,8 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
         history = meta_old.get("history") or history
     else:
         config = make_config(s.size, facts["latent_channels"], facts["token_dim"], facts["pooled_dim"],
-                             family=facts["family"], prediction=facts["prediction"], **s.arch_overrides)
+                             family=facts["family"], prediction=facts["prediction"], x_input=x_input,
+                             **s.arch_overrides)
     model = build(config).to(device)
     if exists and s.resume:
         from safetensors.torch import load_file
@@ -344,6 +362,7 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
             "latent_channels": facts["latent_channels"], "prediction": facts["prediction"], "pack_version": __version__,
             "training": {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed,
                          "val_fraction": s.val_fraction, "size": config.get("size"), "validation_on": val_label,
+                         "x_input": bool(config.get("x_input", False)),
                          "train_prompts": len({it["prompt_id"] for it in train_items}),
                          "val_prompts": len({it["prompt_id"] for it in val_items})}}
     n_params = sum(p.numel() for p in model.parameters())
@@ -357,7 +376,12 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     rows_per_epoch = max(1, sum(it["n"] for it in train_items))
     batches = _infinite_batches(reader, train_items, s.batch_size, s.seed, step * s.batch_size // rows_per_epoch)
     last_saved, last_metrics, t0, start_step = step, {}, time.time(), step
-    held_out = val_label == "held-out prompts"
+    held_out = val_label.startswith("held-out")
+    if not config.get("x_input", False):
+        notes.append("the dataset has no x_t (store_x was off): the model sees only the conditional output, which "
+                     "transfers poorly to new noise seeds. Collect with store_x on for a much better weak model")
+    if val_label == "held-out prompts" and val_items is not train_items:
+        notes.append("validation shares noise seeds with training (collect ≥ 2 seeds per prompt for an honest score)")
     best = {"err": math.inf, "step": None, "state": None, "metrics": None}
 
     def note_best(metrics):
@@ -380,7 +404,7 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
             b = _to(b, device)
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, s.steps, s.lr)
-            ru_hat = model.predict_uncond(b["cond"], b["sigma"], _encode(model, b))
+            ru_hat = _predict(model, b)
             loss = relative_loss(ru_hat, b["uncond"], b["cond"])
             lv = float(loss.detach())
             if not math.isfinite(lv):

@@ -84,6 +84,73 @@ def test_weak_model_contract_and_free_cfg_knob():
         m.check_compatible("sd3", 16, "flow")
 
 
+def test_x_input_model_works_in_x0_space():
+    """With x_t input the net sees x0_c = x − σ·r_c and the scaled x_t; untrained it is the identity; it needs x."""
+    from comfyui_core2.core2 import arch
+    from comfyui_core2.core2.weak import StepInfo
+
+    torch.manual_seed(0)
+    m = arch.build(arch.make_config("small", 4, 2048, 1280, family="sdxl", prediction="eps", x_input=True, **SMALL))
+    assert m.x_input and m.stem.in_channels == 8 and m.config["arch_version"] == arch.ARCH_VERSION
+    rc, x = torch.randn(2, 4, 16, 16), torch.randn(2, 4, 16, 16) * 4
+    sigma = torch.tensor([3.0, 0.5])
+    ctx = m.prepare(feats(), feats(seed=1))
+    step = StepInfo(0, 10, extra={"x": x})
+    assert torch.equal(m.predict(rc, sigma, 7.0, step, ctx), rc)
+    with pytest.raises(ValueError, match="x_t"):
+        m.predict(rc, sigma, 7.0, StepInfo(0, 10), ctx)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ru = m.predict_uncond(rc, sigma, ctx, x)
+    # the same x0_c from another (x, r_c) pair with equal x_t scale gives the same x̂0_u: x − σ·r̂_u is a function of
+    # (x0_c, x) only, so moving x while keeping x0_c changes the output
+    x0c = x - sigma.view(-1, 1, 1, 1) * rc
+    x0u = x - sigma.view(-1, 1, 1, 1) * ru
+    ru2 = m.predict_uncond(rc, sigma, ctx, x * 1.5)
+    assert not torch.allclose(ru, ru2)
+    assert torch.isfinite(x0u).all() and (x0u - x0c).abs().max() > 0
+    # files of version 1 (no x_input key) still build, as models without x input
+    cfg1 = {k: v for k, v in m.config.items() if k != "x_input"}
+    cfg1["arch_version"] = 1
+    assert arch.build(cfg1).x_input is False
+
+
+def test_split_holds_out_prompts_and_shared_seeds(tmp_path):
+    """Collect Batch shares seeds across prompts: validation gets held-out prompts AND held-out seeds."""
+    from comfyui_core2.core2.dataset import DatasetReader, DatasetWriter
+
+    def write(folder, seeds_of):
+        w = DatasetWriter(folder, {"family": "sdxl", "prediction": "eps", "latent_channels": 4, "latent_hw": [4, 4],
+                                   "base_model_hash": "h"})
+        t = {"cond": torch.zeros(2, 4, 4, 4), "uncond": torch.ones(2, 4, 4, 4), "sigma": torch.ones(2),
+             "cfg": torch.full((2,), 5.0), "step": torch.arange(2)}
+        for i in range(10):
+            pid = w.add_prompt(f"p{i}", None, feats(t=4, d=8, p=4), None)
+            for sd in seeds_of(i):
+                w.add_trajectory(pid, sd, 0, dict(t, x=torch.zeros(2, 4, 4, 4)) if sd % 2 else t)
+        return DatasetReader(folder)
+
+    r = write(tmp_path / "shared", lambda i: range(5))
+    train, val = r.split(0.2, seed=3)
+    pid = lambda items: {it["prompt_id"] for it in items}  # noqa: E731
+    seeds = lambda items: {it["seed"] for it in items}  # noqa: E731
+    assert val and train and not (pid(train) & pid(val)) and not (seeds(train) & seeds(val))
+    assert len(pid(val)) == 2 and len(seeds(val)) == 1 and len(train) == 8 * 4
+    assert not r.seed_overlap(train, val)
+    assert r.split(0.2, seed=3) == (train, val)  # deterministic
+    # x_t is stored on odd seeds only in this dataset
+    assert r.has_x([it for it in r.items if it["seed"] % 2]) and not r.has_x(r.items)
+    # every trajectory with its own seed: a split by prompt already holds the seeds out
+    r2 = write(tmp_path / "distinct", lambda i: [100 + i])
+    train2, val2 = r2.split(0.2, seed=3)
+    assert len(val2) == 2 and len(train2) == 8 and not r2.seed_overlap(train2, val2)
+    # one seed shared by all prompts: it cannot be held out, and seed_overlap says so
+    r3 = write(tmp_path / "one", lambda i: [7])
+    train3, val3 = r3.split(0.2, seed=3)
+    assert len(val3) == 2 and r3.seed_overlap(train3, val3)
+
+
 # --- training -----------------------------------------------------------------------------------------------------
 def test_training_beats_identity_on_held_out_prompts(trained, dataset):
     from comfyui_core2.core2.dataset import manifest_hash
