@@ -329,6 +329,15 @@ def _latent_downscale(model) -> int:
     return int(getattr(lf, "spacial_downscale_ratio", 8) or 8)
 
 
+def trajectory_seed(seed: int, pid: str, j: int) -> int:
+    """The noise seed of the j-th trajectory of a prompt: seed + a per-prompt offset (from the prompt id) + j.
+
+    Every (prompt, j) pair gets its own noise. A weak model learns the guidance from many different noises; with
+    the same few seeds for every prompt it learns those noises instead, and fails on new seeds. The offset comes
+    from the prompt text, so adding or reordering prompts keeps the seeds (and resume) of the others."""
+    return (int(seed) + int(pid[:12], 16) + int(j)) % 2**64
+
+
 def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Callable[[str], list], *, seeds_per_prompt: int,
                   seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
                   dataset_name: str, store_x: bool, on_item_done: Callable | None = None) -> BatchResult:
@@ -359,7 +368,7 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     for text in prompts:
         pid = ds.prompt_id(text, neg_text)
         for j in range(seeds_per_prompt):
-            s = (int(seed) + j) % 2**64
+            s = trajectory_seed(seed, pid, j)
             (skipped if ds.item_key(pid, s, 0) in writer_keys else todo).append((text, s))
     evals_per_step = 2 if sampler_name in _TWO_EVAL else 1
     c = mhdr["latent_channels"]
@@ -481,7 +490,7 @@ class CoRe2Collect:
                 "model": ("MODEL", {"tooltip": "The model to sample with (SD1.5, SDXL, SD3/3.5, Flux with a negative)."}),
                 "dataset_name": ("STRING", {"default": "core2_dataset", "tooltip":
                                  "Folder under output/core2_datasets. Reusing a name adds to that dataset (same model and size only)."}),
-                "store_x": ("BOOLEAN", {"default": False, "tooltip": "Also store the noisy latent x_t of each step (1.5x the disk space)."}),
+                "store_x": ("BOOLEAN", {"default": True, "tooltip": "Store the noisy latent x_t of each step (1.5x the disk space). Keep it on: the weak model trained on it transfers to new seeds far better; off only to save disk."}),
             },
             "optional": {
                 "prompt_label": ("STRING", {"default": "", "tooltip": "Prompt text to note in the dataset manifest "
@@ -499,7 +508,8 @@ class CoRe2Collect:
 
 class CoRe2CollectBatch:
     DESCRIPTION = ("Collects CFG trajectories for a whole prompt list in one queued run: every prompt with "
-                   "seeds_per_prompt seeds (seed, seed+1, ...). Reruns skip (prompt, seed) pairs already in the dataset, so "
+                   "seeds_per_prompt noise seeds of its own (derived from seed and the prompt text: many different "
+                   "noises make a weak model that works on new seeds). Reruns skip (prompt, seed) pairs already in the dataset, so "
                    "a cancelled or crashed collection resumes where it stopped. Returns the last image and the dataset name.")
     CATEGORY = CATEGORY
     RETURN_TYPES = ("IMAGE", "STRING")
@@ -523,7 +533,7 @@ class CoRe2CollectBatch:
                                  "Or a .txt file in ComfyUI's input folder, one prompt per line (added to the prompts above)."}),
                 "negative_prompt": ("STRING", {"multiline": True, "default": "", "tooltip": "Used for every prompt."}),
                 "seeds_per_prompt": ("INT", {"default": 2, "min": 1, "max": 1000}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "First seed; each prompt uses seed, seed+1, ..."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Base seed. Each prompt gets its own seeds, derived from this one and the prompt text (stable when you add or reorder prompts)."}),
                 "steps": ("INT", {"default": 20, "min": 1, "max": 1000}),
                 "cfg": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01,
                                   "tooltip": "Must be > 1. The weak model learns CFG at this scale."}),
@@ -532,7 +542,7 @@ class CoRe2CollectBatch:
                 "width": ("INT", {"default": 1024, "min": 16, "max": 8192, "step": 8}),
                 "height": ("INT", {"default": 1024, "min": 16, "max": 8192, "step": 8}),
                 "dataset_name": ("STRING", {"default": "core2_dataset"}),
-                "store_x": ("BOOLEAN", {"default": False}),
+                "store_x": ("BOOLEAN", {"default": True, "tooltip": "Store the noisy latent x_t of each step (1.5x the disk space). Keep it on: the weak model trained on it transfers to new seeds far better; off only to save disk."}),
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "Only to decode the preview image."}),

@@ -66,7 +66,10 @@ def test_batch_records_exactly_and_images_are_identical(tiny_sd15, dirs):
     hdr = reader.header
     assert hdr["family"] == "sd15" and hdr["latent_hw"] == [16, 16] and hdr["steps"] == STEPS and hdr["cfg"] == 5.0
     assert hdr["sampler"] == "euler" and hdr["scheduler"] == "normal" and len(hdr["sigmas"]) == STEPS + 1
-    order = [(p, s) for p in ("a red fox", "a blue car") for s in (10, 11)]
+    order = [(p, collect.trajectory_seed(10, ds.prompt_id(p, "ugly"), j)) for p in ("a red fox", "a blue car")
+             for j in (0, 1)]
+    assert len({s for _, s in order}) == 4  # every trajectory has its own noise
+    assert order[1][1] == order[0][1] + 1 and {it["seed"] for it in reader.items} == {s for _, s in order}
     for n, (text, seed) in enumerate(order):
         pid = ds.prompt_id(text, "ugly")
         item = next(it for it in reader.items if it["key"] == ds.item_key(pid, seed, 0))
@@ -92,8 +95,9 @@ def test_batch_records_exactly_and_images_are_identical(tiny_sd15, dirs):
 
     # images (latents) are bit-identical with and without recording
     latent = torch.zeros(1, 4, 16, 16)
-    plain = comfy.sample.sample(tm.patcher, comfy.sample.prepare_noise(latent, 11), STEPS, 5.0, "euler", "normal",
-                                conds["a blue car"], conds["ugly"], latent, disable_pbar=True, seed=11)
+    last = order[-1][1]
+    plain = comfy.sample.sample(tm.patcher, comfy.sample.prepare_noise(latent, last), STEPS, 5.0, "euler", "normal",
+                                conds["a blue car"], conds["ugly"], latent, disable_pbar=True, seed=last)
     assert torch.equal(plain, res.latent)
 
 
