@@ -96,7 +96,8 @@ def collect(out_dir: Path, cfg: DemoConfig) -> dict:
     res = collect_nodes.collect_batch(model, prompts, world.UNCOND_PROMPT, world.encode,
                                       seeds_per_prompt=cfg.seeds_per_prompt, seed=cfg.collect_seed, steps=cfg.steps,
                                       cfg=cfg.cfg, sampler_name=cfg.sampler_name, scheduler=cfg.scheduler,
-                                      width=32, height=32, dataset_name=cfg.dataset_name, store_x=False)
+                                      width=world.NODE_SIZE, height=world.NODE_SIZE, dataset_name=cfg.dataset_name,
+                                      store_x=True)
     seconds = time.perf_counter() - t0
     folder = paths.datasets_dir() / cfg.dataset_name
     reader = ds.DatasetReader(folder)

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "toy_t2i.safetensors"
 UNCOND_PROMPT = ""  # the prompt the model was trained to treat as "no prompt"
+NODE_SIZE = pixels.LATENT_SIZE * 8  # width/height to give ComfyUI nodes: they count 8 pixels per latent cell (128 → 16×16)
 DEFAULTS = {"steps": 20, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal"}
 
 
