@@ -23,7 +23,8 @@ log = logging.getLogger("core2.demo")
 class DemoConfig:
     """Sizes of the demo run. The defaults take about 3-5 minutes on 1 CPU thread."""
     prompts: int = 120  # toy prompts collected (the toy world has 120)
-    seeds_per_prompt: int = 3
+    seeds_per_prompt: int = 4
+    collect_batch: int = 4  # trajectories per sampling call while collecting
     collect_seed: int = 1000  # collected seeds: collect_seed .. collect_seed + seeds_per_prompt - 1
     steps: int = 20
     cfg: float = 5.0
@@ -97,7 +98,7 @@ def collect(out_dir: Path, cfg: DemoConfig) -> dict:
                                       seeds_per_prompt=cfg.seeds_per_prompt, seed=cfg.collect_seed, steps=cfg.steps,
                                       cfg=cfg.cfg, sampler_name=cfg.sampler_name, scheduler=cfg.scheduler,
                                       width=world.NODE_SIZE, height=world.NODE_SIZE, dataset_name=cfg.dataset_name,
-                                      store_x=True)
+                                      store_x=True, batch_size=cfg.collect_batch)
     seconds = time.perf_counter() - t0
     folder = paths.datasets_dir() / cfg.dataset_name
     reader = ds.DatasetReader(folder)

@@ -340,15 +340,19 @@ def trajectory_seed(seed: int, pid: str, j: int) -> int:
 
 def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Callable[[str], list], *, seeds_per_prompt: int,
                   seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
-                  dataset_name: str, store_x: bool, on_item_done: Callable | None = None) -> BatchResult:
-    """Sample every (prompt, seed) pair not yet in the dataset with recording on. encode(text) -> CONDITIONING."""
+                  dataset_name: str, store_x: bool, on_item_done: Callable | None = None, batch_size: int = 1) -> BatchResult:
+    """Sample every (prompt, seed) pair not yet in the dataset with recording on. encode(text) -> CONDITIONING.
+
+    batch_size trajectories of one prompt run together as the rows of one latent batch (faster, more memory):
+    the j-th trajectory of a prompt is row j % batch_size of the call seeded with trajectory_seed(seed, pid, j0),
+    j0 = j − j % batch_size."""
     if not prompts:
         raise ValueError("CoRe² Collect Batch: no prompts. Write one prompt per line or pick a .txt file.")
     if not (cfg > 1.0 and not math.isclose(cfg, 1.0, abs_tol=1e-6)):
         raise ValueError(f"CoRe² Collect Batch: cfg is {cfg}; collecting needs cfg > 1 (e.g. 5-8), because CoRe² learns "
                          "the gap between the conditional and unconditional outputs.")
-    if steps < 1 or seeds_per_prompt < 1:
-        raise ValueError("CoRe² Collect Batch: steps and seeds_per_prompt must be at least 1.")
+    if steps < 1 or seeds_per_prompt < 1 or batch_size < 1:
+        raise ValueError("CoRe² Collect Batch: steps, seeds_per_prompt and batch_size must be at least 1.")
     if sampler_name not in comfy.samplers.KSampler.SAMPLERS or scheduler not in comfy.samplers.KSampler.SCHEDULERS:
         raise ValueError(f"CoRe² Collect Batch: unknown sampler {sampler_name!r} or scheduler {scheduler!r}.")
     folder = dataset_folder(dataset_name)
@@ -365,19 +369,25 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
         writer_keys = set()
         if (folder / ds.MANIFEST).is_file():
             writer_keys = {it["key"] for it in ds._read_manifest(folder)["items"]}
-    for text in prompts:
+    for text in prompts:  # todo: (text, call seed, rows) per sampling call; skipped: "text|seed|row"
         pid = ds.prompt_id(text, neg_text)
-        for j in range(seeds_per_prompt):
-            s = trajectory_seed(seed, pid, j)
-            (skipped if ds.item_key(pid, s, 0) in writer_keys else todo).append((text, s))
+        for j0 in range(0, seeds_per_prompt, batch_size):
+            s = trajectory_seed(seed, pid, j0)
+            rows = min(batch_size, seeds_per_prompt - j0)
+            done = [b for b in range(rows) if ds.item_key(pid, s, b) in writer_keys]
+            if len(done) == rows:
+                skipped.extend(f"{text}|{s}|{b}" for b in done)
+            else:  # a call records all its rows; rows already there are kept (first recording wins)
+                todo.append((text, s, rows))
     evals_per_step = 2 if sampler_name in _TWO_EVAL else 1
     c = mhdr["latent_channels"]
-    need = ds.estimate_dataset_bytes(len(todo), steps * evals_per_step, c, h, w, store_x) + len(prompts) * 2 * 2**20
-    check_free_space(folder.parent, need, f"collecting {len(todo)} trajectories into dataset '{folder.name}'")
+    n_todo = sum(r for _, _, r in todo)
+    need = ds.estimate_dataset_bytes(n_todo, steps * evals_per_step, c, h, w, store_x) + len(prompts) * 2 * 2**20
+    check_free_space(folder.parent, need, f"collecting {n_todo} trajectories into dataset '{folder.name}'")
     if skipped:
-        log.info("CoRe² Collect Batch: %d of %d (prompt, seed) pairs are already in '%s'; collecting the other %d.",
-                 len(skipped), len(skipped) + len(todo), folder.name, len(todo))
-    result = BatchResult(folder, [], [f"{t}|{s}" for t, s in skipped], None, 0)
+        log.info("CoRe² Collect Batch: %d of %d trajectories are already in '%s'; collecting the other %d.",
+                 len(skipped), len(skipped) + n_todo, folder.name, n_todo)
+    result = BatchResult(folder, [], list(skipped), None, 0)
     if not todo:
         return result
     folder.mkdir(parents=True, exist_ok=True)
@@ -394,12 +404,12 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     cache: tuple = (None, None)
     failed = True
     try:
-        for i, (text, s) in enumerate(todo):
+        for i, (text, s, rows) in enumerate(todo):
             comfy.model_management.throw_exception_if_processing_interrupted()
             if cache[0] != text:
                 cache = (text, encode(text))
             pos_cond = cache[1]
-            latent = torch.zeros(1, c, h, w)
+            latent = torch.zeros(rows, c, h, w)
             noise = comfy.sample.prepare_noise(latent, s)
 
             def callback(step, x0, x, total, _base=i * steps):
@@ -546,6 +556,10 @@ class CoRe2CollectBatch:
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "Only to decode the preview image."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip":
+                               "Trajectories of one prompt sampled together as one latent batch: faster (about 2x at 4 "
+                               "on small models), needs batch_size times the memory. Changing it later samples new "
+                               "noises rather than resuming the old ones."}),
             },
         }
 
@@ -564,13 +578,13 @@ class CoRe2CollectBatch:
         return h.hexdigest()
 
     def collect(self, model, clip, prompts, prompts_file, negative_prompt, seeds_per_prompt, seed, steps, cfg, sampler_name,
-                scheduler, width, height, dataset_name, store_x, vae=None):
+                scheduler, width, height, dataset_name, store_x, vae=None, batch_size=1):
         items = parse_prompt_lines(prompts)
         if prompts_file and prompts_file != self.NONE_FILE:
             items += [p for p in read_prompt_file(prompts_file) if p not in items]
         res = collect_batch(model, items, negative_prompt, lambda t: encode_text(clip, t), seeds_per_prompt=seeds_per_prompt,
                             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, width=width,
-                            height=height, dataset_name=dataset_name, store_x=store_x)
+                            height=height, dataset_name=dataset_name, store_x=store_x, batch_size=int(batch_size))
         if res.latent is None:
             image = torch.zeros(1, height, width, 3)
         elif vae is not None:

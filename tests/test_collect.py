@@ -43,8 +43,8 @@ def _capture(model):
     return m, log
 
 
-def _batch(collect, model, conds, name, prompts=("a red fox", "a blue car"), cfg=5.0, size=128, **kw):
-    return collect.collect_batch(model, list(prompts), "ugly", conds.__getitem__, seeds_per_prompt=2, seed=10, steps=STEPS,
+def _batch(collect, model, conds, name, prompts=("a red fox", "a blue car"), cfg=5.0, size=128, seeds_per_prompt=2, **kw):
+    return collect.collect_batch(model, list(prompts), "ugly", conds.__getitem__, seeds_per_prompt=seeds_per_prompt, seed=10, steps=STEPS,
                                  cfg=cfg, sampler_name="euler", scheduler="normal", width=size, height=size,
                                  dataset_name=name, store_x=kw.pop("store_x", True), **kw)
 
@@ -99,6 +99,34 @@ def test_batch_records_exactly_and_images_are_identical(tiny_sd15, dirs):
     plain = comfy.sample.sample(tm.patcher, comfy.sample.prepare_noise(latent, last), STEPS, 5.0, "euler", "normal",
                                 conds["a blue car"], conds["ugly"], latent, disable_pbar=True, seed=last)
     assert torch.equal(plain, res.latent)
+
+
+def test_batched_collection_records_each_row_and_resumes(tiny_sd15, dirs):
+    """batch_size rows of one prompt per sampling call: every row is its own trajectory (own noise), exactly what
+    sampling that batch gives; a rerun finds everything; the j-th trajectory keeps its place in the seed scheme."""
+    import comfy.sample
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect
+
+    tm = tiny_sd15
+    conds = _conds(tm)
+    tm.reset_calls()
+    res = _batch(collect, tm.patcher, conds, "batched", prompts=["a red fox"], batch_size=2, seeds_per_prompt=3)
+    assert len(res.written) == 3 and tm.calls == [4] * STEPS + [2] * STEPS  # rows 2 + 1, cond and uncond batched
+    reader = ds.DatasetReader(res.folder)
+    pid = ds.prompt_id("a red fox", "ugly")
+    s0, s2 = collect.trajectory_seed(10, pid, 0), collect.trajectory_seed(10, pid, 2)
+    assert sorted((it["seed"], it["batch_index"]) for it in reader.items) == [(s0, 0), (s0, 1), (s2, 0)]
+    rows = {(it["seed"], it["batch_index"]): reader.load_item(it) for it in reader.items}
+    assert not torch.equal(rows[(s0, 0)]["x"][0], rows[(s0, 1)]["x"][0])  # different noise per row
+    latent = torch.zeros(2, 4, 16, 16)
+    noise = comfy.sample.prepare_noise(latent, s0)
+    for b in (0, 1):  # x_t at the first step is row b of that seed's noise, scaled by the first σ
+        cos = torch.nn.functional.cosine_similarity(rows[(s0, b)]["x"][0].float().flatten(), noise[b].flatten(), dim=0)
+        assert cos > 0.9999
+    tm.reset_calls()
+    again = _batch(collect, tm.patcher, conds, "batched", prompts=["a red fox"], batch_size=2, seeds_per_prompt=3)
+    assert tm.calls == [] and len(again.skipped) == 3 and not again.written
 
 
 def test_collect_node_wraps_any_sampler(tiny_sd15, dirs, comfy_install):

@@ -44,6 +44,12 @@ def test_demo_end_to_end_and_rerun_reuses(tmp_path, monkeypatch):
 
     saved = json.loads((tmp_path / "core2_demo_report.json").read_text())
     assert saved["dataset"]["items"] == 6 * 2 and saved["dataset"]["prompts"] == 6
+    # collected at the toy model's own latent size, with x_t (the weak model then takes x_t input)
+    from comfyui_core2.core2.dataset import DatasetReader
+
+    reader = DatasetReader(saved["dataset"]["folder"])
+    assert reader.header["latent_hw"] == [16, 16] and reader.has_x(reader.items)
+    assert len({it["seed"] for it in reader.items}) == 12  # a noise seed of its own per trajectory
     assert saved["training"]["steps"] == 30 and 0 < saved["training"]["val_rel_err"] < 10
     assert saved["training"]["seconds"] > 0
     names = [m["name"] for m in saved["methods"]]
