@@ -108,7 +108,7 @@ def test_sampling_works_and_cfg_raises_prompt_accuracy(toy):
     assert not torch.allclose(at1, at5)
     acc1, acc5 = evaluate.score(at1, labels), evaluate.score(at5, labels)
     # the toy model was trained on imperfect captions: at cfg 1 it follows the prompt only partly, CFG sharpens it
-    assert acc5.mean > 0.7 and min(acc5.colour, acc5.position) > 0.85, acc5
+    assert acc5.mean > 0.85 and min(acc5.shape, acc5.colour, acc5.position) > 0.8, acc5
     assert acc5.mean >= acc1.mean + 0.15, (acc1, acc5)
 
 
