@@ -7,7 +7,8 @@
 Quality (bench/results/quality.json): held-out (prompt, seed) samples of the toy world (seeds never collected), each
 method on the same noise. Attribute accuracy from the shipped toy classifier, and a Fréchet distance in that
 classifier's 128-d penultimate features against real procedural pictures (toy/data.py) of the same prompts. The weak
-model is the demo's (demo_out/, collected and trained by demo.run's code if absent; resumable).
+model is collected and trained by the demo's code in bench_out/ (8 seeds per prompt, 3000 training steps; resumable,
+reused by later runs).
 
 Speed (bench/results/speed.json): ComfyUI's UNetModel built from the SD15 and SDXL configs found in the active
 ComfyUI's comfy/model_detection.py, random weights, fp32, one small latent; median wall time of a CFG step (cond +
@@ -40,19 +41,31 @@ log = logging.getLogger("core2.bench")
 # quality
 
 
-def quality_methods(n: int, cfg: float, w2s: float):
+def lean_slow(n: int) -> int:
+    """Slow steps for the 'lean' CoRe² row: about 10% of n, so that its passes n + k stay ≤ 0.6 × CFG's 2n."""
+    return max(1, int(0.1 * n + 0.5))
+
+
+def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) -> list[tuple[int, object]]:
+    """(budget n, Method) rows per step count n: CFG at n and at n/2 steps, CoRe² all-fast / lean / mixed /
+    all-slow at n; cfg = 1 and (optionally) the zigzag rows at the largest n only."""
     from demo.pipeline import Method
 
-    lean = max(1, round(0.1 * n))  # CoRe² at ≤ 0.6× CFG's passes: N + lean ≤ 0.6 · 2N
-    return [Method("cfg 1", "cfg", 1.0, n, note="no guidance"),
-            Method(f"CFG, {n} steps", "cfg", cfg, n),
-            Method(f"CFG, {n // 2} steps", "cfg", cfg, n // 2, note="equal passes to CoRe² all-fast"),
-            Method("CoRe² all-fast", "core2", cfg, n, 0, 1.0),
-            Method(f"CoRe² {lean} slow", "core2", cfg, n, lean, w2s, note="≤ 0.6× CFG's passes"),
-            Method("CoRe² mixed", "core2", cfg, n, n // 2, w2s),
-            Method("CoRe² all-slow", "core2", cfg, n, n, w2s),
-            Method("Z-Sampling", "core2", cfg, n, n, w2s, "z-sampling", note="euler, inv_cfg 0.5"),
-            Method("Z-CoRe²", "core2", cfg, n, n, w2s, "z-core", note="euler")]
+    rows = []
+    for n in sorted(budgets):
+        k = lean_slow(n)
+        rows += [(n, Method(f"CFG, {n} steps", "cfg", cfg, n)),
+                 (n, Method(f"CFG, {n // 2} steps", "cfg", cfg, n // 2, note="equal passes to CoRe² all-fast")),
+                 (n, Method(f"CoRe², {n} steps, all-fast", "core2", cfg, n, 0, 1.0)),
+                 (n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes")),
+                 (n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s)),
+                 (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s))]
+    n = max(budgets)
+    rows.insert(0, (n, Method(f"cfg 1, {n} steps", "cfg", 1.0, n, note="no guidance")))
+    if zigzag:
+        rows += [(n, Method(f"Z-Sampling, {n} steps", "core2", cfg, n, n, w2s, "z-sampling", note="euler, inv_cfg 0.5")),
+                 (n, Method(f"Z-CoRe², {n} steps", "core2", cfg, n, n, w2s, "z-core", note="euler"))]
+    return rows
 
 
 @torch.no_grad()
@@ -77,84 +90,129 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + ca.trace() + cb.trace() - 2 * ev.sqrt().sum())
 
 
+BENCH_DEFAULTS = {"seeds_per_prompt": 8, "train_steps": 3000, "size": "small"}
+
+
+def bench_config(args):
+    """The demo's pipeline and settings, with more collected seeds and training steps (BENCH_DEFAULTS) and its own
+    dataset / model names (in --work, default bench_out/)."""
+    from demo.pipeline import DemoConfig
+
+    dcfg = DemoConfig(dataset_name="toy_bench", model_name="toy_bench", **BENCH_DEFAULTS)
+    for k in ("seeds_per_prompt", "train_steps", "size"):
+        v = getattr(args, k, None)
+        if v is not None:
+            setattr(dcfg, k, v)
+    if args.quick:
+        dcfg.seeds_per_prompt = min(dcfg.seeds_per_prompt, 2)
+    dcfg.model_name = f"toy_bench_{dcfg.size}"
+    return dcfg
+
+
+def accuracy_se(p: float, n: int) -> float:
+    """Binomial standard error of an accuracy over n samples (the mean over 3 attributes is ≤ this)."""
+    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+
+
 def run_quality(args, env: dict) -> dict:
     from demo import pipeline
-    from demo.pipeline import DemoConfig
 
     from comfyui_core2.toy import data, world
 
-    dcfg = DemoConfig()
-    if args.quick:
-        dcfg.seeds_per_prompt = 2
+    dcfg = bench_config(args)
     t0 = time.perf_counter()
     dataset = pipeline.collect(args.work, dcfg)
     weak, training = pipeline.train(args.work, dcfg, dataset["folder"])
     prep = time.perf_counter() - t0
     model = world.load_toy_model()
-    methods = quality_methods(args.steps, dcfg.cfg, dcfg.w2s_scale)
-    if args.quick:
-        methods = [m for m in methods if m.method == "core" or args.zigzag]
-    rows = pipeline.evaluate(model, methods, weak, args.samples, args.seed, batch=args.batch, features=True)
+    planned = quality_methods(args.budgets, dcfg.cfg, dcfg.w2s_scale, args.zigzag)
+    rows = pipeline.evaluate(model, [m for _, m in planned], weak, args.samples, args.seed, batch=args.batch,
+                             features=True)
     labels = rows[0]["_labels"]
     real = data.render(labels, torch.Generator().manual_seed(12345))
     real2 = data.render(labels, torch.Generator().manual_seed(54321))
     f_real = classifier_features(real)
     floor = frechet_distance(classifier_features(real2), f_real)
-    cfg_passes = next(r["passes_per_image"] for r in rows if r["kind"] == "cfg" and r["steps"] == args.steps and r["cfg"] > 1)
-    for r in rows:
+    for (budget, _), r in zip(planned, rows):
         r["fd"] = round(frechet_distance(classifier_features(r.pop("_images")), f_real), 3)
         r.pop("_labels")
-        r["passes_vs_cfg"] = round(r["passes_per_image"] / cfg_passes, 3)
-    res = {"format": "core2-bench-quality", "version": 1, "environment": env,
-           "setup": {"samples": args.samples, "seed": args.seed, "steps": args.steps, "cfg": dcfg.cfg,
+        r["budget"] = budget
+        r["passes_vs_cfg"] = round(r["passes_per_image"] / (2 * budget), 3)  # CFG at the row's step count = 1.0
+        r["accuracy_se"] = round(accuracy_se(r["accuracy"]["mean"], args.samples), 4)
+    res = {"format": "core2-bench-quality", "version": 2, "environment": env,
+           "setup": {"samples": args.samples, "seed": args.seed, "budgets": sorted(args.budgets), "cfg": dcfg.cfg,
                      "sampler": "euler", "scheduler": "normal", "w2s_scale": dcfg.w2s_scale,
-                     "collected_seeds": [dcfg.collect_seed, dcfg.collect_seed + dcfg.seeds_per_prompt - 1],
+                     "collected": f"{dcfg.prompts} prompts × {dcfg.seeds_per_prompt} seeds (own noise per trajectory)",
+                     "evaluation_seeds": f"{args.seed}… (never collected)",
                      "fd_features": "toy classifier penultimate layer (128-d)",
                      "fd_reference": "procedural pictures (toy/data.py) of the same prompts",
                      "fd_real_vs_real": round(floor, 3), "prep_seconds": round(prep, 1)},
            "dataset": dataset, "training": training, "methods": rows}
-    res["checks"] = quality_checks(rows, args.steps)
+    res["checks"] = quality_checks(rows, sorted(args.budgets), args.samples)
     return res
 
 
-def quality_checks(rows: list[dict], n: int) -> dict:
-    """The headline claims, answered from the measured rows (no tuning: whatever came out)."""
+def quality_checks(rows: list[dict], budgets: list[int], samples: int) -> dict:
+    """The headline claims per step count n, answered from the measured rows (whatever came out).
+
+    equal passes: CoRe² all-fast at n steps vs CFG at n/2 steps (both n passes).
+    0.6×: the CoRe² rows with ≤ 0.6 × 2n passes vs CFG at n steps; 'matches' = accuracy no lower than CFG's by more
+    than two standard errors of the difference, and FD no higher than CFG's FD at n/2 steps (the cheaper CFG)."""
     by = {r["name"]: r for r in rows}
-    cfg_full = by.get(f"CFG, {n} steps")
-    cfg_half = by.get(f"CFG, {n // 2} steps")
-    fast = by.get("CoRe² all-fast")
     out = {}
-    if cfg_half and fast:
-        out["all_fast_vs_cfg_at_equal_passes"] = {
-            "passes": [fast["passes_per_image"], cfg_half["passes_per_image"]],
-            "accuracy": [fast["accuracy"]["mean"], cfg_half["accuracy"]["mean"]], "fd": [fast["fd"], cfg_half["fd"]],
-            "core2_better_accuracy": fast["accuracy"]["mean"] > cfg_half["accuracy"]["mean"],
-            "core2_better_fd": fast["fd"] < cfg_half["fd"]}
-    if cfg_full:
-        cheap = [r for r in rows if r["kind"] == "core2" and r["passes_per_image"] <= 0.6 * cfg_full["passes_per_image"] + 1e-9]
-        ok = [r["name"] for r in cheap if r["accuracy"]["mean"] >= cfg_full["accuracy"]["mean"] - 0.01]
-        out["matches_cfg_at_0.6x_passes"] = {
-            "cfg_accuracy": cfg_full["accuracy"]["mean"], "cfg_fd": cfg_full["fd"],
-            "candidates": {r["name"]: {"passes": r["passes_per_image"], "accuracy": r["accuracy"]["mean"], "fd": r["fd"]}
-                           for r in cheap},
-            "tolerance": "accuracy within 0.01 of CFG's", "met_by": ok}
+    for n in budgets:
+        full, half, fast = by.get(f"CFG, {n} steps"), by.get(f"CFG, {n // 2} steps"), by.get(f"CoRe², {n} steps, all-fast")
+        c = {}
+        if half and fast:
+            c["equal_passes"] = {
+                "core2": fast["name"], "cfg": half["name"], "passes": [fast["passes_per_image"], half["passes_per_image"]],
+                "accuracy": [fast["accuracy"]["mean"], half["accuracy"]["mean"]], "fd": [fast["fd"], half["fd"]],
+                "core2_better_accuracy": fast["accuracy"]["mean"] > half["accuracy"]["mean"],
+                "core2_better_fd": fast["fd"] < half["fd"]}
+        if full:
+            tol = 2 * math.sqrt(2) * accuracy_se(full["accuracy"]["mean"], samples)
+            cheap = [r for r in rows if r["kind"] == "core2" and r["steps"] == n and r["method"] == "core"
+                     and r["passes_per_image"] <= 1.2 * n + 1e-9]
+            ok = [r["name"] for r in cheap if r["accuracy"]["mean"] >= full["accuracy"]["mean"] - tol
+                  and (half is None or r["fd"] <= half["fd"])]
+            c["matches_cfg_at_0.6x_passes"] = {
+                "cfg": full["name"], "cfg_accuracy": full["accuracy"]["mean"], "cfg_fd": full["fd"],
+                "accuracy_tolerance": round(tol, 4),
+                "candidates": {r["name"]: {"passes": r["passes_per_image"], "accuracy": r["accuracy"]["mean"],
+                                           "fd": r["fd"]} for r in cheap},
+                "met_by": ok}
+        out[str(n)] = c
     return out
 
 
 def quality_table(res: dict) -> str:
-    s = res["setup"]
-    lines = [f"Toy world, {s['samples']} held-out (prompt, seed) samples, {s['steps']} steps euler/normal, cfg "
-             f"{s['cfg']:g}, w2s {s['w2s_scale']:g}; FD in the toy classifier's features against real pictures of the "
-             f"same prompts (real vs real: {s['fd_real_vs_real']:.2f}). Weak model: {res['training']['size']}, "
-             f"validation relative error {res['training']['val_rel_err']:.3f}.", "",
-             "| method | steps | slow | passes / image | × CFG | accuracy | shape | colour | position | FD ↓ | time s |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    s, t = res["setup"], res["training"]
+    lines = [f"Toy world, {s['samples']} held-out (prompt, seed) samples per row (seeds never collected), euler/normal, "
+             f"cfg {s['cfg']:g}, w2s {s['w2s_scale']:g}. Accuracy: the toy classifier's attribute accuracy (mean of "
+             f"shape, colour, position; ± one standard error ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}). FD: "
+             f"Fréchet distance in that classifier's features to real pictures of the same prompts (real vs real "
+             f"{s['fd_real_vs_real']:.1f}). × CFG: passes over CFG's at the row's step budget. Weak model: "
+             f"{t['size']}, {t.get('steps')} training steps on {s['collected']}, held-out relative error "
+             f"{t['val_rel_err']:.3f} ({t.get('validation_on')}).", "",
+             "| budget | method | passes / image | × CFG | accuracy | shape | colour | position | FD ↓ | time s |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res["methods"]:
         a = r["accuracy"]
-        slow = "-" if r["kind"] == "cfg" else r["slow_steps"]
-        lines.append(f"| {r['name']} | {r['steps']} | {slow} | {r['passes_per_image']:g} | {r['passes_vs_cfg']:.2f} | "
+        lines.append(f"| {r['budget']} | {r['name']} | {r['passes_per_image']:g} | {r['passes_vs_cfg']:.2f} | "
                      f"**{a['mean']:.3f}** | {a['shape']:.3f} | {a['colour']:.3f} | {a['position']:.3f} | "
-                     f"{r['fd']:.2f} | {r['seconds']:.1f} |")
+                     f"{r['fd']:.1f} | {r['seconds']:.1f} |")
+    lines += ["", "Headline checks (per step budget n; `bench/results/quality.json` → checks):", ""]
+    for n, c in res.get("checks", {}).items():
+        e = c.get("equal_passes")
+        if e:
+            lines.append(f"- n = {n}, equal passes ({e['passes'][0]:g}): {e['core2']} accuracy {e['accuracy'][0]:.3f} vs "
+                         f"{e['cfg']} {e['accuracy'][1]:.3f}; FD {e['fd'][0]:.1f} vs {e['fd'][1]:.1f} → CoRe² better: "
+                         f"accuracy {'yes' if e['core2_better_accuracy'] else 'no'}, FD {'yes' if e['core2_better_fd'] else 'no'}.")
+        m = c.get("matches_cfg_at_0.6x_passes")
+        if m:
+            lines.append(f"- n = {n}, ≤ 0.6× passes: {', '.join(m['met_by']) or 'no CoRe² row'} matches {m['cfg']} "
+                         f"(accuracy {m['cfg_accuracy']:.3f} within {m['accuracy_tolerance']:.3f}, FD no worse than CFG at "
+                         f"n/2 steps).")
     return "\n".join(lines)
 
 
@@ -230,15 +288,16 @@ def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> d
     weak_times = {}
     for size in sizes:
         w = arch.build(arch.make_config(size, c, fam["token_dim"], fam["pooled_dim"], family=fam["family"],
-                                        prediction="eps")).eval()
+                                        prediction="eps", x_input=True)).eval()  # as Reflect trains it
         with torch.no_grad():
             w.head.weight.normal_(0, 0.01)
         pf = lambda: PromptFeatures(torch.randn(1, fam["tokens"], fam["token_dim"]),  # noqa: E731
                                     torch.randn(1, fam["pooled_dim"]) if fam["pooled_dim"] else None)
         with torch.no_grad():
             ctx = w.prepare(pf(), pf())
-        rc, sigma = torch.randn(1, c, hw, hw), torch.tensor([3.0])
-        weak_times[size] = _median_time(lambda: w.predict(rc, sigma, 5.0, StepInfo(0, 20), ctx), max(reps, 5))[0]
+        rc, sigma, xt = torch.randn(1, c, hw, hw), torch.tensor([3.0]), torch.randn(1, c, hw, hw) * 3
+        info = StepInfo(0, 20, extra={"x": xt})
+        weak_times[size] = _median_time(lambda: w.predict(rc, sigma, 5.0, info, ctx), max(reps, 5))[0]
         weak_times[size + "_params"] = sum(p.numel() for p in w.parameters())
     # alternate the two so that machine load hits both alike
     t_cond, t_cfg = [], []
@@ -332,13 +391,20 @@ def environment(inst) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller: 60 samples, no zigzag rows, fewer repetitions")
-    ap.add_argument("--work", type=Path, default=ROOT / "demo_out", help="the demo folder with dataset and weak model")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench_out", help="folder for the benchmark's dataset and weak model")
     ap.add_argument("--results", type=Path, default=RESULTS)
-    ap.add_argument("--samples", type=int, default=None, help="held-out samples per method (default 240; quick 60)")
-    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--samples", type=int, default=None, help="held-out samples per method (default 480; quick 60)")
+    ap.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="step counts n to compare at, comma-separated (default 6,10,20; quick 10)")
+    ap.add_argument("--seeds-per-prompt", dest="seeds_per_prompt", type=int, default=None,
+                    help=f"collected seeds per prompt (default {BENCH_DEFAULTS['seeds_per_prompt']})")
+    ap.add_argument("--train-steps", dest="train_steps", type=int, default=None,
+                    help=f"weak-model training steps (default {BENCH_DEFAULTS['train_steps']})")
+    ap.add_argument("--size", choices=["small", "medium", "large"], default=None,
+                    help=f"weak model size (default {BENCH_DEFAULTS['size']})")
     ap.add_argument("--seed", type=int, default=700_000, help="first evaluation seed (never collected)")
     ap.add_argument("--batch", type=int, default=60)
-    ap.add_argument("--zigzag", action="store_true", help="with --quick: keep the Z-Sampling / Z-CoRe² rows")
+    ap.add_argument("--no-zigzag", dest="zigzag", action="store_false", help="leave out the Z-Sampling / Z-CoRe² rows")
     ap.add_argument("--hw", type=int, default=32, help="UNet latent size for the speed part")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5; quick 3)")
     ap.add_argument("--collect-reps", type=int, default=None)
@@ -348,7 +414,10 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tables-only", action="store_true", help="only rewrite results.md from the JSON files")
     args = ap.parse_args(argv)
-    args.samples = args.samples or (60 if args.quick else 240)
+    args.samples = args.samples or (60 if args.quick else 480)
+    args.budgets = args.budgets or ([10] if args.quick else [6, 10, 20])
+    if args.quick:
+        args.zigzag = False
     args.reps = args.reps or (3 if args.quick else 5)
     args.collect_reps = args.collect_reps or (3 if args.quick else 5)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

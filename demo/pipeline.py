@@ -30,7 +30,7 @@ class DemoConfig:
     cfg: float = 5.0
     sampler_name: str = "euler"
     scheduler: str = "normal"
-    train_steps: int = 1500
+    train_steps: int = 2000
     train_batch: int = 32
     train_lr: float = 1e-3
     size: str = "small"
@@ -127,7 +127,16 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(out) if out.is_file() else {}
     tr = meta.get("training", {})
-    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps
+    from comfyui_core2.core2.dataset import manifest_hash
+
+    same_data = meta.get("dataset", {}).get("manifest_hash") == manifest_hash(dataset_folder)
+    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data
+    if out.is_file() and not same_data:  # the dataset grew (more prompts or seeds): train afresh on all of it
+        from comfyui_core2.core2.train import optimizer_path
+
+        log.info("the dataset changed since %s was trained; training it again", out.name)
+        for p in (out, optimizer_path(out)):
+            p.unlink(missing_ok=True)
     if done and tr.get("size") not in (None, cfg.size):
         raise ValueError(f"{out} holds a '{tr.get('size')}' weak model, the demo asks for '{cfg.size}': delete it or "
                          "choose another --out folder.")
