@@ -27,10 +27,12 @@ def test_trained_weak_model_all_fast_is_closer_to_cfg_than_cfg1(tiny_sd15, comfy
     # Tiny random UNets have no guidance structure that carries over to unseen noise (the Reflect notes measure
     # this), so the comparison uses collected (prompt, seed) pairs: the question is whether the weak model reproduces
     # CFG's trajectory from the conditional pass alone.
+    from comfyui_core2.core2.dataset import prompt_id
+
     d_fast, d_cfg1 = [], []
     for i, p in enumerate(prompts[:3]):
         latent = tm.empty_latent(1)
-        seed = 100 + 0  # the first seed collected for each prompt
+        seed = collect.trajectory_seed(100, prompt_id(p, ""), 0)  # the first seed collected for this prompt
         noise = comfy.sample.prepare_noise(latent, seed)
         kw = dict(disable_pbar=True, seed=seed)
         cfg_img = comfy.sample.sample(tm.patcher, noise, 8, 5.0, "euler", "normal", conds[p], conds[""], latent, **kw)

@@ -49,7 +49,7 @@ def test_demo_end_to_end_and_rerun_reuses(tmp_path, monkeypatch):
 
     reader = DatasetReader(saved["dataset"]["folder"])
     assert reader.header["latent_hw"] == [16, 16] and reader.has_x(reader.items)
-    assert len({it["seed"] for it in reader.items}) == 12  # a noise seed of its own per trajectory
+    assert len({(it["seed"], it["batch_index"]) for it in reader.items}) == 12  # noise of its own per trajectory
     assert saved["training"]["steps"] == 30 and 0 < saved["training"]["val_rel_err"] < 10
     assert saved["training"]["seconds"] > 0
     names = [m["name"] for m in saved["methods"]]
