@@ -293,9 +293,10 @@ def wf_collect_sdxl() -> Workflow:
         "CoRe² step 1 of 3: COLLECT (SDXL).\n\nCoRe² Collect Batch samples every prompt with seeds_per_prompt seeds "
         "at your CFG scale and stores the conditional and unconditional outputs of every step in "
         "output/core2_datasets/<dataset_name>. One prompt per line, or a .txt file in ComfyUI's input folder.\n\n"
-        "Use a few hundred prompts × 2-4 seeds for a good weak model; a rerun skips pairs already collected, so you "
-        "can stop and resume. Use the sampler, steps and cfg you will sample with later. Disk: ~12.5 MiB per "
-        "50-step 1024² image.\n\nNext: 02_reflect_train_weak_model."))
+        "Use a few hundred prompts × 2-8 seeds for a good weak model (every trajectory gets its own noise); a rerun "
+        "skips what is already collected, so you can stop and resume. Use the sampler, steps and cfg you will sample "
+        "with later. Keep store_x on: the weak model needs x_t to work on new seeds. Disk: ~19 MiB per 50-step 1024² "
+        "image. batch_size > 1 is faster if your GPU has the memory.\n\nNext: 02_reflect_train_weak_model."))
     ck = wf.add("CheckpointLoaderSimple", (460, 20), ckpt_name=SDXL_CKPT)
     prompts = "\n".join([
         "# one prompt per line; lines starting with # are ignored",
@@ -450,7 +451,8 @@ def wf_toy_chain() -> Workflow:
     pl = wf.add("CoRe2ToyPromptList", (460, 160), count=TOY_PROMPTS, seed=0)
     cb = wf.add("CoRe2CollectBatch", (820, 20), size=(400, 640), model=ld.out(0), clip=ld.out(1), prompts=pl.out(0), prompts_file="(none)",
                 negative_prompt="", seeds_per_prompt=2, seed=0, steps=10, cfg=5.0, sampler_name="euler",
-                scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=False)
+                scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=True,
+                batch_size=2)
     wf.add("PreviewImage", (820, 700), size=(260, 300), title="Last collected", images=cb.out(0))
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
                 dataset="(use dataset_override)", steps=300, batch_size=16, learning_rate=1e-3, seed=0,
