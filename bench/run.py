@@ -7,7 +7,7 @@
 Quality (bench/results/quality.json): held-out (prompt, seed) samples of the toy world (seeds never collected), each
 method on the same noise. Attribute accuracy from the shipped toy classifier, and a Fréchet distance in that
 classifier's 128-d penultimate features against real procedural pictures (toy/data.py) of the same prompts. The weak
-model is collected and trained by the demo's code in bench_out/ (8 seeds per prompt, 3000 training steps; resumable,
+model is collected and trained by the demo's code in bench_out/ (16 seeds per prompt, 3000 training steps; resumable,
 reused by later runs).
 
 Speed (bench/results/speed.json): ComfyUI's UNetModel built from the SD15 and SDXL configs found in the active
@@ -42,8 +42,9 @@ log = logging.getLogger("core2.bench")
 
 
 def lean_slow(n: int) -> int:
-    """Slow steps for the 'lean' CoRe² row: about 10% of n, so that its passes n + k stay ≤ 0.6 × CFG's 2n."""
-    return max(1, int(0.1 * n + 0.5))
+    """Slow steps for the 'lean' CoRe² row: about 10% of n, so that its passes n + k stay ≤ 0.6 × CFG's 2n
+    (0 below n = 5, where one slow step would already cost more)."""
+    return int(0.1 * n + 0.5)
 
 
 def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) -> list[tuple[int, object]]:
@@ -56,9 +57,10 @@ def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) ->
         k = lean_slow(n)
         rows += [(n, Method(f"CFG, {n} steps", "cfg", cfg, n)),
                  (n, Method(f"CFG, {n // 2} steps", "cfg", cfg, n // 2, note="equal passes to CoRe² all-fast")),
-                 (n, Method(f"CoRe², {n} steps, all-fast", "core2", cfg, n, 0, 1.0)),
-                 (n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes")),
-                 (n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s)),
+                 (n, Method(f"CoRe², {n} steps, all-fast", "core2", cfg, n, 0, 1.0))]
+        if k:
+            rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes")))
+        rows += [(n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s)),
                  (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s))]
     n = max(budgets)
     rows.insert(0, (n, Method(f"cfg 1, {n} steps", "cfg", 1.0, n, note="no guidance")))
@@ -90,7 +92,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + ca.trace() + cb.trace() - 2 * ev.sqrt().sum())
 
 
-BENCH_DEFAULTS = {"seeds_per_prompt": 8, "train_steps": 3000, "size": "small"}
+BENCH_DEFAULTS = {"seeds_per_prompt": 16, "train_steps": 3000, "size": "small"}
 
 
 def bench_config(args):
@@ -395,7 +397,7 @@ def main(argv=None) -> None:
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--samples", type=int, default=None, help="held-out samples per method (default 480; quick 60)")
     ap.add_argument("--budgets", type=lambda v: [int(x) for x in v.split(",")], default=None,
-                    help="step counts n to compare at, comma-separated (default 6,10,20; quick 10)")
+                    help="step counts n to compare at, comma-separated (default 4,6,10,20; quick 10)")
     ap.add_argument("--seeds-per-prompt", dest="seeds_per_prompt", type=int, default=None,
                     help=f"collected seeds per prompt (default {BENCH_DEFAULTS['seeds_per_prompt']})")
     ap.add_argument("--train-steps", dest="train_steps", type=int, default=None,
@@ -415,7 +417,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tables-only", action="store_true", help="only rewrite results.md from the JSON files")
     args = ap.parse_args(argv)
     args.samples = args.samples or (60 if args.quick else 480)
-    args.budgets = args.budgets or ([10] if args.quick else [6, 10, 20])
+    args.budgets = args.budgets or ([10] if args.quick else [4, 6, 10, 20])
     if args.quick:
         args.zigzag = False
     args.reps = args.reps or (3 if args.quick else 5)

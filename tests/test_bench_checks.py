@@ -25,6 +25,8 @@ def test_methods_per_budget_and_lean_rows_fit_0_6x():
     for n in (6, 10, 20):
         k = bench.lean_slow(n)
         assert k >= 1 and n + k <= 0.6 * 2 * n + 1e-9
+    assert bench.lean_slow(4) == 0 and not any(m.name == "CoRe², 4 steps, 0 slow"
+                                               for _, m in bench.quality_methods([4], 5.0, 1.5, zigzag=False))
     assert not any("Z-" in n for n in names)
     assert [m.name for _, m in bench.quality_methods([10], 5.0, 1.5, zigzag=True)][-2:] == ["Z-Sampling, 10 steps",
                                                                                             "Z-CoRe², 10 steps"]
