@@ -245,7 +245,8 @@ def test_server_offers_our_workflows_as_templates(server):
 @pytest.mark.full_comfy
 def test_toy_workflows_run_through_the_api(server, object_info):
     """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained)."""
-    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 1 + 1), ("09_toy_cfg_vs_core2", 8)):
+    # 08: four CoRe² pictures, the last collected batch (batch_size 2), the loss curve
+    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 8)):
         api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
         hist = server.run_prompt(api, timeout=240)
         images = [im for out in hist["outputs"].values() for im in out.get("images", [])]
