@@ -3,15 +3,17 @@
 Layout of a dataset folder (ComfyUI/output/core2_datasets/<name>/):
 
   manifest.json                      the header (family, model identity, sampler settings, shapes, pack version)
-                                     and the list of complete items; it always agrees with the shards
+                                     and the prompts (format 1 also listed the items here)
+  items.jsonl                        the complete items, one JSON line each, appended as trajectories land
   prompt-<pid>.safetensors           per prompt: pos_tokens [T,D], pos_pooled [P], neg_tokens [T',D], neg_pooled [P]
                                      (the negative entries are absent when sampling had no negative)
   traj-<key>.safetensors             per trajectory (one prompt, seed and batch row): cond, uncond [S,C,H,W] raw model
                                      outputs (ε or v) in fp16; sigma, cfg [S] fp32; step [S] int64; optional x [S,C,H,W]
 
-Every file is written atomically (temporary file, fsync, rename) and a trajectory enters the manifest only after
+Every file is written atomically (temporary file, fsync, rename) and a trajectory enters the item log only after
 its shard is complete, so a crash or a cancel never leaves the dataset inconsistent: a rerun finds exactly the
-items that are done and redoes the rest.
+items that are done and redoes the rest. The log is appended (and fsynced) one line per item, so collecting costs
+the same per item at ten thousand items as at ten; a line torn by a crash is ignored and its shard redone.
 """
 from __future__ import annotations
 
@@ -28,8 +30,9 @@ from .files import atomic_save_safetensors, atomic_write_json, clean_stale_temps
 from .weak import PromptFeatures
 
 FORMAT = "core2-dataset"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: items in items.jsonl (format-1 manifests with an "items" list are still read)
 MANIFEST = "manifest.json"
+ITEMS_LOG = "items.jsonl"
 # header fields that must agree for every item of one dataset
 MUST_MATCH = ("family", "prediction", "latent_channels", "latent_hw", "base_model_hash")
 BIG = ("cond", "uncond", "x")
@@ -53,7 +56,7 @@ class DatasetError(ValueError):
     pass
 
 
-def _read_manifest(folder: Path) -> dict:
+def _read_manifest_file(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.is_file():
         raise DatasetError(f"CoRe²: {folder} is not a CoRe² dataset (no {MANIFEST}). Collect one with the CoRe² Collect nodes.")
@@ -65,11 +68,61 @@ def _read_manifest(folder: Path) -> dict:
         raise DatasetError(f"CoRe²: {folder} holds a '{man.get('format')}' manifest, not a CoRe² dataset.")
     if int(man.get("format_version", 0)) > FORMAT_VERSION:
         raise DatasetError(f"CoRe²: {folder} was written by a newer comfyui-core2 (format {man['format_version']}); update the pack.")
+    man.setdefault("items", [])
     return man
 
 
+def _read_items_log(folder: Path) -> list[dict]:
+    """The appended items; a line that does not parse (torn by a crash) is skipped."""
+    path = folder / ITEMS_LOG
+    if not path.is_file():
+        return []
+    items = []
+    for line in path.read_bytes().splitlines():
+        try:
+            it = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(it, dict) and "key" in it and "shard" in it:
+            items.append(it)
+    return items
+
+
+def _read_manifest(folder: Path) -> dict:
+    """The manifest with "items" = its own list (format 1) followed by the item log, first entry per key."""
+    man = _read_manifest_file(folder)
+    seen, items = set(), []
+    for it in man["items"] + _read_items_log(folder):
+        if it["key"] not in seen:
+            seen.add(it["key"])
+            items.append(it)
+    man["items"] = items
+    return man
+
+
+def _append_line(path: Path, record: dict) -> None:
+    """Append one JSON line durably; a torn previous line (crash mid-write) is closed off first."""
+    import os
+
+    line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
+    with open(path, "ab+") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = b"\n" + line
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def manifest_hash(folder: str | Path) -> str:
-    return hashlib.sha256((Path(folder) / MANIFEST).read_bytes()).hexdigest()[:16]
+    """Changes whenever the dataset changes (manifest or item log)."""
+    folder = Path(folder)
+    h = hashlib.sha256((folder / MANIFEST).read_bytes())
+    if (folder / ITEMS_LOG).is_file():
+        h.update((folder / ITEMS_LOG).read_bytes())
+    return h.hexdigest()[:16]
 
 
 class DatasetWriter:
@@ -84,10 +137,12 @@ class DatasetWriter:
             raise ValueError(f"dataset header lacks {missing}")
         if (self.folder / MANIFEST).exists():
             self.manifest = _read_manifest(self.folder)
+            self._listed = _read_manifest_file(self.folder)["items"]  # items kept in manifest.json (format 1)
             self._check_same(header)
         else:
             self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pack_version": __version__,
                              "header": dict(header), "runs": [], "prompts": {}, "items": []}
+            self._listed = []
             self._flush()
         self._keys = {it["key"] for it in self.manifest["items"]}
         self._drop_orphans()
@@ -106,7 +161,9 @@ class DatasetWriter:
                 p.unlink()
 
     def _flush(self) -> None:
-        atomic_write_json(self.folder / MANIFEST, self.manifest)
+        """Rewrite manifest.json (header, runs, prompts); items live in the append-only log."""
+        man = {**self.manifest, "items": self._listed}  # a format-1 dataset keeps its version and its own list
+        atomic_write_json(self.folder / MANIFEST, man)
 
     @property
     def header(self) -> dict:
@@ -165,10 +222,11 @@ class DatasetWriter:
                 out[k] = v.to(torch.float32)
         shard = f"traj-{key}.safetensors"
         atomic_save_safetensors(self.folder / shard, out)
-        self.manifest["items"].append({"key": key, "prompt_id": pid, "seed": int(seed), "batch_index": int(batch_index),
-                                       "shard": shard, "n": int(out["cond"].shape[0]), "x": "x" in out, **(extra or {})})
+        entry = {"key": key, "prompt_id": pid, "seed": int(seed), "batch_index": int(batch_index), "shard": shard,
+                 "n": int(out["cond"].shape[0]), "x": "x" in out, **(extra or {})}
+        _append_line(self.folder / ITEMS_LOG, entry)
+        self.manifest["items"].append(entry)
         self._keys.add(key)
-        self._flush()
         return key
 
 

@@ -570,9 +570,9 @@ class CoRe2CollectBatch:
         try:
             if prompts_file and prompts_file != cls.NONE_FILE:
                 h.update(safe_child(paths.input_dir(), prompts_file, "prompts file").read_bytes())
-            man = dataset_folder(dataset_name) / ds.MANIFEST
-            if man.is_file():
-                h.update(man.read_bytes())
+            folder = dataset_folder(dataset_name)
+            if (folder / ds.MANIFEST).is_file():
+                h.update(ds.manifest_hash(folder).encode())
         except (OSError, ValueError):
             return float("nan")
         return h.hexdigest()
