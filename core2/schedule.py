@@ -61,12 +61,14 @@ class RunStats:
 
     @property
     def cfg_passes(self) -> int:
-        """What the same evaluations cost with plain CFG (2 passes each)."""
-        return 2 * self.evaluations
+        """What plain CFG sampling costs with the same sampler and steps: 2 passes per denoising evaluation. A zigzag
+        step's inversion and its second denoise are extra work of the zigzag methods, not part of plain CFG."""
+        return 2 * (self.slow_evals + self.fast_evals - self.invert_evals)
 
     def summary(self, seconds: float, weak_name: str, method: str = "core") -> str:
         saved = 1 - self.model_passes / self.cfg_passes if self.cfg_passes else 0.0
         zig = f", {self.invert_evals} zigzag inversions" if self.invert_evals else ""
+        change = f"{saved:.0%} fewer" if saved >= 0 else f"{-saved:.0%} more"
         return (f"CoRe² ({method}): {len(self.slow_steps | self.fast_steps)} steps ({len(self.slow_steps)} slow, "
                 f"{len(self.fast_steps)} fast){zig}, {self.model_passes} model passes vs {self.cfg_passes} for CFG "
-                f"({saved:.0%} fewer), weak model '{weak_name}' {self.weak_calls} calls, {seconds:.2f} s")
+                f"({change}), weak model '{weak_name}' {self.weak_calls} calls, {seconds:.2f} s")
