@@ -378,8 +378,9 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     last_saved, last_metrics, t0, start_step = step, {}, time.time(), step
     held_out = val_label.startswith("held-out")
     if not config.get("x_input", False):
-        notes.append("the dataset has no x_t (store_x was off): the model sees only the conditional output, which "
-                     "transfers poorly to new noise seeds. Collect with store_x on for a much better weak model")
+        why = "x_t input was turned off" if has_x else "the dataset has no x_t (store_x was off)"
+        notes.append(f"{why}: the model sees only the conditional output, which transfers poorly to new noise "
+                     "seeds. Collect with store_x on (and train with x_t) for a much better weak model")
     if val_label == "held-out prompts" and val_items is not train_items:
         notes.append("validation shares noise seeds with training (collect ≥ 2 seeds per prompt for an honest score)")
     best = {"err": math.inf, "step": None, "state": None, "metrics": None}
