@@ -1,6 +1,6 @@
 """The CoRe² benchmark: quality against model passes on the toy world, and step speed at SD1.5 / SDXL size.
 
-    python -m bench.run              # about 10-15 minutes on 1 CPU thread; writes bench/results/*.json + a table
+    python -m bench.run              # about 40 minutes on 1 CPU thread the first time; writes bench/results/*.json + a table
     python -m bench.run --quick      # a small version (a few minutes)
     python -m bench.run --skip-speed # quality only
 
