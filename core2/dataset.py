@@ -88,16 +88,19 @@ def _read_items_log(folder: Path) -> list[dict]:
     return items
 
 
-def _read_manifest(folder: Path) -> dict:
-    """The manifest with "items" = its own list (format 1) followed by the item log, first entry per key."""
-    man = _read_manifest_file(folder)
+def _with_log(man: dict, folder: Path) -> dict:
+    """A copy of manifest.json's dict whose "items" = its own list (format 1) then the item log, first entry per key."""
     seen, items = set(), []
     for it in man["items"] + _read_items_log(folder):
         if it["key"] not in seen:
             seen.add(it["key"])
             items.append(it)
-    man["items"] = items
-    return man
+    return {**man, "items": items}
+
+
+def _read_manifest(folder: Path) -> dict:
+    """The manifest with every complete item (manifest.json's own list and the item log)."""
+    return _with_log(_read_manifest_file(folder), folder)
 
 
 def _append_line(path: Path, record: dict) -> None:
@@ -136,8 +139,9 @@ class DatasetWriter:
         if missing:
             raise ValueError(f"dataset header lacks {missing}")
         if (self.folder / MANIFEST).exists():
-            self.manifest = _read_manifest(self.folder)
-            self._listed = _read_manifest_file(self.folder)["items"]  # items kept in manifest.json (format 1)
+            on_disk = _read_manifest_file(self.folder)
+            self._listed = on_disk["items"]  # items kept in manifest.json itself (format 1)
+            self.manifest = _with_log(on_disk, self.folder)
             self._check_same(header)
         else:
             self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pack_version": __version__,
@@ -297,15 +301,13 @@ class DatasetReader:
         seeds = {int(it.get("seed", 0)) for it in train}
         return any(int(it.get("seed", 0)) in seeds for it in val)
 
+    def item_has_x(self, item: dict) -> bool:
+        """Whether the item stores the noisy latents x_t (older manifests do not say: then the shard is asked)."""
+        return item["x"] if "x" in item else "x" in self._handle(item["shard"]).keys()
+
     def has_x(self, items: list[dict]) -> bool:
-        """Whether every item stores the noisy latents x_t (collected with store_x)."""
-        for it in items:
-            flag = it.get("x")
-            if flag is None:
-                flag = "x" in self._handle(it["shard"]).keys()
-            if not flag:
-                return False
-        return bool(items)
+        """Whether every item stores x_t (collected with store_x)."""
+        return bool(items) and all(self.item_has_x(it) for it in items)
 
     # --- reading ---------------------------------------------------------------------------------------------
     def _handle(self, shard: str):

@@ -111,7 +111,7 @@ def collate(reader: DatasetReader, picks: list) -> dict:
     index = []
     for it, r in picks:
         h = reader._handle(it["shard"])
-        has_x = it["x"] if "x" in it else "x" in h.keys()  # older manifests do not say
+        has_x = reader.item_has_x(it)
         for k in cols:
             if k != "x" or has_x:
                 cols[k].append(h.get_slice(k)[r:r + 1])

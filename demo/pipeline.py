@@ -121,21 +121,18 @@ def weak_model_path(out_dir: Path, cfg: DemoConfig) -> Path:
 def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, dict]:
     """Reflect (resumable): reuse a complete model file, resume an incomplete one, else train from scratch."""
     from comfyui_core2.core2 import train as trainer
+    from comfyui_core2.core2.dataset import manifest_hash
     from comfyui_core2.core2.weights_io import load_weak_model, read_metadata
 
     out = weak_model_path(out_dir, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = read_metadata(out) if out.is_file() else {}
     tr = meta.get("training", {})
-    from comfyui_core2.core2.dataset import manifest_hash
-
     same_data = meta.get("dataset", {}).get("manifest_hash") == manifest_hash(dataset_folder)
     done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data
     if out.is_file() and not same_data:  # the dataset grew (more prompts or seeds): train afresh on all of it
-        from comfyui_core2.core2.train import optimizer_path
-
         log.info("the dataset changed since %s was trained; training it again", out.name)
-        for p in (out, optimizer_path(out)):
+        for p in (out, trainer.optimizer_path(out)):
             p.unlink(missing_ok=True)
     if done and tr.get("size") not in (None, cfg.size):
         raise ValueError(f"{out} holds a '{tr.get('size')}' weak model, the demo asks for '{cfg.size}': delete it or "
