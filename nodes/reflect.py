@@ -185,7 +185,8 @@ def describe(weak) -> str:
         lines.append(f"steps {tr.get('step')}/{tr.get('steps')} ({state})")
     vm = meta.get("val_metrics") or {}
     if vm.get("rel_err") is not None:
-        lines.append(f"validation relative error {vm['rel_err']:.4f} (identity map = 1.0)")
+        x0 = f", in x0 space {vm['rel_err_x0']:.4f}" if vm.get("rel_err_x0") is not None else ""
+        lines.append(f"validation relative error {vm['rel_err']:.4f}{x0} (identity map = 1.0)")
     return "\n".join(lines)
 
 

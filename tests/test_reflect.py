@@ -183,13 +183,47 @@ def test_keep_best_guards_against_overfitting(tmp_path):
     ds = collect_helpers.collect(tiny_models.build_sdxl(), tmp_path / "ds", n_prompts=6, seeds=(1,), batch=2, steps=6,
                                  distinct_seeds=True)
     res = train(ds, tmp_path / "w.safetensors", settings(steps=60, eval_every=15, val_fraction=0.34))
-    errs = dict((s, e) for s, e in res.history["val"])
+    errs = dict((s, e) for s, e in res.history["val"])  # the validation score of the training loss ("mixed")
     best_step = min(errs, key=errs.get)
-    assert res.metrics["rel_err"] == pytest.approx(errs[best_step])
+    assert res.metrics["loss"] == "mixed"
+    assert res.metrics["score"] == pytest.approx(errs[best_step])
+    assert res.metrics["score"] == pytest.approx(0.5 * (res.metrics["rel_err"] + res.metrics["rel_err_x0"]))
     assert res.model.metadata["training"]["best_step"] == best_step
     if best_step != 60:
         assert "kept the weights of step" in res.summary
-    assert res.metrics["rel_err"] <= min(errs.values()) + 1e-12
+    assert res.metrics["score"] <= min(errs.values()) + 1e-12
+
+
+def test_losses_identity_is_one_and_x0_weights_high_noise_rows():
+    import torch
+
+    from comfyui_core2.core2.train import relative_loss, training_loss, val_score, x0_loss
+
+    g = torch.Generator().manual_seed(0)
+    rc, ru = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    sigma = torch.tensor([10.0, 0.1])
+    for kind in ("relative", "x0", "mixed"):  # the identity map r̂_u = r_c (i.e. cfg = 1) scores exactly 1
+        assert float(training_loss(kind, rc, ru, rc, sigma)) == pytest.approx(1.0)
+    # the same error on the high-σ row costs the x0 loss ~10⁴ × more than on the low-σ row; the relative loss
+    # (per row) does not care which row it is
+    err = 0.1 * torch.randn(1, 4, 8, 8, generator=g)
+    hi, lo = ru.clone(), ru.clone()
+    hi[0] += err[0]
+    lo[1] += err[0]
+    assert float(x0_loss(hi, ru, rc, sigma)) > 1e3 * float(x0_loss(lo, ru, rc, sigma))
+    ratio = float(relative_loss(hi, ru, rc)) / float(relative_loss(lo, ru, rc))
+    assert 0.3 < ratio < 3
+    assert float(training_loss("mixed", hi, ru, rc, sigma)) == pytest.approx(
+        0.5 * float(relative_loss(hi, ru, rc) + x0_loss(hi, ru, rc, sigma)))
+    m = {"rel_err": 0.8, "rel_err_x0": 0.4}
+    assert (val_score(m, "relative"), val_score(m, "x0"), val_score(m, "mixed")) == (0.8, 0.4, pytest.approx(0.6))
+
+
+def test_unknown_loss_is_refused_before_work(tmp_path):
+    from comfyui_core2.core2.train import train
+
+    with pytest.raises(ValueError, match="loss must be one of mixed, relative, x0"):
+        train(tmp_path / "nowhere", tmp_path / "w.safetensors", settings(loss="mse"))
 
 
 def test_save_load_round_trip_is_exact(trained):
