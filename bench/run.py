@@ -1,13 +1,13 @@
 """The CoRe² benchmark: quality against model passes on the toy world, and step speed at SD1.5 / SDXL size.
 
-    python -m bench.run              # about 40 minutes on 1 CPU thread the first time; writes bench/results/*.json + a table
+    python -m bench.run              # about 55 minutes on 1 CPU thread the first time; writes bench/results/*.json + a table
     python -m bench.run --quick      # a small version (a few minutes)
     python -m bench.run --skip-speed # quality only
 
 Quality (bench/results/quality.json): held-out (prompt, seed) samples of the toy world (seeds never collected), each
 method on the same noise. Attribute accuracy from the shipped toy classifier, and a Fréchet distance in that
 classifier's 128-d penultimate features against real procedural pictures (toy/data.py) of the same prompts. The weak
-model is collected and trained by the demo's code in bench_out/ (16 seeds per prompt, 3000 training steps; resumable,
+model is collected and trained by the demo's code in bench_out/ (16 seeds per prompt, 8000 training steps; resumable,
 reused by later runs).
 
 Speed (bench/results/speed.json): ComfyUI's UNetModel built from the SD15 and SDXL configs found in the active
@@ -103,7 +103,7 @@ def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((mu_a - mu_b).pow(2).sum() + ca.trace() + cb.trace() - 2 * ev.sqrt().sum())
 
 
-BENCH_DEFAULTS = {"seeds_per_prompt": 16, "train_steps": 3000, "size": "small"}
+BENCH_DEFAULTS = {"seeds_per_prompt": 16, "train_steps": 8000, "size": "small"}
 
 
 def bench_config(args):
@@ -210,8 +210,10 @@ def quality_table(res: dict) -> str:
              f"shape, colour, position; ± one standard error ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}). FD: "
              f"Fréchet distance in that classifier's features to real pictures of the same prompts (real vs real "
              f"{s['fd_real_vs_real']:.1f}). × CFG: passes over CFG's at the row's step budget. Weak model: "
-             f"{t['size']}, {t.get('steps')} training steps on {s['collected']}, held-out relative error "
-             f"{t['val_rel_err']:.3f} ({t.get('validation_on')}).", "",
+             f"{t['size']}, {t.get('steps')} training steps ({t.get('loss', 'relative')} loss) on {s['collected']}, "
+             f"held-out relative error {t['val_rel_err']:.3f}" + (f", in x0 space {t['val_rel_err_x0']:.3f}"
+                                                                   if t.get("val_rel_err_x0") is not None else "")
+             + f" ({t.get('validation_on')}).", "",
              "| budget | method | passes / image | × CFG | accuracy | shape | colour | position | FD ↓ | time s |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in res["methods"]:

@@ -129,11 +129,15 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
     meta = read_metadata(out) if out.is_file() else {}
     tr = meta.get("training", {})
     same_data = meta.get("dataset", {}).get("manifest_hash") == manifest_hash(dataset_folder)
-    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data
-    if out.is_file() and not same_data:  # the dataset grew (more prompts or seeds): train afresh on all of it
-        log.info("the dataset changed since %s was trained; training it again", out.name)
+    loss = trainer.TrainSettings().loss
+    same_loss = tr.get("loss", "relative") == loss  # files from before the loss setting were trained on "relative"
+    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data and same_loss
+    if out.is_file() and not (same_data and same_loss):  # the dataset grew, or the objective changed: train afresh
+        log.info("the %s changed since %s was trained; training it again", "dataset" if not same_data else "loss",
+                 out.name)
         for p in (out, trainer.optimizer_path(out)):
             p.unlink(missing_ok=True)
+        meta, tr = {}, {}
     if done and tr.get("size") not in (None, cfg.size):
         raise ValueError(f"{out} holds a '{tr.get('size')}' weak model, the demo asks for '{cfg.size}': delete it or "
                          "choose another --out folder.")
@@ -157,6 +161,7 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
             "best_step": meta.get("training", {}).get("best_step"), "batch_size": cfg.train_batch, "lr": cfg.train_lr,
             "seconds": round(state.get("train_seconds", float("nan")), 2), "trained_now": trained_now,
             "val_rel_err": vm.get("rel_err"), "val_rel_err_median": vm.get("rel_err_median"),
+            "val_rel_err_x0": vm.get("rel_err_x0"), "loss": meta.get("training", {}).get("loss", "relative"),
             "validation_on": vm.get("validation_on"),
             "parameters": sum(p.numel() for p in weak.parameters()) if hasattr(weak, "parameters") else None}
     return weak, info

@@ -65,7 +65,8 @@ def markdown(report: dict) -> str:
              "## Reflect", "",
              f"Weak model `{Path(t['path']).name}` ({t['size']}, {t['parameters']} parameters): {t['steps']} steps "
              f"(best {t['best_step']}) in {t['seconds']:.1f} s. Validation relative error "
-             f"**{t['val_rel_err']:.3f}** on {t['validation_on']} (1.0 = no better than cfg 1).", "",
+             f"**{t['val_rel_err']:.3f}**" + (f" (in x0 space {t['val_rel_err_x0']:.3f})" if t.get("val_rel_err_x0") is not None else "")
+             + f" on {t['validation_on']} (1.0 = no better than cfg 1).", "",
              "## Refine", "",
              f"{report['eval']['samples']} held-out (prompt, seed) samples per method, seeds from "
              f"{report['eval']['seed']} (never collected). Accuracy = the toy attribute classifier agrees with the "

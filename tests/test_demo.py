@@ -68,6 +68,17 @@ def test_demo_end_to_end_and_rerun_reuses(tmp_path, monkeypatch):
     assert again["dataset"]["collected_now"] == 0 and again["dataset"]["reused"] == 12
     assert again["training"]["trained_now"] is False
     assert again["training"]["val_rel_err"] == saved["training"]["val_rel_err"]
+    assert saved["training"]["loss"] == "mixed" and saved["training"]["val_rel_err_x0"] > 0
+
+    # a model file from before the loss setting (trained on "relative") is trained afresh, not resumed or reused
+    from comfyui_core2.core2.weights_io import load_weak_model, read_metadata, save_weak_model
+
+    path = pipeline.weak_model_path(tmp_path, cfg)
+    meta = read_metadata(path)
+    meta["training"].pop("loss")
+    save_weak_model(path, load_weak_model(path), meta)
+    _, info = pipeline.train(tmp_path, cfg, saved["dataset"]["folder"])
+    assert info["trained_now"] and info["loss"] == "mixed" and read_metadata(path)["training"]["loss"] == "mixed"
 
 
 def test_pass_counter_counts_rows_per_image(tmp_path, monkeypatch):
