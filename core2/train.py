@@ -41,6 +41,7 @@ from .weights_io import read_metadata, save_weak_model
 log = logging.getLogger(__name__)
 
 HISTORY_POINTS = 2000  # train-loss points kept in the file metadata
+KEEP_BEST_MARGIN = 0.005  # keep an earlier step's weights only when they validated > 0.5% better than the last
 EVAL_G = (2.0, 3.5, 5.0, 7.5, 10.0)  # scales the validation also reports (besides each row's stored g)
 
 
@@ -491,7 +492,8 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
         history["val"] = [v for v in history["val"] if v[0] != step] + [[step, last_metrics.get("score")]]
         note_best(last_metrics)
     meta["training"]["best_step"] = step
-    if best["state"] is not None and best["step"] != step and best["err"] < last_metrics.get("score", math.inf):
+    if best["state"] is not None and best["step"] != step \
+            and best["err"] < last_metrics.get("score", math.inf) * (1 - KEEP_BEST_MARGIN):
         notes.append(f"kept the weights of step {best['step']} (validation {best['err']:.4f}); later steps overfit "
                      f"(step {step}: {last_metrics.get('score'):.4f}). Collect more prompts/seeds for a better model")
         model.load_state_dict(best["state"])

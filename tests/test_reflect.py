@@ -178,20 +178,22 @@ def test_keep_best_guards_against_overfitting(tmp_path):
     """Unseen noise on a tiny random UNet: nothing transfers, training overfits; the best-validation weights are kept."""
     import tiny_models
 
-    from comfyui_core2.core2.train import train
+    from comfyui_core2.core2.train import KEEP_BEST_MARGIN, train
 
     ds = collect_helpers.collect(tiny_models.build_sdxl(), tmp_path / "ds", n_prompts=6, seeds=(1,), batch=2, steps=6,
                                  distinct_seeds=True)
     res = train(ds, tmp_path / "w.safetensors", settings(steps=60, eval_every=15, val_fraction=0.34))
     errs = dict((s, e) for s, e in res.history["val"])  # the validation score of the training loss ("mixed")
     best_step = min(errs, key=errs.get)
+    if errs[best_step] >= errs[60] * (1 - KEEP_BEST_MARGIN):  # within the margin: the last weights stay
+        best_step = 60
     assert res.metrics["loss"] == "mixed"
     assert res.metrics["score"] == pytest.approx(errs[best_step])
     assert res.metrics["score"] == pytest.approx(0.5 * (res.metrics["rel_err"] + res.metrics["rel_err_x0"]))
     assert res.model.metadata["training"]["best_step"] == best_step
     if best_step != 60:
         assert "kept the weights of step" in res.summary
-    assert res.metrics["score"] <= min(errs.values()) + 1e-12
+    assert res.metrics["score"] <= min(errs.values()) / (1 - KEEP_BEST_MARGIN) + 1e-12
 
 
 def test_losses_identity_is_one_and_x0_weights_high_noise_rows():
