@@ -26,7 +26,7 @@ from ..core2 import guidance
 from ..core2.schedule import RunStats, StepMap
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
-from . import conditioning, model_info
+from . import conditioning, model_info, weak_memory
 
 log = logging.getLogger("comfyui-core2")
 METHODS = ("core", "z-core", "z-sampling")
@@ -109,9 +109,12 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self.stats = RunStats()
         self._contexts = {}
         t0 = time.perf_counter()
+        own = self.model_patcher
+        self.model_patcher = weak_memory.attach(own, self.weak)  # ComfyUI loads and counts the weak model too
         try:
             return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
+            self.model_patcher = own
             if self.stats.evaluations:
                 log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
             self._contexts = {}

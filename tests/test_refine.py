@@ -197,3 +197,43 @@ def test_equals_nodes_ksampler_in_full_comfyui(tiny_sd15):
     (got,) = refine.CoRe2KSampler().sample(tm.patcher, 5, 6, 5.0, "dpmpp_2m", "karras", tm.positive, tm.negative,
                                            latent, 1.0, AffineWeak(), 1.0, 6)
     assert (got["samples"] - ref["samples"]).abs().max() <= 1e-5
+
+
+class ParamWeak(AffineWeak):
+    """AffineWeak with a weight, so there is something for ComfyUI's model management to load."""
+
+    name = "param test weak"
+
+    def __init__(self):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(1.3))
+        self.loaded_during_sampling = []
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        import comfy.model_management as mm
+
+        self.loaded_during_sampling.append([lm.model for lm in mm.current_loaded_models])
+        return raw_cond * self.gain + 0.05 * sigma.view(-1, 1, 1, 1).clamp(max=1.0)
+
+
+def test_weak_model_handed_to_comfy_model_management_when_supported(tiny_sd15):
+    from comfyui_core2.nodes import weak_memory
+
+    tm = tiny_sd15
+    weak = ParamWeak()
+    assert weak_memory.attach(tm.patcher, IdentityWeakModel()) is tm.patcher  # no weights: nothing to manage
+    latent = tm.empty_latent(1)
+    out = core2(tm, latent, 0, 4, 5.0, "euler", "normal", weak, 1.5, 1)
+    assert torch.isfinite(out).all() and weak.loaded_during_sampling
+    same = core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 1)
+    assert torch.equal(out, same)  # the same weak output whether or not ComfyUI manages it
+    if not weak_memory.supported(tm.patcher):  # older ComfyUI (notcomfy): no additional-models hook, sampler moves it
+        assert weak_memory.attach(tm.patcher, weak) is tm.patcher
+        return
+    wp = weak_memory.weak_patcher(weak, tm.patcher)
+    assert wp is weak_memory.weak_patcher(weak, tm.patcher)  # cached: one patcher per weak model and device pair
+    assert all(wp in loaded for loaded in weak.loaded_during_sampling)  # loaded with the base model, every step
+    assert wp.model_size() >= 4 and wp.model.weak is weak
+    assert weak_memory.KEY not in tm.patcher.additional_models  # the user's MODEL is not changed
+    attached = weak_memory.attach(tm.patcher, weak)
+    assert attached is not tm.patcher and attached.get_additional_models_with_key(weak_memory.KEY) == [wp]
