@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from collections import OrderedDict
 from pathlib import Path
@@ -105,8 +106,6 @@ def _read_manifest(folder: Path) -> dict:
 
 def _append_line(path: Path, record: dict) -> None:
     """Append one JSON line durably; a torn previous line (crash mid-write) is closed off first."""
-    import os
-
     line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
     with open(path, "ab+") as f:
         f.seek(0, os.SEEK_END)

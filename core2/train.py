@@ -159,29 +159,39 @@ def _take(b: dict, keep: torch.Tensor) -> dict:
     return {k: (v[keep] if k in _PER_ROW else v) for k, v in b.items()}
 
 
-def relative_loss(ru_hat, ru, rc) -> torch.Tensor:
-    num = (ru_hat - ru).flatten(1).pow(2).sum(1)
-    den = (rc - ru).flatten(1).pow(2).sum(1)
+def _row_errors(ru_hat, ru, rc) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the squared error of r̂_u, and the squared guidance ‖r_c − r_u‖² it is measured against."""
+    return (ru_hat - ru).flatten(1).pow(2).sum(1), (rc - ru).flatten(1).pow(2).sum(1)
+
+
+def _relative(num, den) -> torch.Tensor:
     den = torch.maximum(den, 0.01 * den.mean().detach() + 1e-12)
     return (num / den).mean()
 
 
+def _x0(num, den, sigma) -> torch.Tensor:
+    s2 = sigma.reshape(-1).to(num.dtype).pow(2)
+    return (num * s2).sum() / (den * s2).sum().clamp_min(1e-12)
+
+
+def relative_loss(ru_hat, ru, rc) -> torch.Tensor:
+    return _relative(*_row_errors(ru_hat, ru, rc))
+
+
 def x0_loss(ru_hat, ru, rc, sigma) -> torch.Tensor:
-    s2 = sigma.reshape(-1).to(ru.dtype).pow(2)
-    num = ((ru_hat - ru).flatten(1).pow(2).sum(1) * s2).sum()
-    den = ((rc - ru).flatten(1).pow(2).sum(1) * s2).sum().detach()
-    return num / den.clamp_min(1e-12)
+    return _x0(*_row_errors(ru_hat, ru, rc), sigma)
 
 
 LOSSES = ("mixed", "relative", "x0")
 
 
 def training_loss(kind: str, ru_hat, ru, rc, sigma) -> torch.Tensor:
+    num, den = _row_errors(ru_hat, ru, rc)
     if kind == "relative":
-        return relative_loss(ru_hat, ru, rc)
+        return _relative(num, den)
     if kind == "x0":
-        return x0_loss(ru_hat, ru, rc, sigma)
-    return 0.5 * (relative_loss(ru_hat, ru, rc) + x0_loss(ru_hat, ru, rc, sigma))
+        return _x0(num, den, sigma)
+    return 0.5 * (_relative(num, den) + _x0(num, den, sigma))
 
 
 def val_score(metrics: dict, kind: str) -> float | None:

@@ -129,15 +129,14 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
     meta = read_metadata(out) if out.is_file() else {}
     tr = meta.get("training", {})
     same_data = meta.get("dataset", {}).get("manifest_hash") == manifest_hash(dataset_folder)
-    loss = trainer.TrainSettings().loss
-    same_loss = tr.get("loss", "relative") == loss  # files from before the loss setting were trained on "relative"
+    # files from before the loss setting were trained on "relative"
+    same_loss = tr.get("loss", "relative") == trainer.TrainSettings().loss
     done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data and same_loss
     if out.is_file() and not (same_data and same_loss):  # the dataset grew, or the objective changed: train afresh
         log.info("the %s changed since %s was trained; training it again", "dataset" if not same_data else "loss",
                  out.name)
         for p in (out, trainer.optimizer_path(out)):
             p.unlink(missing_ok=True)
-        meta, tr = {}, {}
     if done and tr.get("size") not in (None, cfg.size):
         raise ValueError(f"{out} holds a '{tr.get('size')}' weak model, the demo asks for '{cfg.size}': delete it or "
                          "choose another --out folder.")
