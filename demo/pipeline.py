@@ -45,6 +45,7 @@ class DemoConfig:
     grid_scale: int = 4
     dataset_name: str = "toy_demo"
     model_name: str = "toy_demo_small"
+    world: str = "shapes"  # toy world (toy/world.py WORLDS): "shapes" (v1) or "scenes"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -75,10 +76,17 @@ def setup(out_dir: Path, threads: int = 1):
     return inst, pack
 
 
-def toy_prompts(n: int, seed: int = 0) -> list[str]:
-    from comfyui_core2.toy.evaluate import prompt_set
+def toy_prompts(n: int, seed: int = 0, world: str = "shapes") -> list[str]:
+    from comfyui_core2.toy.judge import judge
 
-    return prompt_set(n, seed)[0]
+    return judge(world).prompt_set(n, seed)[0]
+
+
+def world_model(world: str = "shapes"):
+    """A fresh ModelPatcher of the shipped model of a toy world."""
+    from comfyui_core2.toy import world as toy_world
+
+    return toy_world.load_toy_model(toy_world.spec(world).weights)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -91,13 +99,14 @@ def collect(out_dir: Path, cfg: DemoConfig) -> dict:
     from comfyui_core2.nodes import collect as collect_nodes, paths
     from comfyui_core2.toy import world
 
-    model = world.load_toy_model()
-    prompts = toy_prompts(cfg.prompts)
+    spec = world.spec(cfg.world)
+    model = world_model(cfg.world)
+    prompts = toy_prompts(cfg.prompts, world=cfg.world)
     t0 = time.perf_counter()
-    res = collect_nodes.collect_batch(model, prompts, world.UNCOND_PROMPT, world.encode,
+    res = collect_nodes.collect_batch(model, prompts, world.UNCOND_PROMPT, lambda p: world.encode(p, spec.weights),
                                       seeds_per_prompt=cfg.seeds_per_prompt, seed=cfg.collect_seed, steps=cfg.steps,
                                       cfg=cfg.cfg, sampler_name=cfg.sampler_name, scheduler=cfg.scheduler,
-                                      width=world.NODE_SIZE, height=world.NODE_SIZE, dataset_name=cfg.dataset_name,
+                                      width=spec.node_size, height=spec.node_size, dataset_name=cfg.dataset_name,
                                       store_x=True, batch_size=cfg.collect_batch)
     seconds = time.perf_counter() - t0
     folder = paths.datasets_dir() / cfg.dataset_name
@@ -213,23 +222,27 @@ class PassCounter:
         self.model.set_model_unet_function_wrapper(wrapper)
 
 
-def sample(base_model, m: Method, weak, prompts: list[str], seed: int) -> tuple[torch.Tensor, float, float]:
-    """Pictures for prompts (one batch, noise from one seed): IMAGE [B, 32, 32, 3], model passes per image, seconds."""
+def sample(base_model, m: Method, weak, prompts: list[str], seed: int,
+           world_name: str = "shapes") -> tuple[torch.Tensor, float, float]:
+    """Pictures for prompts (one batch, noise from one seed) with the world's sampler and scheduler:
+    IMAGE [B, H, W, 3], model passes per image, seconds."""
     import comfy.sample
 
     from comfyui_core2.nodes import refine
     from comfyui_core2.toy import world
 
+    spec = world.spec(world_name)
+    sampler, scheduler = spec.defaults["sampler_name"], spec.defaults["scheduler"]
     counter = PassCounter(base_model)
-    latent = world.empty_latent(len(prompts))
-    pos, neg = world.encode(prompts), world.encode(world.UNCOND_PROMPT)
+    latent = world.empty_latent(len(prompts), world_name)
+    pos, neg = world.encode(prompts, spec.weights), world.encode(world.UNCOND_PROMPT, spec.weights)
     t0 = time.perf_counter()
     if m.kind == "cfg":
         noise = comfy.sample.prepare_noise(latent, seed)
-        out = comfy.sample.sample(counter.model, noise, m.steps, m.cfg, "euler", "normal", pos, neg, latent,
+        out = comfy.sample.sample(counter.model, noise, m.steps, m.cfg, sampler, scheduler, pos, neg, latent,
                                   disable_pbar=True, seed=seed)
     else:
-        (res,) = refine.CoRe2KSampler().sample(counter.model, seed, m.steps, m.cfg, "euler", "normal", pos, neg,
+        (res,) = refine.CoRe2KSampler().sample(counter.model, seed, m.steps, m.cfg, sampler, scheduler, pos, neg,
                                                {"samples": latent}, 1.0, weak, m.w2s_scale, m.slow_steps, m.method)
         out = res["samples"]
     seconds = time.perf_counter() - t0
@@ -246,21 +259,22 @@ def demo_methods(cfg: DemoConfig) -> list[Method]:
 
 
 def evaluate(base_model, methods: list[Method], weak, n: int, seed: int, batch: int = 60,
-             features: bool = False) -> list[dict]:
+             features: bool = False, world_name: str = "shapes") -> list[dict]:
     """Each method on the same n held-out (prompt, seed) samples: accuracy, passes per image, seconds."""
-    from comfyui_core2.toy import evaluate as toy_eval
+    from comfyui_core2.toy.judge import judge
 
-    prompts, labels = toy_eval.prompt_set(n, seed=1)
+    j = judge(world_name)
+    prompts, labels = j.prompt_set(n, 1)
     rows = []
     for m in methods:
         imgs, passes, secs = [], [], 0.0
         for i in range(0, n, batch):
-            im, p, s = sample(base_model, m, weak, prompts[i:i + batch], seed + i)
+            im, p, s = sample(base_model, m, weak, prompts[i:i + batch], seed + i, world_name)
             imgs.append(im)
             passes.append(p)
             secs += s
         images = torch.cat(imgs)
-        acc = toy_eval.score(images, labels).as_dict()
+        acc = j.score(images, labels)
         row = {**m.as_dict(), "passes_per_image": round(sum(passes) / len(passes), 3), "seconds": round(secs, 2),
                "accuracy": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()}}
         if features:

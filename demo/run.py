@@ -78,7 +78,7 @@ def markdown(report: dict) -> str:
         slow = "-" if m["kind"] == "cfg" else m["slow_steps"]
         w2s = "-" if m["kind"] == "cfg" else f"{m['w2s_scale']:g}"
         lines.append(f"| {m['name']} | {slow} | {w2s} | {m['passes_per_image']:g} | {a['mean']:.3f} | {a['shape']:.3f} | "
-                     f"{a['colour']:.3f} | {a['position']:.3f} | {a['all_three']:.3f} | {m['seconds']:.1f} |")
+                     f"{a['colour']:.3f} | {a['position']:.3f} | {a['all']:.3f} | {m['seconds']:.1f} |")
     lines += ["", f"Grid: `{Path(report['grid']['path']).name}` (rows: prompts at fixed unseen seeds; columns: the "
               "methods above).", "", f"Total wall time of this run: {report['wall_seconds']:.1f} s.", ""]
     return "\n".join(lines)

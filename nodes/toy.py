@@ -1,7 +1,9 @@
-"""Toy world nodes: a tiny text-to-image model that runs on any CPU in seconds, to try CoRe² without real weights.
+"""Toy world nodes: tiny text-to-image models that run on any CPU, to try CoRe² without real weights.
 
-Pictures are 32×32, one coloured shape at a place ("a red triangle at the top"). The model is a real ComfyUI model
-(UNetModel, v-prediction as SD2.x): ComfyUI's KSampler, the CoRe² samplers and Collect work on it as on SD.
+Two worlds. "shapes": 32×32 pictures of one coloured shape at a place ("a red triangle at the top"), a UNet
+(v-prediction as SD2.x). "scenes": 64×64 pictures of two objects in a relation ("a small red triangle left of a big
+blue circle"), a flow-matching MMDiT (SD3-style). Both are real ComfyUI models: ComfyUI's KSampler, the CoRe²
+samplers and Collect work on them as on SD.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from . import paths
 CATEGORY = "CoRe²/toy"
 TOY_TEXT = "CORE2_TOY_TEXT"
 SHIPPED = "toy_t2i.safetensors"
+SHIPPED_FILES = {SHIPPED: world.DEFAULT_WEIGHTS, world.WORLDS["scenes"].weights.name: world.WORLDS["scenes"].weights}
 _USER_SUBDIR = "toy"  # retrained toy models: models/core2/toy/*.safetensors
 
 
@@ -22,7 +25,7 @@ def _user_dirs() -> list[Path]:
 
 
 def model_files() -> list[str]:
-    names = [SHIPPED]
+    names = [n for n, p in SHIPPED_FILES.items() if p.is_file()] or [SHIPPED]
     for d in _user_dirs():
         if d.is_dir():
             names += sorted(f"{_USER_SUBDIR}/{p.name}" for p in d.glob("*.safetensors") if p.is_file())
@@ -30,8 +33,8 @@ def model_files() -> list[str]:
 
 
 def model_path(name: str) -> Path:
-    if name == SHIPPED:
-        return world.DEFAULT_WEIGHTS
+    if name in SHIPPED_FILES:
+        return SHIPPED_FILES[name]
     prefix = _USER_SUBDIR + "/"
     if name.startswith(prefix):
         for d in _user_dirs():
@@ -43,20 +46,23 @@ def model_path(name: str) -> Path:
 
 
 class CoRe2ToyModelLoader:
-    DESCRIPTION = ("Loads the CoRe² toy world: a tiny text-to-image model (32×32 pictures of one coloured shape at a "
-                   "place) and its text encoder. Runs in seconds on a CPU; use it to try Collect, Reflect and the "
-                   "CoRe² samplers without downloading a real checkpoint.")
+    DESCRIPTION = ("Loads a CoRe² toy world: a tiny text-to-image model and its text encoder. toy_t2i: 32×32 pictures "
+                   "of one coloured shape at a place (a UNet). scenes_t2i: 64×64 pictures of two objects in a relation "
+                   "(a flow-matching MMDiT, like SD3). Runs on a CPU; use it to try Collect, Reflect and the CoRe² "
+                   "samplers without downloading a real checkpoint.")
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = ("MODEL", TOY_TEXT)
     RETURN_NAMES = ("model", "toy_text")
-    OUTPUT_TOOLTIPS = ("The toy diffusion model (v-prediction, like SD2.x): plug it into KSampler or a CoRe² sampler.",
+    OUTPUT_TOOLTIPS = ("The toy diffusion model (shapes: v-prediction like SD2.x; scenes: flow like SD3): plug it into "
+                       "KSampler or a CoRe² sampler.",
                        "The toy text encoder: plug it into CoRe² Toy Text Encode.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"toy_model": (model_files(), {"default": SHIPPED, "tooltip":
-                             f"{SHIPPED} ships with the pack; retrained ones go in models/core2/{_USER_SUBDIR}/."})}}
+                             f"{' and '.join(SHIPPED_FILES)} ship with the pack; retrained ones go in "
+                             f"models/core2/{_USER_SUBDIR}/."})}}
 
     def load(self, toy_model):
         w = world.load(model_path(toy_model))
@@ -64,9 +70,11 @@ class CoRe2ToyModelLoader:
 
 
 class CoRe2ToyTextEncode:
-    DESCRIPTION = ("Turns a toy-world prompt into CONDITIONING. The toy world knows shapes (circle, square, triangle, "
-                   "cross), colours (red, green, blue, yellow, magenta, cyan) and places (top, bottom, left, right, "
-                   "centre), e.g. \"a red triangle at the top\". Leave it empty for the negative prompt.")
+    DESCRIPTION = ("Turns a toy-world prompt into CONDITIONING. Both worlds know shapes (circle, square, triangle, "
+                   "cross) and colours (red, green, blue, yellow, magenta, cyan). shapes adds places (top, bottom, "
+                   "left, right, centre): \"a red triangle at the top\"; scenes adds sizes (small, big) and relations "
+                   "(left of, right of, above, below): \"a small red triangle left of a big blue circle\". Leave it "
+                   "empty for the negative prompt.")
     CATEGORY = CATEGORY
     FUNCTION = "encode"
     RETURN_TYPES = ("CONDITIONING",)
@@ -87,8 +95,9 @@ class CoRe2ToyTextEncode:
 
 
 class CoRe2ToyEmptyLatent:
-    DESCRIPTION = ("An empty latent for the toy model: a 32×32 picture is a 12×16×16 latent (2×2 pixel patches). "
-                   "ComfyUI's Empty Latent Image at 128×128 also works (KSampler widens its 4 channels to 12).")
+    DESCRIPTION = ("An empty latent for a toy model: shapes, a 32×32 picture as a 12×16×16 latent (2×2 pixel "
+                   "patches); scenes, a 64×64 picture as a 48×16×16 latent (4×4 patches). ComfyUI's Empty Latent Image "
+                   "at 128×128 also works (KSampler widens its channels to the model's).")
     CATEGORY = CATEGORY
     FUNCTION = "generate"
     RETURN_TYPES = ("LATENT",)
@@ -96,29 +105,36 @@ class CoRe2ToyEmptyLatent:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"batch_size": ("INT", {"default": 4, "min": 1, "max": 4096,
-                                                    "tooltip": "How many pictures to make at once."})}}
+                                                    "tooltip": "How many pictures to make at once."}),
+                             "world": (list(world.WORLDS), {"default": "shapes", "tooltip":
+                                       "The world of the model you sample: shapes (toy_t2i) or scenes (scenes_t2i)."})}}
 
-    def generate(self, batch_size):
-        return ({"samples": world.empty_latent(batch_size)},)
+    def generate(self, batch_size, **kwargs):  # "world" would shadow the module
+        return ({"samples": world.empty_latent(batch_size, kwargs.get("world", "shapes"))},)
 
 
 class CoRe2ToyDecode:
-    DESCRIPTION = "Turns a toy-world latent into 32×32 pictures (exact: the toy world has no VAE)."
+    DESCRIPTION = ("Turns a toy-world latent into pictures (exact: the toy worlds have no VAE), enlarged by an integer "
+                   "factor (nearest neighbour) so that they are visible on the canvas.")
     CATEGORY = CATEGORY
     FUNCTION = "decode"
     RETURN_TYPES = ("IMAGE",)
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"samples": ("LATENT", {"tooltip": "A latent made by sampling the toy model."})}}
+        return {"required": {"samples": ("LATENT", {"tooltip": "A latent made by sampling a toy model."}),
+                             "upscale": ("INT", {"default": 4, "min": 1, "max": 16, "tooltip":
+                                         "Enlarge each pixel to upscale × upscale (1 = the model's own 32×32 or "
+                                         "64×64 pictures)."})}}
 
-    def decode(self, samples):
-        return (world.decode(samples),)
+    def decode(self, samples, upscale=1):
+        return (world.decode(samples, upscale),)
 
 
 class CoRe2ToyPromptList:
-    DESCRIPTION = ("Every toy-world prompt (4 shapes × 6 colours × 5 places = 120), one per line, in a seeded order: "
-                   "a ready prompt list for collecting trajectories or for a benchmark.")
+    DESCRIPTION = ("Toy-world prompts, one per line, in a seeded order: a ready prompt list for collecting "
+                   "trajectories or for a benchmark. shapes: every prompt (4 shapes × 6 colours × 5 places = 120, "
+                   "repeating after that); scenes: prompts drawn from its 9216 two-object scenes.")
     CATEGORY = CATEGORY
     FUNCTION = "list"
     RETURN_TYPES = ("STRING",)
@@ -127,14 +143,15 @@ class CoRe2ToyPromptList:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "count": ("INT", {"default": 120, "min": 1, "max": 100000, "tooltip": "How many prompts; repeats after 120."}),
+            "count": ("INT", {"default": 120, "min": 1, "max": 100000, "tooltip": "How many prompts."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Order of the prompts."}),
+            "world": (list(world.WORLDS), {"default": "shapes", "tooltip": "Whose prompts: shapes or scenes."}),
         }}
 
-    def list(self, count, seed):
-        from ..toy.evaluate import prompt_set
+    def list(self, count, seed, **kwargs):
+        from ..toy.judge import judge
 
-        prompts, _ = prompt_set(count, seed)
+        prompts, _ = judge(kwargs.get("world", "shapes")).prompt_set(count, seed)
         return ("\n".join(prompts),)
 
 

@@ -246,7 +246,9 @@ def test_server_offers_our_workflows_as_templates(server):
 def test_toy_workflows_run_through_the_api(server, object_info):
     """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained)."""
     # 08: four CoRe² pictures, the last collected batch (batch_size 2), the loss curve
-    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 8)):
+    # 10: the scenes world's chain (collect → reflect → CFG and CoRe² pictures, the loss curve)
+    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 8),
+                                ("10_toy_scenes_collect_reflect_refine", 4 + 4 + 1)):
         api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
         hist = server.run_prompt(api, timeout=240)
         images = [im for out in hist["outputs"].values() for im in out.get("images", [])]
@@ -255,6 +257,7 @@ def test_toy_workflows_run_through_the_api(server, object_info):
             data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert (server.base / "models" / "core2" / "toy_weak.safetensors").is_file()
+    assert (server.base / "models" / "core2" / "scenes_weak.safetensors").is_file()
     assert (server.base / "output" / "core2_datasets" / "toy_demo" / "manifest.json").is_file()
 
 

@@ -491,9 +491,46 @@ def wf_toy_grid() -> Workflow:
     return wf
 
 
+def wf_scenes_chain() -> Workflow:
+    wf = Workflow("10_toy_scenes_collect_reflect_refine", (
+        "The CoRe² chain on the SCENES toy world (no downloads; a few minutes on a CPU).\n\n"
+        "The scenes model (a flow-matching MMDiT, like SD3) makes 64×64 pictures of two objects in a relation "
+        "(\"a small red triangle left of a big blue circle\"). CoRe² Toy Prompt List gives 16 scene prompts; CoRe² "
+        "Collect Batch samples them (2 seeds each, cfg 5) into output/core2_datasets/scenes_demo; CoRe² Reflect trains "
+        "a small weak model (models/core2/scenes_weak); then KSampler (CFG, 20 steps = 40 model passes) and the "
+        "CoRe² KSampler (4 slow + 16 fast steps = 24 passes) draw the same prompt from the same seed.\n\n"
+        "This small collection shows the mechanics; for a useful weak model collect a few hundred trajectories "
+        "(count 120, seeds 4) and train 2000 steps."))
+    ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="scenes_t2i.safetensors")
+    pl = wf.add("CoRe2ToyPromptList", (460, 160), count=16, seed=0, world="scenes")
+    cb = wf.add("CoRe2CollectBatch", (820, 20), size=(400, 640), model=ld.out(0), clip=ld.out(1), prompts=pl.out(0),
+                prompts_file="(none)", negative_prompt="", seeds_per_prompt=2, seed=0, steps=10, cfg=5.0,
+                sampler_name="euler", scheduler="simple", width=128, height=128, dataset_name="scenes_demo",
+                store_x=True, batch_size=4)
+    rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
+                dataset="(use dataset_override)", steps=200, batch_size=16, learning_rate=1e-3, seed=0,
+                val_fraction=0.25, resume=True, save_name="scenes_weak")
+    rf.widgets["size"] = "small"
+    wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
+    pos = wf.add("CoRe2ToyTextEncode", (1700, 20), title="Positive", toy_text=ld.out(1),
+                 text="a small red triangle left of a big blue circle")
+    neg = wf.add("CoRe2ToyTextEncode", (1700, 200), title="Negative (empty)", toy_text=ld.out(1), text="")
+    lat = wf.add("CoRe2ToyEmptyLatent", (1700, 380), batch_size=4, world="scenes")
+    k = wf.add("KSampler", (2060, 20), size=(320, 300), model=ld.out(0), seed=0, steps=20, cfg=5.0,
+               sampler_name="euler", scheduler="simple", positive=pos.out(0), negative=neg.out(0),
+               latent_image=lat.out(0), denoise=1.0)
+    ks = _core2(wf, (2060, 360), ld.out(0), pos.out(0), neg.out(0), lat.out(0), rf.out(0), seed=0, steps=20,
+                cfg=5.0, sampler_name="euler", scheduler="simple", slow_steps=4)
+    d1 = wf.add("CoRe2ToyDecode", (2440, 20), title="CFG (40 passes)", samples=k.out(0), upscale=4)
+    d2 = wf.add("CoRe2ToyDecode", (2440, 360), title="CoRe² (24 passes)", samples=ks.out(0), upscale=4)
+    wf.add("PreviewImage", (2660, 20), size=(420, 300), title="CFG, 20 steps", images=d1.out(0))
+    wf.add("PreviewImage", (2660, 360), size=(420, 300), title="CoRe², 4 slow + 16 fast", images=d2.out(0))
+    return wf
+
+
 WORKFLOW_BUILDERS = [wf_collect_sdxl, wf_reflect, wf_sdxl, wf_sd35, wf_flux, wf_official_sdxl, wf_grid_sdxl,
-                     wf_toy_chain, wf_toy_grid]
-TOY_WORKFLOWS = ("08_toy_collect_reflect_refine", "09_toy_cfg_vs_core2")
+                     wf_toy_chain, wf_toy_grid, wf_scenes_chain]
+TOY_WORKFLOWS = ("08_toy_collect_reflect_refine", "09_toy_cfg_vs_core2", "10_toy_scenes_collect_reflect_refine")
 
 
 def build_all() -> dict:

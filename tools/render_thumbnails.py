@@ -7,7 +7,8 @@ With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI ser
 directory) runs 08_toy_collect_reflect_refine and then 09_toy_cfg_vs_core2 through its HTTP API, and the pictures
 of their final PreviewImage nodes are tiled (08: the four CoRe² KSampler pictures; 09: top row CFG, bottom row
 CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and 09's bottom row uses the weak-to-strong
-rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak model.
+rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak model. The scenes workflow's
+thumbnail (10) is always drawn here, not by the server: top row CFG, bottom row that weak-to-strong rule.
 """
 from __future__ import annotations
 
@@ -73,6 +74,22 @@ def _from_server(comfy_path: Path, out: Path) -> None:
     _grid([grid[:half], grid[half:]]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
 
 
+SCENE_PROMPTS = ["a small red triangle left of a big blue circle", "a big green square above a small yellow cross",
+                 "a big magenta circle right of a small cyan square", "a small blue cross below a big red triangle"]
+
+
+def _scenes_thumbnail(out: Path, w2s) -> None:
+    from toy import world
+
+    path = world.spec("scenes").weights
+    model = world.load_toy_model(path)
+    model.set_model_sampler_post_cfg_function(w2s)
+    kw = dict(cfg=5.0, steps=20, seed=0, path=path, scheduler="simple")
+    cfg = world.generate(SCENE_PROMPTS, **kw)
+    sharp = world.generate(SCENE_PROMPTS, model=model, **kw)
+    _grid([list(cfg), list(sharp)], scale=2).save(out / "10_toy_scenes_collect_reflect_refine.jpg", quality=88)
+
+
 def main() -> int:
     from tools import comfy_env
 
@@ -94,6 +111,7 @@ def main() -> int:
         sharp = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0, model=model)
         _grid([list(cfg)]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
         _grid([list(cfg), list(sharp)]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
+    _scenes_thumbnail(out, w2s)
     # the Comfy Registry icon ([tool.comfy] Icon in pyproject.toml): 4×4 toy pictures, 256 px square
     icon_prompts = [f"a {c} {s} at the centre" for c, s in zip(["red", "green", "blue", "yellow", "magenta", "cyan", "red",
                                                                 "blue"] * 2, ["circle", "square", "triangle", "cross"] * 4)]

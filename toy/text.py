@@ -24,30 +24,37 @@ _SYNONYMS = {"center": "centre", "middle": "centre", "upper": "top", "lower": "b
 log = logging.getLogger(__name__)
 
 
-def words(prompt: str) -> list[str]:
-    return [_SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower())]
+def words(prompt: str, synonyms: dict | None = None) -> list[str]:
+    synonyms = _SYNONYMS if synonyms is None else synonyms
+    return [w for w in (synonyms.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower())) if w]
 
 
-def tokenize(prompt: str) -> torch.Tensor:
+def tokenize(prompt: str, vocab: tuple = VOCAB, synonyms: dict | None = None) -> torch.Tensor:
     """[MAX_TOKENS] long token ids; unknown words map to <unk>, longer prompts are cut."""
-    ws = words(prompt)
+    index = {w: i for i, w in enumerate(vocab)} if vocab is not VOCAB else _INDEX
+    ws = words(prompt, synonyms)
     if len(ws) > MAX_TOKENS:
         log.warning("toy text encoder: prompt has %d words, only the first %d are used", len(ws), MAX_TOKENS)
         ws = ws[:MAX_TOKENS]
-    ids = [_INDEX.get(w, _INDEX[UNK]) for w in ws]
-    return torch.tensor(ids + [_INDEX[PAD]] * (MAX_TOKENS - len(ids)), dtype=torch.long)
+    ids = [index.get(w, index[UNK]) for w in ws]
+    return torch.tensor(ids + [index[PAD]] * (MAX_TOKENS - len(ids)), dtype=torch.long)
 
 
-def tokenize_batch(prompts: list[str]) -> torch.Tensor:
-    return torch.stack([tokenize(p) for p in prompts])
+def tokenize_batch(prompts: list[str], vocab: tuple = VOCAB, synonyms: dict | None = None) -> torch.Tensor:
+    return torch.stack([tokenize(p, vocab, synonyms) for p in prompts])
 
 
 class ToyTextEncoder(torch.nn.Module):
     """Word embedding + position embedding + LayerNorm; pooled = mean over the prompt's words (padding if empty)."""
 
-    def __init__(self, width: int = WIDTH, max_tokens: int = MAX_TOKENS):
+    def __init__(self, width: int = WIDTH, max_tokens: int = MAX_TOKENS, vocab: tuple = VOCAB,
+                 synonyms: dict | None = None):
+        """vocab: the world's words (PAD first, UNK second); synonyms: words read as others ('' drops a word)."""
         super().__init__()
-        self.word = torch.nn.Embedding(len(VOCAB), width)
+        if vocab[:2] != (PAD, UNK):
+            raise ValueError("a toy vocabulary starts with <pad>, <unk>")
+        self.vocab, self.synonyms = tuple(vocab), synonyms
+        self.word = torch.nn.Embedding(len(vocab), width)
         self.position = torch.nn.Parameter(torch.zeros(max_tokens, width))
         self.norm = torch.nn.LayerNorm(width)
         torch.nn.init.normal_(self.word.weight, std=1.0)
@@ -55,7 +62,8 @@ class ToyTextEncoder(torch.nn.Module):
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.norm(self.word(ids) + self.position[None, : ids.shape[1]])
-        used = (ids != _INDEX[PAD]).float()[..., None]
+        used = (ids != 0)  # <pad> is id 0 in every vocabulary
+        used = used.float()[..., None]
         used = torch.where(used.sum(1, keepdim=True) > 0, used, torch.ones_like(used))  # empty prompt: mean of pads
         pooled = (tokens * used).sum(1) / used.sum(1)
         return tokens, pooled
@@ -65,4 +73,4 @@ class ToyTextEncoder(torch.nn.Module):
         if isinstance(prompts, str):
             prompts = [prompts]
         p = next(self.parameters())
-        return self(tokenize_batch(prompts).to(p.device))
+        return self(tokenize_batch(prompts, self.vocab, self.synonyms).to(p.device))

@@ -1,0 +1,126 @@
+"""The scenes world (toy/scenes/): two objects in a relation, a flow-matching MMDiT from ComfyUI's own classes,
+a reader that reads every attribute back, and the toy nodes' world choice."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfyui_core2.nodes import model_info
+from comfyui_core2.nodes import toy as toy_nodes
+from comfyui_core2.toy import pixels, world
+from comfyui_core2.toy.judge import judge
+from comfyui_core2.toy.scenes import data, evaluate, reader, text
+
+SCENES = world.spec("scenes")
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    return world.load(SCENES.weights)
+
+
+def test_prompts_parse_back_and_render_deterministically():
+    a, b, c = data.dataset(12, seed=5), data.dataset(12, seed=5), data.dataset(12, seed=6)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    assert a.images.shape == (12, 3, 64, 64) and 0.0 <= float(a.images.min()) and float(a.images.max()) <= 1.0
+    for prompt, label in zip(a.prompts, a.labels.tolist()):
+        assert data.parse_prompt(prompt).label == tuple(label)
+    s = data.parse_prompt("A tiny red circle to the left of a large blue cross")
+    assert (s.size1, s.colour1, s.shape1, s.relation, s.size2, s.colour2, s.shape2) == \
+        ("small", "red", "circle", "left of", "big", "blue", "cross")
+    assert data.parse_prompt("a red circle left of a blue cross") is None  # sizes missing
+
+
+def test_a_relation_and_its_mirror_are_one_picture_label():
+    left = data.parse_prompt("a small red circle left of a big blue cross").label
+    right = data.parse_prompt("a big blue cross right of a small red circle").label
+    above = data.parse_prompt("a small red circle above a big blue cross").label
+    assert torch.equal(data.canonical(torch.tensor([left])), data.canonical(torch.tensor([right])))
+    assert data.canonical(torch.tensor([above]))[0, 0] == 1  # vertical axis
+    # the picture puts the first-named object where the relation says: red on the left for "left of"
+    img = data.render(torch.tensor([left]), torch.Generator().manual_seed(0))[0]
+    red = (img[0] > 0.6) & (img[1] < 0.3) & (img[2] < 0.3)
+    cols = red.nonzero()[:, 1].float()
+    assert len(cols) > 10 and cols.mean() < 32
+
+
+def test_latent_round_trip_is_exact_for_both_worlds():
+    pics = data.dataset(2, seed=0).images
+    lat = pixels.to_latent(pics, SCENES.patch)
+    assert lat.shape == (2, 48, 16, 16) == world.empty_latent(2, "scenes").shape
+    image = world.decode({"samples": lat})
+    assert image.shape == (2, 64, 64, 3) and torch.allclose(image.movedim(-1, 1), pics, atol=1e-6)
+    assert torch.allclose(world.encode_image(image), lat, atol=1e-6)
+    big = world.decode(lat, upscale=3)
+    assert big.shape == (2, 192, 192, 3) and torch.equal(big[:, ::3, ::3], image)
+    with pytest.raises(ValueError, match="12 \\(shapes\\), 48 \\(scenes\\)"):
+        world.decode(torch.zeros(1, 16, 8, 8))
+
+
+def test_reader_reads_every_attribute_of_rendered_scenes():
+    test = data.dataset(400, seed=2468)
+    acc = reader.accuracy(reader.load().predict(test.images), test.labels)
+    assert min(acc[f] for f in data.PICTURE_FIELDS) >= 0.98, acc
+    assert acc["all"] >= 0.9, acc
+    # IMAGE layout [B, H, W, 3] reads the same
+    assert torch.equal(reader.load().predict(test.images[:8].movedim(1, -1)), reader.load().predict(test.images[:8]))
+
+
+def test_shipped_scenes_model_is_a_comfy_sd3_flow_model(scenes):
+    import comfy.model_base
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    assert SCENES.weights.stat().st_size <= 30e6
+    patcher = world.load_toy_model(SCENES.weights)
+    assert isinstance(patcher.model, comfy.model_base.SD3) and isinstance(patcher.model.diffusion_model, MMDiT)
+    assert model_info.family(patcher) == "sd3" and model_info.prediction(patcher) == "flow"
+    assert model_info.latent_channels(patcher) == 48
+    assert scenes.spec.name == "scenes" and scenes.text_encoder.vocab == text.VOCAB
+
+
+def test_a_shapes_file_is_not_read_as_scenes(tmp_path):
+    from safetensors.torch import save_file
+
+    from comfyui_core2.toy.scenes import model as scenes_model
+
+    with pytest.raises(ValueError, match="not a CoRe² scenes-world model"):
+        scenes_model.check_metadata({"format": "core2-toy-t2i"}, "x.safetensors")
+    bad = tmp_path / "odd.safetensors"
+    save_file({"w": torch.zeros(1)}, str(bad), metadata={"format": "core2-toy-scenes", "vocab": "[]"})
+    with pytest.raises(ValueError, match="another vocabulary or MMDiT layout"):
+        world.load(bad)
+
+
+def test_cfg_makes_scenes_follow_their_prompts(scenes):
+    """The shipped model, a few held-out pictures: guidance raises the reader's accuracy (the world's premise)."""
+    n = 32
+    prompts, labels = evaluate.prompt_set(n, seed=3)
+    kw = dict(steps=12, seed=800_001, path=SCENES.weights, sampler_name="euler", scheduler="simple")
+    at1 = world.generate(prompts, cfg=1.0, **kw)
+    at5 = world.generate(prompts, cfg=5.0, **kw)
+    assert at1.shape == at5.shape == (n, 64, 64, 3) and torch.isfinite(at5).all()
+    acc1, acc5 = evaluate.score(at1, labels), evaluate.score(at5, labels)
+    assert acc5["mean"] >= acc1["mean"] + 0.08, (acc1, acc5)
+
+
+def test_nodes_choose_the_world():
+    assert world.spec("scenes").weights.name in toy_nodes.CoRe2ToyModelLoader.INPUT_TYPES()["required"]["toy_model"][0]
+    assert toy_nodes.CoRe2ToyEmptyLatent().generate(3, world="scenes")[0]["samples"].shape == (3, 48, 16, 16)
+    assert toy_nodes.CoRe2ToyEmptyLatent().generate(3)[0]["samples"].shape == (3, 12, 16, 16)  # old workflows
+    prompts = toy_nodes.CoRe2ToyPromptList().list(40, 0, world="scenes")[0].splitlines()
+    assert len(prompts) == 40 and all(data.parse_prompt(p) for p in prompts)
+    lat = world.empty_latent(2, "scenes")
+    assert toy_nodes.CoRe2ToyDecode().decode({"samples": lat}, 4)[0].shape == (2, 256, 256, 3)
+    assert toy_nodes.CoRe2ToyDecode.INPUT_TYPES()["required"]["upscale"][1]["default"] > 1  # visible on the canvas
+
+
+def test_judges_share_one_interface():
+    for name in ("shapes", "scenes"):
+        j = judge(name)
+        prompts, labels = j.prompt_set(6, 0)
+        real = j.real_pictures(labels, 1)
+        acc = j.score(real, labels)
+        assert {"mean", "all", "n", *j.fields} <= set(acc) and acc["n"] == 6
+        assert j.features(real).shape[0] == 6 and j.features(real).dtype == torch.float64
+    with pytest.raises(ValueError, match="no toy world"):
+        judge("nope")

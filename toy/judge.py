@@ -1,0 +1,58 @@
+"""How each toy world is judged, behind one interface: held-out prompt sets, reading pictures back, features for a
+Fréchet distance and real pictures to compare with. Plain torch, no ComfyUI.
+
+    j = judge("scenes")
+    prompts, labels = j.prompt_set(480, seed=1)
+    acc = j.score(images, labels)      # {field: accuracy, ..., "mean", "all" (every field right), "n"}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class Judge:
+    world: str
+    fields: tuple  # the attributes read back, in table order
+    prompt_set: Callable[[int, int], tuple]  # (n, seed) -> (prompts, labels)
+    score: Callable[[torch.Tensor, torch.Tensor], dict]
+    features: Callable[[torch.Tensor], torch.Tensor]  # pictures -> [B, D] float64
+    real_pictures: Callable[[torch.Tensor, int], torch.Tensor]  # (labels, seed) -> [B, 3, H, W]
+    reader: str  # what reads the pictures, for reports
+
+
+def _shapes() -> Judge:
+    from . import classifier, data, evaluate
+
+    def score(images, labels):
+        acc = evaluate.score(images, labels).as_dict()
+        acc["all"] = acc.pop("all_three")
+        return acc
+
+    @torch.no_grad()
+    def features(images):
+        net = classifier.load()
+        if images.shape[-1] == 3 and images.shape[1] != 3:
+            images = images.movedim(-1, 1)
+        return net.hidden(net.features(images.float() * 2.0 - 1.0)).double()
+
+    return Judge("shapes", data.ATTRIBUTES, evaluate.prompt_set, score, features,
+                 lambda labels, seed: data.render(labels, torch.Generator().manual_seed(seed)),
+                 "toy attribute classifier (128-d features)")
+
+
+def _scenes() -> Judge:
+    from .scenes import data, evaluate
+
+    return Judge("scenes", data.PICTURE_FIELDS, evaluate.prompt_set, evaluate.score, evaluate.features,
+                 evaluate.real_pictures, "scenes reader (256-d features)")
+
+
+def judge(world: str) -> Judge:
+    makers = {"shapes": _shapes, "scenes": _scenes}
+    if world not in makers:
+        raise ValueError(f"no toy world named {world!r}; choose one of {', '.join(makers)}")
+    return makers[world]()

@@ -1,0 +1,111 @@
+"""The scenes model as a real ComfyUI model: an SD3-style MMDiT (ComfyUI's own class, through
+comfy.supported_models.SD3 and comfy.model_base.SD3: flow matching, ModelSamplingDiscreteFlow) on the scenes
+"latent" (the 64×64 picture folded into 4×4 pixel patches: 48 channels at 16×16, exact, no VAE), attending jointly to
+the toy text encoder's tokens and conditioned on its pooled vector.
+
+Imports ComfyUI: import this module only after tools.comfy_env.activate() (or inside ComfyUI).
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+import comfy.latent_formats
+import comfy.supported_models
+
+from .. import pixels
+from .. import text as toy_text
+from . import text
+
+PATCH = 4  # pixels per latent cell side
+LATENT_CHANNELS = 3 * PATCH * PATCH
+LATENT_SIZE = 16
+SHIFT = 1.0  # ModelSamplingDiscreteFlow shift (SD3 uses 3.0 at 1024²; a 64² picture has far less redundancy)
+MMDIT_CONFIG = dict(
+    in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, patch_size=2, depth=4, num_blocks=4, mlp_ratio=4.0,
+    adm_in_channels=toy_text.WIDTH, input_size=LATENT_SIZE,
+    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": toy_text.WIDTH, "out_features": 256}},
+    pos_embed_max_size=LATENT_SIZE // 2, num_patches=(LATENT_SIZE // 2) ** 2, pos_embed_scaling_factor=None,
+    qk_norm=None, x_block_self_attn_layers=[],
+)
+FORMAT = "core2-toy-scenes"
+DIFFUSION_PREFIX = "diffusion_model."
+TEXT_PREFIX = "text_encoder."
+
+
+class ScenesLatent(comfy.latent_formats.LatentFormat):
+    """Pixel space folded into 4×4 patches (48 channels, −1..1, no VAE)."""
+    latent_channels = LATENT_CHANNELS
+    scale_factor = 1.0
+
+    def __init__(self):
+        self.latent_rgb_factors = pixels.preview_factors(PATCH)
+        self.latent_rgb_factors_bias = [0.0, 0.0, 0.0]
+
+
+class Scenes(comfy.supported_models.SD3):
+    """Model config of the scenes world (an SD3-family flow model; family "sd3" to the pack)."""
+    unet_config = MMDIT_CONFIG
+    sampling_settings = {"shift": SHIFT}
+    latent_format = ScenesLatent
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.float32]
+
+
+def build() -> "comfy.model_base.SD3":
+    """An uninitialised scenes BaseModel on CPU (float32)."""
+    cfg = Scenes(dict(MMDIT_CONFIG))
+    cfg.unet_config["dtype"] = torch.float32
+    return cfg.get_model({})
+
+
+def sincos_positions(width: int, side: int) -> torch.Tensor:
+    """[1, side², width] fixed 2-D sine-cosine position embedding (as DiT/SD3 use)."""
+    coords = torch.arange(side, dtype=torch.float64)
+    yy, xx = torch.meshgrid(coords, coords, indexing="ij")
+    quarter = width // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    parts = []
+    for grid in (yy.flatten(), xx.flatten()):
+        angles = grid[:, None] * omega[None]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    return torch.cat(parts, dim=1)[None].float()
+
+
+def initialise(base, seed: int) -> None:
+    """PyTorch's default init for every layer (ComfyUI's ops skip it), adaLN-zero and a zero output layer (DiT)."""
+    from .. import model as toy_model
+
+    dm = base.diffusion_model
+    toy_model.reset_parameters(dm, seed)
+    with torch.no_grad():
+        dm.pos_embed.copy_(sincos_positions(dm.hidden_size, int(math.isqrt(dm.pos_embed.shape[1]))))
+        for name, mod in dm.named_modules():
+            if name.endswith("adaLN_modulation") or name == "final_layer.linear":
+                last = mod[-1] if isinstance(mod, torch.nn.Sequential) else mod
+                last.weight.zero_()
+                last.bias.zero_()
+
+
+def split_state_dict(sd: dict) -> tuple[dict, dict]:
+    unet = {k[len(DIFFUSION_PREFIX):]: v for k, v in sd.items() if k.startswith(DIFFUSION_PREFIX)}
+    txt = {k[len(TEXT_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_PREFIX)}
+    return unet, txt
+
+
+def metadata() -> dict:
+    return {"format": FORMAT, "version": "1", "mmdit_config": json.dumps(MMDIT_CONFIG), "shift": str(SHIFT),
+            "vocab": json.dumps(list(text.VOCAB)), "width": str(toy_text.WIDTH)}
+
+
+def check_metadata(meta: dict | None, path) -> None:
+    meta = meta or {}
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a CoRe² scenes-world model (its metadata has no format={FORMAT}). "
+                         "Use the file made by `python -m toy.scenes.train`.")
+    if (json.loads(meta.get("vocab", "[]")) != list(text.VOCAB)
+            or json.loads(meta.get("mmdit_config", "{}")) != json.loads(json.dumps(MMDIT_CONFIG))):
+        raise ValueError(f"{path} was trained with another vocabulary or MMDiT layout than this code; "
+                         "retrain it with `python -m toy.scenes.train` from this version of the pack.")
