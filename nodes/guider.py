@@ -108,6 +108,8 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self._map = StepMap(schedule, total if self.slow_steps is None or self.method != "core" else self.slow_steps)
         self.stats = RunStats()
         self._contexts = {}
+        if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
+            self.weak.reset()
         t0 = time.perf_counter()
         own = self.model_patcher
         self.model_patcher = weak_memory.attach(own, self.weak)  # ComfyUI loads and counts the weak model too
@@ -180,6 +182,9 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             if math.isclose(cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
                 uncond = None  # ComfyUI's cfg = 1 shortcut
             cond_pred, uncond_pred = _evaluate(model, [cond, uncond], x, timestep, cfg, model_options)[:2]
+            if uncond is not None and hasattr(self.weak, "observe_slow"):  # the "reuse" fill-in
+                self.weak.observe_slow(guidance.raw_from_denoised(x, cond_pred, timestep),
+                                       guidance.raw_from_denoised(x, uncond_pred, timestep), timestep, step)
             no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
             strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                                  model_options=no_post, cond=cond, uncond=uncond)

@@ -8,7 +8,7 @@ import torch
 import comfy.model_management as mm
 import comfy.utils
 
-from ..core2 import loss_plot
+from ..core2 import fillins, loss_plot
 from ..core2.arch import SIZES
 from ..core2.dataset import MANIFEST
 from ..core2.files import safe_child
@@ -111,12 +111,16 @@ class CoRe2Reflect:
 
 class CoRe2LoadWeakModel:
     DESCRIPTION = ("Loads a weak model from models/core2: one trained with CoRe² Reflect, or official CoRe² weights. "
+                   "The two '(training-free)' entries need no file: 'cond only' lets fast steps use the conditional "
+                   "prediction as it is; 'reuse last guidance' adds the guidance difference of the most recent slow "
+                   "step. They work out of the box and are the floor a trained weak model should beat. "
                    "Connect a MODEL to check right away that the weak model fits it.")
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {"weak_model_name": (paths.list_weak_models(), {"tooltip": "A file in models/core2."})},
+            "required": {"weak_model_name": (paths.list_weak_models() + list(fillins.FILLINS), {"tooltip":
+                                             "A file in models/core2, or a training-free fill-in (no file)."})},
             "optional": {"model": ("MODEL", {"tooltip": "Optional: the base model, to check family, latent channels, "
                                              "prediction type and (as a warning) the exact base weights."}),
                          "lora_index_mode": (["official", "sigma"], {"default": "official", "tooltip":
@@ -133,6 +137,8 @@ class CoRe2LoadWeakModel:
     @classmethod
     def IS_CHANGED(cls, weak_model_name, **_):
         """Reload when the file changes (a retrained or resumed model saved under the same name)."""
+        if weak_model_name in fillins.FILLINS:
+            return weak_model_name
         try:
             st = paths.weak_model_path(weak_model_name).stat()
             return f"{st.st_mtime_ns}-{st.st_size}"
@@ -140,6 +146,9 @@ class CoRe2LoadWeakModel:
             return float("nan")
 
     def load(self, weak_model_name, model=None, lora_index_mode="official"):
+        if weak_model_name in fillins.FILLINS:
+            weak = fillins.make(weak_model_name)
+            return (weak, f"{weak.name}: no file, no training; fits every MODEL")
         path = paths.weak_model_path(weak_model_name)
         with torch.inference_mode(False):
             weak = load_weak_model(path)

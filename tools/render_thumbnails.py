@@ -21,13 +21,14 @@ if str(ROOT) not in sys.path:
 
 PROMPTS = ["a red triangle at the top", "a blue circle at the left", "a yellow square at the bottom",
            "a green cross at the right"]
-SCALE = 4  # 32 px pictures -> 128 px tiles
+TILE = 128  # pictures are enlarged (nearest neighbour, integer factor) to tiles of about this size
 
 
-def _grid(rows, scale=SCALE):
+def _grid(rows, tile=TILE):
     import numpy as np
     from PIL import Image
 
+    scale = max(1, tile // rows[0][0].shape[0])
     tiles = [np.concatenate([(im.clamp(0, 1).numpy() * 255).round().astype("uint8") for im in row], axis=1) for row in rows]
     arr = np.concatenate(tiles, axis=0)
     img = Image.fromarray(arr)
@@ -87,7 +88,7 @@ def _scenes_thumbnail(out: Path, w2s) -> None:
     kw = dict(cfg=5.0, steps=20, seed=0, path=path, scheduler="simple")
     cfg = world.generate(SCENE_PROMPTS, **kw)
     sharp = world.generate(SCENE_PROMPTS, model=model, **kw)
-    _grid([list(cfg), list(sharp)], scale=2).save(out / "10_toy_scenes_collect_reflect_refine.jpg", quality=88)
+    _grid([list(cfg), list(sharp)]).save(out / "10_toy_scenes_collect_reflect_refine.jpg", quality=88)
 
 
 def main() -> int:
@@ -117,7 +118,7 @@ def main() -> int:
                                                                 "blue"] * 2, ["circle", "square", "triangle", "cross"] * 4)]
     icons = world.generate(icon_prompts, cfg=5.0, steps=10, seed=1, model=model)
     (ROOT / "docs").mkdir(exist_ok=True)
-    _grid([list(icons[i:i + 4]) for i in range(0, 16, 4)], scale=2).save(ROOT / "docs" / "icon.png")
+    _grid([list(icons[i:i + 4]) for i in range(0, 16, 4)], tile=64).save(ROOT / "docs" / "icon.png")
     print("thumbnails written to", out, "and the registry icon to docs/icon.png")
     return 0
 
