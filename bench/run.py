@@ -65,6 +65,17 @@ def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0
     return rows
 
 
+def fillin_methods(n: int, cfg: float) -> list:
+    """The training-free fill-ins at the passes of budget n's mixed and lean CoRe² rows (same steps, same slow
+    steps; slow steps plain CFG): scheduled CFG (cond only after the slow steps) and CFG reuse."""
+    from demo.pipeline import FILL_KINDS, Method
+
+    m_steps, m_slow = equal_pass_mixed(n)
+    plans = [(m_steps, m_slow)] + ([(n, lean_slow(n))] if lean_slow(n) else [])
+    return [Method(f"{kind}, {steps} steps, {slow} slow", kind, cfg, steps, slow, 1.0, note="training-free")
+            for steps, slow in plans for kind in FILL_KINDS]
+
+
 def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) -> list[tuple[int, object]]:
     """(budget n, Method) rows per step count n: CFG at n and at n/2 steps; CoRe² all-fast at n steps and mixed
     at n passes (both equal passes to CFG at n/2 steps); CoRe² lean (≤ 0.6× CFG's passes), half-slow and all-slow
@@ -82,6 +93,7 @@ def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) ->
                             note="n passes"))]
         if k:
             rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes")))
+        rows += [(n, m) for m in fillin_methods(n, cfg)]
         rows += [(n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s)),
                  (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s))]
     n = max(budgets)
@@ -173,9 +185,27 @@ def run_quality(args, env: dict) -> dict:
                      "fd_real_vs_real": round(floor, 3), "prep_seconds": round(prep, 1)},
            "dataset": dataset, "training": training, "methods": rows}
     res["checks"] = quality_checks(rows, sorted(args.budgets), args.samples)
+    res["fillin_checks"] = fillin_checks(rows, args.samples)
     if args.headroom:
         res["headroom"] = headroom_checks(rows, max(args.budgets), dcfg.cfg, args.samples)
     return res
+
+
+def fillin_checks(rows: list[dict], samples: int) -> dict:
+    """Each trained CoRe² row against the training-free fill-ins at the same steps and slow steps: the accuracy
+    difference in standard errors of the difference (target: ≥ 3 against both)."""
+    out = {}
+    for r in rows:
+        if r["kind"] != "core2" or r["method"] != "core":
+            continue
+        same = [f for f in rows if f["kind"] not in ("cfg", "core2") and f["steps"] == r["steps"]
+                and f["slow_steps"] == r["slow_steps"]]
+        if not same:
+            continue
+        a = r["accuracy"]["mean"]
+        out[r["name"]] = {f["kind"]: round((a - f["accuracy"]["mean"]) / math.sqrt(
+            accuracy_se(a, samples) ** 2 + accuracy_se(f["accuracy"]["mean"], samples) ** 2 or 1.0), 2) for f in same}
+    return out
 
 
 def headroom_checks(rows: list[dict], n: int, cfg: float, samples: int) -> dict:

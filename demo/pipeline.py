@@ -196,7 +196,8 @@ def _save_state(out_dir, state: dict) -> None:
 @dataclass
 class Method:
     name: str
-    kind: str  # "cfg" (ComfyUI's own sampling) or "core2" (the pack's CoRe2KSampler node)
+    kind: str  # "cfg" (ComfyUI's own sampling), "core2" (the CoRe2KSampler node with the trained weak model), or a
+    # training-free fill-in in its place (FILL_KINDS: "scheduled-cfg" = cond only, "cfg-reuse" = reuse last guidance)
     cfg: float
     steps: int
     slow_steps: int = 0
@@ -206,6 +207,9 @@ class Method:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+FILL_KINDS = {"scheduled-cfg": "(training-free) cond only", "cfg-reuse": "(training-free) reuse last guidance"}
 
 
 class PassCounter:
@@ -242,6 +246,10 @@ def sample(base_model, m: Method, weak, prompts: list[str], seed: int,
         out = comfy.sample.sample(counter.model, noise, m.steps, m.cfg, sampler, scheduler, pos, neg, latent,
                                   disable_pbar=True, seed=seed)
     else:
+        if m.kind in FILL_KINDS:
+            from comfyui_core2.core2 import fillins
+
+            weak = fillins.make(FILL_KINDS[m.kind])
         (res,) = refine.CoRe2KSampler().sample(counter.model, seed, m.steps, m.cfg, sampler, scheduler, pos, neg,
                                                {"samples": latent}, 1.0, weak, m.w2s_scale, m.slow_steps, m.method)
         out = res["samples"]

@@ -68,3 +68,34 @@ def test_checks_compare_equal_passes_and_cheap_rows():
     assert "CoRe² better on accuracy: CoRe², 6 steps, all-fast; on FD: CoRe², 6 steps, all-fast" in table
     assert "CoRe² better on accuracy: CoRe², 8 steps, 2 slow; on FD: no" in table
     assert "no CoRe² row matches CFG, 10 steps" in table
+
+
+def test_fillin_rows_sit_at_the_trained_rows_passes_and_are_compared():
+    rows = _rows({}, {}, n_budgets=(10,))
+    fills = [r for r in rows if r["note"] == "training-free"]
+    assert {r["kind"] for r in fills} == {"scheduled-cfg", "cfg-reuse"}
+    for r in fills:  # same steps and slow steps as a trained CoRe² row of the budget
+        assert any(c["kind"] == "core2" and c["steps"] == r["steps"] and c["slow_steps"] == r["slow_steps"] for c in rows)
+    for r in rows:
+        if r["kind"] == "core2":
+            r["accuracy"]["mean"] = 0.95
+        elif r["note"] == "training-free":
+            r["accuracy"]["mean"] = 0.80
+    checks = bench.fillin_checks(rows, 480)
+    assert set(checks) == {"CoRe², 8 steps, 2 slow", "CoRe², 10 steps, 2 slow"}
+    assert all(v > 3 for c in checks.values() for v in c.values()) and all(len(c) == 2 for c in checks.values())
+
+
+def test_headroom_checks_read_steps_guidance_and_overguidance():
+    planned = bench.quality_methods([10, 20], 5.0, 1.5, zigzag=False) + bench.headroom_methods(20, 5.0)
+    acc = {"CFG, 20 steps": 0.85, "CFG, 10 steps": 0.78, "CFG, 40 steps": 0.88, "cfg 1, 20 steps": 0.55,
+           "CFG 2, 20 steps": 0.75, "CFG 3, 20 steps": 0.82, "CFG 7, 20 steps": 0.84, "CFG 9, 20 steps": 0.80,
+           "CoRe², 20 steps, all-slow": 0.89}
+    rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}} for b, m in planned]
+    h = bench.headroom_checks(rows, 20, 5.0, 480)
+    assert h["cfg_in_0.70_0.92"] and h["best_cfg"] == 5.0 and h["best_cfg_interior"]
+    assert h["steps_half_vs_n_in_se"] > 2 and h["steps_n_vs_double_in_se"] > 1 and h["cfg1_gap"] == 0.3
+    assert h["all_slow_vs_cfg_in_se"] > 1
+    acc["CFG 9, 20 steps"] = 0.95  # over-guidance no longer hurts: the best scale is the largest tried
+    rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}} for b, m in planned]
+    assert not bench.headroom_checks(rows, 20, 5.0, 480)["best_cfg_interior"]
