@@ -285,7 +285,7 @@ def quality_table(res: dict) -> str:
              f"held-out relative error {t['val_rel_err']:.3f}" + (f", in x0 space {t['val_rel_err_x0']:.3f}"
                                                                    if t.get("val_rel_err_x0") is not None else "")
              + f" ({t.get('validation_on')}).", "",
-             "| budget | method | passes / image | × CFG | accuracy | all | " + " | ".join(fields) + " | FD ↓ | time s |",
+             "| budget | method | passes / image | × CFG | accuracy | all | " + " | ".join(fields) + " | FD ↓ | s / image |",
              "| ---: | --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in fields) + " | ---: | ---: |"]
     for r in res["methods"]:
         a = r["accuracy"]
@@ -293,7 +293,7 @@ def quality_table(res: dict) -> str:
         all_ok = "–" if all_ok is None else f"{all_ok:.3f}"
         lines.append(f"| {r['budget']} | {r['name']} | {r['passes_per_image']:g} | {r['passes_vs_cfg']:.2f} | "
                      f"**{a['mean']:.3f}** | {all_ok} | " + " | ".join(f"{a[f]:.3f}" for f in fields) +
-                     f" | {r['fd']:.1f} | {r['seconds']:.1f} |")
+                     f" | {r['fd']:.1f} | {r['seconds'] / s['samples']:.3f} |")
     h = res.get("headroom")
     if h:
         lines += ["", "Headroom (targets of the harder world): " + json.dumps(h)]
