@@ -1,4 +1,4 @@
-"""Guidance math of CoRe² (CORE2_SPEC §4.1), independent of ComfyUI.
+"""Guidance math of CoRe² (docs/method.md §1–2), independent of ComfyUI.
 
 Spaces: ComfyUI hands out x0 predictions ("denoised"); the weak model works on the model's raw output
 r = (x − x0)/σ (ε for eps models, velocity for flow models). Every mix here is affine with weights summing

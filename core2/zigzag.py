@@ -1,4 +1,4 @@
-"""Zigzag (Z-Sampling) loops in k-diffusion σ terms, for the Euler sampler (CORE2_SPEC §5).
+"""Zigzag (Z-Sampling) loops in k-diffusion σ terms, for the Euler sampler (docs/method.md §5).
 
 x = x0 + σ·d with d = (x − D(x, σ))/σ. One zigzag step from σ_i to σ_{i+1}:
   zig  x'   = x_i + (σ_{i+1} − σ_i)·d(x_i, σ_i)            denoise with the guided prediction

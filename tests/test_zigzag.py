@@ -1,4 +1,4 @@
-"""Z-CoRe² and Z-Sampling: zigzag Euler sampling with the weak model (CORE2_SPEC §5)."""
+"""Z-CoRe² and Z-Sampling: zigzag Euler sampling with the weak model (docs/method.md §5)."""
 import pytest
 import torch
 

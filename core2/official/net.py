@@ -2,7 +2,7 @@
 
 Module and parameter names reproduce the official state dict exactly (diffusers `PatchEmbed`, `BasicTransformerBlock`,
 `AdaLayerNormContinuous`, with every `nn.Linear` wrapped by the LoRA bank). The forward follows the official one
-operation for operation (CORE2_SPEC §2.4–2.5). The net is size-parameterised by `NetConfig`; `SDXL` and `SD35` are the
+operation for operation (docs/method.md §6). The net is size-parameterised by `NetConfig`; `SDXL` and `SD35` are the
 released configurations.
 """
 from __future__ import annotations

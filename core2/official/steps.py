@@ -3,7 +3,7 @@
 * "official" (default): the rule of the official pipelines, evaluated in Python double precision with its rounding
   quirks: zz = min(max(0, floor(L − (N − i)/N·L)), L − 1). With L = N = 50 step 22 gets 21 and LoRA 22 is never used.
 * "sigma": non-official; the LoRA whose training-schedule σ is nearest to the current σ. Training grids
-  [inferred, CORE2_SPEC §2.3]: SDXL DDIM 50 steps, "leading" spacing (t = 981, 961, …, 1) on the SDXL discrete
+  [inferred, docs/method.md §6]: SDXL DDIM 50 steps, "leading" spacing (t = 981, 961, …, 1) on the SDXL discrete
   schedule (scaled-linear betas 0.00085 → 0.012); SD3.5 FlowMatch-Euler 28 steps, shift 3. Distance is measured in
   log σ for SDXL and in σ for SD3.5 (flow σ ∈ [0, 1]).
 """
