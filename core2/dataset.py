@@ -14,21 +14,35 @@ Every file is written atomically (temporary file, fsync, rename) and a trajector
 its shard is complete, so a crash or a cancel never leaves the dataset inconsistent: a rerun finds exactly the
 items that are done and redoes the rest. The log is appended (and fsynced) one line per item, so collecting costs
 the same per item at ten thousand items as at ten; a line torn by a crash is ignored and its shard redone.
+
+Several writers (ComfyUI instances or processes sharing the folder) are safe: renames into place, log lines and
+manifest updates happen under an inter-process lock (files.folder_lock), the manifest is merged with what is on
+disk (prompts and runs are only ever added), and a writer removes only temporary files whose process is gone.
+
+Files named in manifest.json or items.jsonl are untrusted: the reader opens only plain files directly inside the
+folder (files.open_regular: no '..', no absolute path, no symlink, no FIFO or device, never a blocking open). An
+item whose files are missing, damaged or of the wrong shape is skipped with a warning naming the file; Collect
+verifies the listed items when it resumes and collects the damaged ones again.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import random
+import stat
 from collections import OrderedDict
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .files import atomic_save_safetensors, atomic_write_json, clean_stale_temps
+from .files import (UnsafeFileError, atomic_write_json, clean_stale_temps, fd_path, folder_lock, open_regular,
+                    read_regular, safetensors_bytes, write_temp)
 from .weak import PromptFeatures
+
+log = logging.getLogger(__name__)
 
 FORMAT = "core2-dataset"
 FORMAT_VERSION = 2  # 2: items in items.jsonl (format-1 manifests with an "items" list are still read)
@@ -57,60 +71,171 @@ class DatasetError(ValueError):
     pass
 
 
-def _read_manifest_file(folder: Path) -> dict:
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise DatasetError(f"CoRe²: {folder} is not a CoRe² dataset (no {MANIFEST}). Collect one with the CoRe² Collect nodes.")
+class DatasetFileError(DatasetError):
+    """A file of the dataset (or named by it) that is refused: outside the folder, not a plain file, damaged, or of
+    the wrong shape. The message names the file."""
+
+
+def _open_file(folder: Path, name, what: str):
+    """A safetensors handle on a plain file directly inside folder (see files.open_regular)."""
+    from safetensors import safe_open
+
     try:
-        man = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"CoRe²: {path} is not valid JSON ({e}).") from e
-    if man.get("format") != FORMAT:
-        raise DatasetError(f"CoRe²: {folder} holds a '{man.get('format')}' manifest, not a CoRe² dataset.")
+        fd = open_regular(folder, name, what)
+    except UnsafeFileError as e:
+        raise DatasetFileError(str(e)) from e
+    except FileNotFoundError as e:
+        raise DatasetFileError(f"CoRe²: {what} {name!r} is missing from {folder}.") from e
+    try:
+        return safe_open(fd_path(fd, folder / name), framework="pt")
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for damaged files
+        raise DatasetFileError(f"CoRe²: {what} {name!r} in {folder} is damaged ({e}).") from e
+    finally:
+        os.close(fd)
+
+
+def _read_manifest_file(folder: Path) -> dict:
+    try:
+        raw = read_regular(folder, MANIFEST, "manifest")
+    except FileNotFoundError:
+        raise DatasetError(f"CoRe²: {folder} is not a CoRe² dataset (no {MANIFEST}). Collect one with the CoRe² Collect nodes.") from None
+    except UnsafeFileError as e:
+        raise DatasetFileError(str(e)) from e
+    try:
+        man = json.loads(raw)
+    except ValueError as e:
+        raise DatasetError(f"CoRe²: {folder / MANIFEST} is not valid JSON ({e}).") from e
+    if not isinstance(man, dict) or man.get("format") != FORMAT:
+        fmt = man.get("format") if isinstance(man, dict) else None
+        raise DatasetError(f"CoRe²: {folder} holds a '{fmt}' manifest, not a CoRe² dataset.")
     if int(man.get("format_version", 0)) > FORMAT_VERSION:
         raise DatasetError(f"CoRe²: {folder} was written by a newer comfyui-core2 (format {man['format_version']}); update the pack.")
     man.setdefault("items", [])
+    man.setdefault("prompts", {})
+    man.setdefault("runs", [])
+    types = {"header": dict, "items": list, "prompts": dict, "runs": list}
+    bad = [k for k, t in types.items() if not isinstance(man.get(k), t)]
+    if bad:
+        raise DatasetError(f"CoRe²: {folder / MANIFEST} is damaged (bad {', '.join(bad)}). Collect into a new dataset.")
     return man
 
 
-def _read_items_log(folder: Path) -> list[dict]:
-    """The appended items; a line that does not parse (torn by a crash) is skipped."""
-    path = folder / ITEMS_LOG
-    if not path.is_file():
+def _read_items_log(folder: Path, problems: list | None = None) -> list[dict]:
+    """The appended items; a line that does not parse (torn by a crash) is skipped (and noted in problems)."""
+    try:
+        raw = read_regular(folder, ITEMS_LOG, "item log")
+    except FileNotFoundError:
         return []
+    except UnsafeFileError as e:
+        raise DatasetFileError(str(e)) from e
     items = []
-    for line in path.read_bytes().splitlines():
+    for n, line in enumerate(raw.splitlines(), 1):
         try:
             it = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(it, dict) and "key" in it and "shard" in it:
+            it = None
+        if isinstance(it, dict) and isinstance(it.get("key"), str) and "shard" in it:
             items.append(it)
+        elif line.strip() and problems is not None:
+            problems.append(f"{ITEMS_LOG} line {n}: not a complete item")
     return items
 
 
 def _with_log(man: dict, folder: Path) -> dict:
-    """A copy of manifest.json's dict whose "items" = its own list (format 1) then the item log, first entry per key."""
-    seen, items = set(), []
+    """A copy of manifest.json's dict whose "items" = its own list (format 1) then the item log, the last entry per
+    key (an item collected again after damage is listed again), in the order keys first appeared."""
+    last: dict = {}
     for it in man["items"] + _read_items_log(folder):
-        if it["key"] not in seen:
-            seen.add(it["key"])
-            items.append(it)
-    return {**man, "items": items}
+        if isinstance(it, dict) and isinstance(it.get("key"), str):
+            last[it["key"]] = it
+    return {**man, "items": list(last.values())}
 
 
 def _read_manifest(folder: Path) -> dict:
-    """The manifest with every complete item (manifest.json's own list and the item log)."""
+    """The manifest with every listed item (manifest.json's own list and the item log), unchecked."""
     return _with_log(_read_manifest_file(folder), folder)
 
 
+def _check_prompt(folder: Path, man: dict, pid, cache: dict) -> None:
+    """Raise DatasetFileError unless prompt pid is listed and its features file is a readable safetensors file."""
+    if pid not in cache:
+        entry = man["prompts"].get(pid) if isinstance(pid, str) else None
+        try:
+            if not isinstance(entry, dict):
+                raise DatasetFileError(f"CoRe²: prompt {pid!r} is not in {MANIFEST}")
+            with _open_file(folder, entry.get("file"), "prompt file") as h:
+                shape = h.get_slice("pos_tokens").get_shape() if "pos_tokens" in h.keys() else None
+            if shape is None or len(shape) != 2:
+                raise DatasetFileError(f"CoRe²: prompt file {entry.get('file')!r} lacks pos_tokens [T, D]")
+            cache[pid] = None
+        except DatasetFileError as e:
+            cache[pid] = str(e)
+    if cache[pid]:
+        raise DatasetFileError(cache[pid])
+
+
+def check_item(folder: Path, man: dict, item, prompt_cache: dict | None = None) -> None:
+    """Raise DatasetFileError (naming the file) unless the item's shard and prompt are present, intact, and of the
+    dataset's shapes. Reads only the safetensors headers."""
+    if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("key", "shard", "prompt_id")) \
+            or not isinstance(item.get("n"), int) or item["n"] < 1:
+        raise DatasetFileError(f"CoRe²: item {str(item)[:120]} lacks key, shard, prompt_id or n")
+    _check_prompt(folder, man, item["prompt_id"], {} if prompt_cache is None else prompt_cache)
+    hdr, name, n = man["header"], item["shard"], item["n"]
+    big = [n, int(hdr["latent_channels"]), *map(int, hdr["latent_hw"])]
+    with _open_file(folder, name, "shard") as h:
+        keys = set(h.keys())
+        missing = {"cond", "uncond", "sigma", "cfg", "step"} - keys
+        if missing:
+            raise DatasetFileError(f"CoRe²: shard {name!r} lacks {sorted(missing)}")
+        for k in sorted(keys & {"cond", "uncond", "x", "sigma", "cfg", "step"}):
+            want = big if k in BIG else [n]
+            got = list(h.get_slice(k).get_shape())
+            if got != want:
+                raise DatasetFileError(f"CoRe²: shard {name!r}: {k} has shape {got}, the dataset needs {want}")
+
+
+def scan_items(folder: Path, man: dict) -> tuple[list[dict], list[str]]:
+    """(intact items, one problem line per damaged item or log line). Items: manifest.json's own list (format 1)
+    then the log; per key the last entry that checks out (a damaged item collected again is repaired)."""
+    problems: list[str] = []
+    good: dict[str, dict] = {}
+    bad: dict[str, str] = {}
+    cache: dict = {}
+    for it in man["items"] + _read_items_log(folder, problems):
+        try:
+            check_item(folder, man, it, cache)
+        except DatasetFileError as e:
+            bad[str(it.get("key") if isinstance(it, dict) else it)] = str(e)
+            continue
+        good[it["key"]] = it
+    problems += [f"item {k}: {msg}" for k, msg in bad.items() if k not in good]
+    return list(good.values()), problems
+
+
+def intact_keys(folder: str | Path) -> set[str]:
+    """Keys of the items whose files are present and intact (empty when there is no dataset yet)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        return set()
+    items, problems = scan_items(folder, _read_manifest_file(folder))
+    for p in problems:
+        log.warning("CoRe² dataset %s: %s; it will be collected again.", folder.name, p)
+    return {it["key"] for it in items}
+
+
 def _append_line(path: Path, record: dict) -> None:
-    """Append one JSON line durably; a torn previous line (crash mid-write) is closed off first."""
+    """Append one JSON line durably; a torn previous line (crash mid-write) is closed off first. Call under the
+    folder lock. Refuses a log that is a link or not a plain file."""
     line = json.dumps(record, separators=(",", ":")).encode() + b"\n"
-    with open(path, "ab+") as f:
-        f.seek(0, os.SEEK_END)
-        if f.tell():
-            f.seek(-1, os.SEEK_END)
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags, 0o666)
+    with os.fdopen(fd, "rb+") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DatasetFileError(f"CoRe²: {path} is not a plain file; refusing to append to it.")
+        end = f.seek(0, os.SEEK_END)
+        if end:
+            f.seek(end - 1)
             if f.read(1) != b"\n":
                 line = b"\n" + line
         f.write(line)
@@ -121,34 +246,45 @@ def _append_line(path: Path, record: dict) -> None:
 def manifest_hash(folder: str | Path) -> str:
     """Changes whenever the dataset changes (manifest or item log)."""
     folder = Path(folder)
-    h = hashlib.sha256((folder / MANIFEST).read_bytes())
-    if (folder / ITEMS_LOG).is_file():
-        h.update((folder / ITEMS_LOG).read_bytes())
+    h = hashlib.sha256(read_regular(folder, MANIFEST, "manifest"))
+    try:
+        h.update(read_regular(folder, ITEMS_LOG, "item log"))
+    except FileNotFoundError:
+        pass
     return h.hexdigest()[:16]
 
 
+def _merge(on_disk: dict, ours: dict) -> dict:
+    """on_disk with our prompts and runs added: nothing another writer added is lost, run indices never move."""
+    prompts = {**ours["prompts"], **on_disk["prompts"]}
+    runs = list(on_disk["runs"]) + [r for r in ours["runs"] if r not in on_disk["runs"]]
+    return {**on_disk, "prompts": prompts, "runs": runs}
+
+
 class DatasetWriter:
-    """Appends trajectories to a dataset folder; refuses items from another model or latent shape."""
+    """Appends trajectories to a dataset folder; refuses items from another model or latent shape. Safe with other
+    writers on the same folder, in this process or others (see the module docstring)."""
 
     def __init__(self, folder: str | Path, header: dict):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
-        clean_stale_temps(self.folder)
         missing = [k for k in MUST_MATCH if k not in header]
         if missing:
             raise ValueError(f"dataset header lacks {missing}")
-        if (self.folder / MANIFEST).exists():
-            on_disk = _read_manifest_file(self.folder)
-            self._listed = on_disk["items"]  # items kept in manifest.json itself (format 1)
-            self.manifest = _with_log(on_disk, self.folder)
-            self._check_same(header)
-        else:
-            self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pack_version": __version__,
-                             "header": dict(header), "runs": [], "prompts": {}, "items": []}
-            self._listed = []
-            self._flush()
-        self._keys = {it["key"] for it in self.manifest["items"]}
-        self._drop_orphans()
+        with folder_lock(self.folder):
+            clean_stale_temps(self.folder)
+            if (self.folder / MANIFEST).exists():
+                self.manifest = _with_log(_read_manifest_file(self.folder), self.folder)
+                self._check_same(header)
+            else:
+                self.manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pack_version": __version__,
+                                 "header": dict(header), "runs": [], "prompts": {}, "items": []}
+                atomic_write_json(self.folder / MANIFEST, self.manifest)
+            self._drop_orphans()
+        self._entry = {it["key"]: it for it in self.manifest["items"]}  # the last entry per key
+        self._keys = set(self._entry)
+        self._intact_cache: dict[str, bool] = {}
+        self._prompt_cache: dict = {}
 
     def _check_same(self, header: dict) -> None:
         old = self.manifest["header"]
@@ -158,36 +294,56 @@ class DatasetWriter:
                                + "; ".join(diffs) + "). Use a new dataset name for this model or size.")
 
     def _drop_orphans(self) -> None:
-        known = {it["shard"] for it in self.manifest["items"]}
+        """Under the folder lock: a shard whose log line never landed belongs to a writer that died between the
+        rename and the log append (both happen under the lock), so it is removed and its item redone."""
+        known = {it.get("shard") for it in self.manifest["items"]}
         for p in self.folder.glob("traj-*.safetensors"):
-            if p.name not in known:  # a shard whose manifest entry never landed: redo that item
-                p.unlink()
+            if p.name not in known:
+                p.unlink(missing_ok=True)
 
-    def _flush(self) -> None:
-        """Rewrite manifest.json (header, runs, prompts); items live in the append-only log."""
-        man = {**self.manifest, "items": self._listed}  # a format-1 dataset keeps its version and its own list
-        atomic_write_json(self.folder / MANIFEST, man)
+    def _update_manifest(self, change) -> None:
+        """Under the lock: re-read manifest.json, apply change(manifest) to it, merge in ours, write it back."""
+        with folder_lock(self.folder):
+            disk = _read_manifest_file(self.folder)
+            change(self.manifest)
+            merged = _merge(disk, self.manifest)
+            atomic_write_json(self.folder / MANIFEST, merged)  # a format-1 dataset keeps its version and its own list
+            self.manifest.update(prompts=merged["prompts"], runs=merged["runs"])
 
     @property
     def header(self) -> dict:
         return self.manifest["header"]
 
+    def _intact(self, key: str) -> bool:
+        """Whether a listed item's files are intact (checked once per writer); a damaged one is collected again."""
+        if key not in self._intact_cache:
+            try:
+                check_item(self.folder, self.manifest, self._entry[key], self._prompt_cache)
+                self._intact_cache[key] = True
+            except DatasetFileError as e:
+                log.warning("CoRe² dataset %s: item %s is damaged (%s); collecting it again.", self.folder.name, key, e)
+                self._intact_cache[key] = False
+        return self._intact_cache[key]
+
     def has(self, pid: str, seed: int, batch_index: int = 0) -> bool:
-        return item_key(pid, seed, batch_index) in self._keys
+        key = item_key(pid, seed, batch_index)
+        return key in self._keys and self._intact(key)
 
     def note_run(self, settings: dict) -> None:
         """Record the sampler settings of a collecting run (sampler, scheduler, steps, σ schedule, cfg)."""
-        if settings not in self.manifest["runs"]:
-            self.manifest["runs"].append(settings)
-            self._flush()
+        self._update_manifest(lambda m: m["runs"].append(settings) if settings not in m["runs"] else None)
 
     def add_prompt(self, positive_text: str, negative_text: str | None, pos: PromptFeatures, neg: PromptFeatures | None,
                    pid: str | None = None) -> str:
-        """Store a prompt's features once. pid: an explicit prompt id (e.g. a hash of the conditioning tensors when
-        the prompt text is unknown); by default the id is derived from the texts."""
+        """Store a prompt's features once (again when its file is damaged). pid: an explicit prompt id (e.g. a hash
+        of the conditioning tensors when the prompt text is unknown); by default the id is derived from the texts."""
         pid = pid or prompt_id(positive_text, negative_text)
         if pid in self.manifest["prompts"]:
-            return pid
+            try:
+                _check_prompt(self.folder, self.manifest, pid, {})
+                return pid
+            except DatasetFileError as e:
+                log.warning("CoRe² dataset %s: %s; writing it again.", self.folder.name, e)
         t = {"pos_tokens": pos.tokens[0].to(torch.float16).cpu()}
         if pos.pooled is not None:
             t["pos_pooled"] = pos.pooled[0].to(torch.float16).cpu()
@@ -196,18 +352,30 @@ class DatasetWriter:
             if neg.pooled is not None:
                 t["neg_pooled"] = neg.pooled[0].to(torch.float16).cpu()
         fname = f"prompt-{pid}.safetensors"
-        atomic_save_safetensors(self.folder / fname, t)
-        self.manifest["prompts"][pid] = {"positive": positive_text, "negative": negative_text, "file": fname,
-                                         "shapes": {k: list(v.shape) for k, v in t.items()}}
-        self._flush()
+        entry = {"positive": positive_text, "negative": negative_text, "file": fname,
+                 "shapes": {k: list(v.shape) for k, v in t.items()}}
+        self._put(fname, safetensors_bytes(t), lambda: self._update_manifest(lambda m: m["prompts"].update({pid: entry})))
+        self._prompt_cache.pop(pid, None)
         return pid
+
+    def _put(self, name: str, data: bytes, then=None) -> None:
+        """Write a file of the dataset: the slow write outside the lock, the rename (and then()) under it."""
+        tmp = write_temp(self.folder / name, data)
+        try:
+            with folder_lock(self.folder):
+                os.replace(tmp, self.folder / name)
+                if then is not None:
+                    then()
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def add_trajectory(self, pid: str, seed: int, batch_index: int, tensors: dict, extra: dict | None = None) -> str:
         """tensors: cond, uncond [S,C,H,W] (raw outputs), sigma [S], cfg [S], step [S], optional x [S,C,H,W]."""
         if pid not in self.manifest["prompts"]:
             raise KeyError(f"unknown prompt id {pid}; call add_prompt first")
         key = item_key(pid, seed, batch_index)
-        if key in self._keys:
+        if key in self._keys and self._intact(key):
             return key
         c, h, w = tensors["cond"].shape[1:]
         hdr = self.header
@@ -224,12 +392,13 @@ class DatasetWriter:
             else:
                 out[k] = v.to(torch.float32)
         shard = f"traj-{key}.safetensors"
-        atomic_save_safetensors(self.folder / shard, out)
         entry = {"key": key, "prompt_id": pid, "seed": int(seed), "batch_index": int(batch_index), "shard": shard,
                  "n": int(out["cond"].shape[0]), "x": "x" in out, **(extra or {})}
-        _append_line(self.folder / ITEMS_LOG, entry)
+        self._put(shard, safetensors_bytes(out), lambda: _append_line(self.folder / ITEMS_LOG, entry))
         self.manifest["items"].append(entry)
+        self._entry[key] = entry
         self._keys.add(key)
+        self._intact_cache[key] = True
         return key
 
 
@@ -238,9 +407,18 @@ class DatasetReader:
 
     def __init__(self, folder: str | Path, max_open: int = 64):
         self.folder = Path(folder)
-        self.manifest = _read_manifest(self.folder)
+        man = _read_manifest_file(self.folder)
+        listed = bool(man["items"]) or (self.folder / ITEMS_LOG).exists()
+        items, self.skipped = scan_items(self.folder, man)  # skipped: one line per damaged item, naming its file
+        for p in self.skipped:
+            log.warning("CoRe² dataset %s, skipped: %s", self.folder.name, p)
+        self.manifest = {**man, "items": items}
         self.header = self.manifest["header"]
-        self.items = list(self.manifest["items"])
+        self.items = list(items)
+        if not self.items and listed and self.skipped:
+            raise DatasetError(f"CoRe²: dataset {self.folder.name} has no usable trajectories: every listed item is "
+                               f"damaged ({'; '.join(self.skipped[:3])}). Run the same CoRe² Collect again: it "
+                               "collects damaged items again.")
         if not self.items:
             raise DatasetError(f"CoRe²: dataset {self.folder.name} has no trajectories yet. Collect some first.")
         self._open: OrderedDict = OrderedDict()
@@ -310,11 +488,9 @@ class DatasetReader:
 
     # --- reading ---------------------------------------------------------------------------------------------
     def _handle(self, shard: str):
-        from safetensors import safe_open
-
         h = self._open.get(shard)
         if h is None:
-            h = safe_open(str(self.folder / shard), framework="pt")
+            h = _open_file(self.folder, shard, "shard")
             self._open[shard] = h
             if len(self._open) > self._max_open:
                 self._open.popitem(last=False)
@@ -328,9 +504,8 @@ class DatasetReader:
 
     def prompt_features(self, pid: str) -> tuple[PromptFeatures, PromptFeatures | None]:
         if pid not in self._prompt_cache:
-            from safetensors.torch import load_file
-
-            t = load_file(str(self.folder / self.manifest["prompts"][pid]["file"]))
+            with _open_file(self.folder, self.manifest["prompts"][pid]["file"], "prompt file") as h:
+                t = {k: h.get_tensor(k) for k in h.keys()}
             pos = PromptFeatures(t["pos_tokens"][None].float(), t["pos_pooled"][None].float() if "pos_pooled" in t else None)
             neg = None
             if "neg_tokens" in t:
@@ -394,5 +569,6 @@ def estimate_dataset_bytes(n_trajectories: int, steps: int, latent_channels: int
     return n_trajectories * bytes_per_trajectory(steps, latent_channels, h, w, store_x)
 
 
-__all__ = ["DatasetWriter", "DatasetReader", "DatasetError", "prompt_id", "item_key", "manifest_hash",
+__all__ = ["DatasetWriter", "DatasetReader", "DatasetError", "DatasetFileError", "check_item", "scan_items",
+           "intact_keys", "prompt_id", "item_key", "manifest_hash",
            "estimate_dataset_bytes", "FORMAT", "FORMAT_VERSION"]

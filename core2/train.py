@@ -15,12 +15,16 @@ lifts all-fast sampling most (20 steps: accuracy 0.922 → 0.950) but leaves the
 which costs mixed schedules; relative alone is the reverse. Validation reports both; keep-best and the history use
 the score of the chosen loss.
 
-Checkpoints: the output file itself is rewritten atomically every `checkpoint_every` steps (metadata
-training.complete = false) with the optimizer state in a sibling <name>.optim.pt; resume continues from them.
+Checkpoints: an unfinished run writes <name>.partial.safetensors every `checkpoint_every` steps and when it is
+stopped (metadata training.complete = false; optimizer state in <name>.partial.optim.pt); resume continues from the
+newer of it and <name>.safetensors. Only weights that are finite and score a finite validation error are saved. The
+finished model goes to <name>.safetensors (optimizer state in <name>.optim.pt) and never replaces a finished model
+there that scores better on this run's validation items (the new weights then stay in the .partial file).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import logging
 import math
@@ -93,6 +97,50 @@ class TrainResult:
 def optimizer_path(out_path) -> Path:
     p = Path(out_path)
     return p.with_name(p.stem + ".optim.pt")
+
+
+def partial_path(out_path) -> Path:
+    """Where an unfinished run keeps its checkpoints: <name>.partial.safetensors next to <name>.safetensors."""
+    p = Path(out_path)
+    return p.with_name(p.stem + ".partial.safetensors")
+
+
+def _file_state(path: Path) -> tuple[int, bool] | None:
+    """(step, complete) of a Reflect file, or None when there is none (or it is unreadable)."""
+    try:
+        tr = read_metadata(path).get("training") or {} if path.is_file() else None
+    except Exception:  # noqa: BLE001 - a damaged file counts as absent here; loading it reports the damage
+        return None
+    return None if tr is None else (int(tr.get("step", 0)), bool(tr.get("complete")))
+
+
+def kept_files(out_path) -> str:
+    """What is on disk for this save name, for messages: 'kept w.safetensors (complete model, step 250)' etc."""
+    parts = []
+    for p in (Path(out_path), partial_path(out_path)):
+        st = _file_state(p)
+        if st is not None:
+            parts.append(f"{p.name} ({'complete model' if st[1] else 'unfinished checkpoint'}, step {st[0]})")
+    return ("kept " + " and ".join(parts)) if parts else "nothing was saved"
+
+
+def _resume_source(out_path: Path) -> Path:
+    """The file a resume continues from: the unfinished checkpoint when it is further on than the finished model."""
+    done, part = _file_state(out_path), _file_state(partial_path(out_path))
+    if part is not None and (done is None or part[0] > done[0] or not done[1]):
+        return partial_path(out_path)
+    return out_path
+
+
+def _finite_model(model) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+def _disk_full(e: BaseException, out_path: Path) -> TrainingError | None:
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return TrainingError(f"CoRe² Reflect: the disk holding {out_path.parent} is full; the model could not be saved "
+                             f"({kept_files(out_path)}). Free some space and run it again with resume on.")
+    return None
 
 
 def _lr_at(step: int, total: int, base: float) -> float:
@@ -309,12 +357,39 @@ def _check_data_sane(reader: DatasetReader, items: list) -> None:
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
 def _save_checkpoint(out_path: Path, model, opt, step: int, meta: dict, complete: bool) -> None:
+    """Write the weights (and the optimizer state beside them) to out_path, or to its .partial file if not complete."""
+    if not complete:
+        out_path = partial_path(out_path)
     meta = dict(meta)
     meta["training"] = {**meta["training"], "step": step, "complete": complete}
     buf = io.BytesIO()
     torch.save({"step": step, "optimizer": opt.state_dict()}, buf)
     atomic_write_bytes(optimizer_path(out_path), buf.getvalue())
     save_weak_model(out_path, model, meta)
+
+
+def _scores_finite(model, metrics: dict) -> bool:
+    score = metrics.get("score")
+    return _finite_model(model) and (not metrics.get("rows") or (score is not None and math.isfinite(score)))
+
+
+def _old_model_wins(out_path: Path, new_score, evaluate_model) -> tuple[bool, dict | None]:
+    """(True, its metrics) when out_path holds a finished model that scores at least as well as new_score on this
+    run's validation items (evaluate_model(model) -> metrics); the new weights must not replace it then."""
+    st = _file_state(out_path)
+    if st is None or not st[1]:
+        return False, None
+    try:
+        from .weights_io import load_weak_model
+
+        old = load_weak_model(out_path)
+        metrics = evaluate_model(old)
+    except Exception:  # noqa: BLE001 - an unreadable old file is no better than the new one
+        log.warning("CoRe² Reflect: could not evaluate the existing %s; replacing it", out_path.name, exc_info=True)
+        return False, None
+    score = metrics.get("score")
+    wins = score is not None and math.isfinite(score) and (new_score is None or score <= new_score)
+    return wins, metrics
 
 
 def _downsample(points: list, n: int) -> list:
@@ -330,7 +405,8 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     """Train (or resume) a weak model; returns the trained model, its metrics and a summary.
 
     on_step(step, total, loss) is called after every optimizer step; check_cancel() before each step. Either may
-    raise to stop: the state after the last completed step is saved as a checkpoint, then the exception propagates.
+    raise to stop: the state after the last completed step is saved to the .partial checkpoint (when finite), then
+    the exception propagates. A finished model already at out_path is never replaced by an unfinished or worse one.
     """
     s = settings
     out_path = Path(out_path)
@@ -357,19 +433,20 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     device = torch.device(s.device)
     ds_hash = manifest_hash(reader.folder)
 
-    exists = out_path.is_file()
+    exists = out_path.is_file() or partial_path(out_path).is_file()
     if exists and not s.resume and not s.overwrite:
-        raise FileExistsError(f"CoRe²: {out_path.name} already exists. Turn on resume to continue training it, or "
-                              "choose another name.")
+        raise FileExistsError(f"CoRe²: {out_path.name} already exists ({kept_files(out_path)}). Turn on resume to "
+                              "continue training it, or choose another name.")
+    src = _resume_source(out_path) if exists and s.resume else out_path
     history = {"train": [], "val": []}
     step, notes = 0, []
     torch.manual_seed(s.seed)
     if exists and s.resume:
-        meta_old = read_metadata(out_path)
+        meta_old = read_metadata(src)
         from .weights_io import FORMAT
 
         if meta_old.get("format") != FORMAT:
-            raise ValueError(f"CoRe²: {out_path.name} is not a Reflect checkpoint; cannot resume it. Choose another name.")
+            raise ValueError(f"CoRe²: {src.name} is not a Reflect checkpoint; cannot resume it. Choose another name.")
         config = meta_old["config"]
         for k in ("latent_channels", "token_dim", "pooled_dim"):
             if config.get(k) != facts[k]:
@@ -392,11 +469,11 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     if exists and s.resume:
         from safetensors.torch import load_file
 
-        model.load_state_dict(load_file(str(out_path), device=str(device) if device.type != "mps" else "cpu"))
+        model.load_state_dict(load_file(str(src), device=str(device) if device.type != "mps" else "cpu"))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99))
     if exists and s.resume:
-        op = optimizer_path(out_path)
+        op = optimizer_path(src)
         if op.is_file():
             st = torch.load(str(op), map_location=device, weights_only=True)
             if int(st.get("step", -1)) == step:
@@ -406,7 +483,12 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
         else:
             notes.append("no optimizer state found; restarted it")
 
+    if reader.skipped:
+        notes.append(f"skipped {len(reader.skipped)} damaged dataset entries (each is named in the log; run the same "
+                     f"Collect again to collect them again): " + "; ".join(reader.skipped[:3])
+                     + (" …" if len(reader.skipped) > 3 else ""))
     meta = {"dataset": {"name": reader.folder.name, "manifest_hash": ds_hash, "items": len(reader.items),
+                        "skipped": len(reader.skipped),
                         "prompts": len(reader.prompt_ids()), "samples": reader.n_samples},
             "base_model": facts["base_model"], "cfg": facts["cfg"], "family": facts["family"],
             "latent_channels": facts["latent_channels"], "prediction": facts["prediction"], "pack_version": __version__,
@@ -440,6 +522,20 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
         if s.keep_best and held_out and err is not None and err < best["err"]:
             best.update(err=err, step=step, metrics=dict(metrics),
                         state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+
+    def checkpoint() -> None:
+        """Save the unfinished state to the .partial file, only when the weights and a validation at this step
+        are finite (a diverging run must not leave its weights as a 'good' checkpoint)."""
+        nonlocal last_saved
+        metrics = last_metrics if history["val"] and history["val"][-1][0] == step else \
+            evaluate(model, reader, val_items, device, s.batch_size * 2, min(s.max_val_rows, 256), loss=s.loss)
+        if not _scores_finite(model, metrics):
+            log.warning("CoRe² Reflect: step %d not saved: its weights or validation score (%s) are not finite; %s",
+                        step, metrics.get("score"), kept_files(out_path))
+            return
+        _save_checkpoint(out_path, model, opt, step, full_meta(metrics), complete=False)
+        last_saved = step
+
     done = step  # steps whose update completed
     try:
         while step < s.steps:
@@ -459,11 +555,11 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
             loss = training_loss(s.loss, ru_hat, b["uncond"], b["cond"], b["sigma"])
             lv = float(loss.detach())
             if not math.isfinite(lv):
+                kept = kept_files(out_path)
                 raise NonFiniteLossError(
-                    f"CoRe² Reflect stopped: the loss became {lv} at step {step + 1}. "
-                    + (f"The last good checkpoint (step {last_saved}) is kept in {out_path.name}. " if out_path.is_file()
-                       else "No checkpoint had been written yet. ")
-                    + "Lower the learning rate (e.g. ÷3) and resume.")
+                    f"CoRe² Reflect stopped: the loss became {lv} at step {step + 1}; nothing of this step was saved. "
+                    + (f"On disk: {kept}. Lower the learning rate (e.g. ÷3) and resume." if kept != "nothing was saved"
+                       else "No checkpoint had been written: lower the learning rate (e.g. ÷3) and train again."))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if s.grad_clip:
@@ -477,8 +573,7 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
                 history["val"].append([step, last_metrics.get("score")])
                 note_best(last_metrics)
             if step % s.checkpoint_every == 0 and step < s.steps:
-                _save_checkpoint(out_path, model, opt, step, full_meta(last_metrics), complete=False)
-                last_saved = step
+                checkpoint()
             if on_step is not None:
                 on_step(step, s.steps, lv)
     except NonFiniteLossError:
@@ -487,14 +582,16 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
         if _is_oom(e):
             raise OutOfMemoryTrainingError(
                 f"CoRe² Reflect ran out of memory on {device} at batch size {s.batch_size} ({config.get('size')} model). "
-                "Lower batch_size, choose a smaller size, or close other GPU work; resume keeps the last checkpoint"
-                + (f" (step {last_saved})." if out_path.is_file() else ".")) from e
-        if done > last_saved:  # cancelled (or failed) between checkpoints: keep what was learnt
+                f"Lower batch_size, choose a smaller size, or close other GPU work ({kept_files(out_path)}).") from e
+        if done > last_saved and not _disk_full(e, out_path):  # stopped between checkpoints: keep what was learnt
             try:
-                _save_checkpoint(out_path, model, opt, done, full_meta(last_metrics), complete=False)
-                log.info("CoRe² Reflect: stopped at step %d; checkpoint saved to %s (resume continues from it)", done, out_path)
+                checkpoint()
             except Exception:  # noqa: BLE001 - never hide the original reason
                 log.exception("CoRe² Reflect: could not save the checkpoint after the stop")
+        log.warning("CoRe² Reflect: stopped at step %d; %s. Resume continues from the newer of them.", done,
+                    kept_files(out_path))
+        if _disk_full(e, out_path):
+            raise _disk_full(e, out_path) from e
         raise
 
     if not last_metrics or not history["val"] or history["val"][-1][0] != step:
@@ -513,8 +610,28 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     if held_out and (last_metrics.get("score") or 0) >= 1.0:
         notes.append("WARNING: on held-out prompts this model is no better than cfg = 1 (validation score ≥ 1): the "
                      "dataset is too small or too varied for it. Collect more prompts and seeds.")
+    if not _scores_finite(model, last_metrics):
+        raise NonFiniteLossError(f"CoRe² Reflect: the trained weights or their validation score "
+                                 f"({last_metrics.get('score')}) are not finite, so they were not saved; "
+                                 f"{kept_files(out_path)}. Lower the learning rate (e.g. ÷3) and train again.")
     final_meta = full_meta(last_metrics)
-    _save_checkpoint(out_path, model, opt, step, final_meta, complete=True)
+    kept_old, old_metrics = (False, None) if s.overwrite and not s.resume else _old_model_wins(
+        out_path, last_metrics.get("score"),
+        lambda m: evaluate(m.to(device), reader, val_items, device, s.batch_size * 2, s.max_val_rows, loss=s.loss))
+    try:
+        _save_checkpoint(out_path, model, opt, step, final_meta, complete=not kept_old)
+    except OSError as e:
+        raise (_disk_full(e, out_path) or e) from e
+    if kept_old:
+        notes.append(f"the new weights (step {step}, validation {last_metrics.get('score'):.4f}) did not beat the "
+                     f"finished {out_path.name} (validation {old_metrics['score']:.4f} on the same items): kept it "
+                     f"unchanged; the new weights are in {partial_path(out_path).name}")
+        from .weights_io import load_weak_model
+
+        model, last_metrics = load_weak_model(out_path).to(device), {**old_metrics, "validation_on": val_label}
+    else:
+        for p in (partial_path(out_path), optimizer_path(partial_path(out_path))):
+            p.unlink(missing_ok=True)
     model.eval()
     model.metadata = read_metadata(out_path)
     model.name = out_path.stem
@@ -599,5 +716,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["TrainSettings", "TrainResult", "train", "evaluate", "relative_loss", "x0_loss", "training_loss", "LOSSES",
-           "val_score", "NonFiniteLossError",
+           "val_score", "NonFiniteLossError", "partial_path", "kept_files",
            "OutOfMemoryTrainingError", "TrainingError", "optimizer_path", "main", "asdict"]

@@ -135,16 +135,17 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
 
     out = weak_model_path(out_dir, cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = read_metadata(out) if out.is_file() else {}
+    partial = trainer.partial_path(out)  # an interrupted run's checkpoint (the finished model is only in `out`)
+    meta = read_metadata(out) if out.is_file() else read_metadata(partial) if partial.is_file() else {}
     tr = meta.get("training", {})
     same_data = meta.get("dataset", {}).get("manifest_hash") == manifest_hash(dataset_folder)
     # files from before the loss setting were trained on "relative"
     same_loss = tr.get("loss", "relative") == trainer.TrainSettings().loss
     done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data and same_loss
-    if out.is_file() and not (same_data and same_loss):  # the dataset grew, or the objective changed: train afresh
+    if meta and not (same_data and same_loss):  # the dataset grew, or the objective changed: train afresh
         log.info("the %s changed since %s was trained; training it again", "dataset" if not same_data else "loss",
                  out.name)
-        for p in (out, trainer.optimizer_path(out)):
+        for p in (out, trainer.optimizer_path(out), partial, trainer.optimizer_path(partial)):
             p.unlink(missing_ok=True)
     if done and tr.get("size") not in (None, cfg.size):
         raise ValueError(f"{out} holds a '{tr.get('size')}' weak model, the demo asks for '{cfg.size}': delete it or "
@@ -154,7 +155,7 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
     if not done:
         settings = trainer.TrainSettings(steps=cfg.train_steps, batch_size=cfg.train_batch, lr=cfg.train_lr,
                                          size=cfg.size, seed=0, val_fraction=cfg.val_fraction,
-                                         resume=out.is_file(), eval_every=max(50, cfg.train_steps // 6),
+                                         resume=out.is_file() or partial.is_file(), eval_every=max(50, cfg.train_steps // 6),
                                          checkpoint_every=max(50, cfg.train_steps // 6))
         t0 = time.perf_counter()
         r = trainer.train(dataset_folder, out, settings)

@@ -78,7 +78,7 @@ def check_dataset_compatible(folder: Path, header: dict) -> None:
     """Refuse early (before sampling) when the dataset holds another model or latent shape."""
     if not (folder / ds.MANIFEST).is_file():
         return
-    old = ds._read_manifest(folder)["header"]
+    old = ds._read_manifest_file(folder)["header"]
     diffs = [f"{k}: dataset has {old.get(k)!r}, this run has {header[k]!r}" for k in ds.MUST_MATCH
              if k in header and old.get(k) != header[k]]
     if diffs:
@@ -366,9 +366,7 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     neg_text = negative_prompt or ""
     todo, skipped = [], []
     with folder_lock(folder):
-        writer_keys = set()
-        if (folder / ds.MANIFEST).is_file():
-            writer_keys = {it["key"] for it in ds._read_manifest(folder)["items"]}
+        writer_keys = ds.intact_keys(folder)  # listed items whose files are intact: damaged ones are collected again
     for text in prompts:  # todo: (text, call seed, rows) per sampling call; skipped: "text|seed|row"
         pid = ds.prompt_id(text, neg_text)
         for j0 in range(0, seeds_per_prompt, batch_size):

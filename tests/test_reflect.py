@@ -245,7 +245,7 @@ def test_save_load_round_trip_is_exact(trained):
 def test_cancel_leaves_checkpoint_and_resume_continues(dataset, tmp_path):
     import comfy.model_management as mm
 
-    from comfyui_core2.core2.train import optimizer_path, train
+    from comfyui_core2.core2.train import optimizer_path, partial_path, train
     from comfyui_core2.core2.weights_io import load_weak_model, read_metadata
 
     out = tmp_path / "w.safetensors"
@@ -256,16 +256,19 @@ def test_cancel_leaves_checkpoint_and_resume_continues(dataset, tmp_path):
 
     with pytest.raises(mm.InterruptProcessingException):
         train(dataset, out, settings(steps=12, eval_every=5), on_step=cancel_at_7)
-    meta = read_metadata(out)
+    assert not out.exists()  # the unfinished state goes to the .partial file, never to the model's name
+    part = partial_path(out)
+    meta = read_metadata(part)
     assert meta["training"]["step"] == 7 and meta["training"]["complete"] is False
-    assert optimizer_path(out).is_file()
-    load_weak_model(out)  # a usable model already
+    assert optimizer_path(part).is_file()
+    load_weak_model(part)  # a usable model already
     with pytest.raises(FileExistsError, match="resume"):
         train(dataset, out, settings(steps=12))
     res = train(dataset, out, settings(steps=12, eval_every=5, resume=True))
     assert res.step == 12
     assert [s for s, _ in res.history["train"]] == list(range(1, 13))
     assert read_metadata(out)["training"]["complete"] is True
+    assert not part.exists() and not optimizer_path(part).exists() and optimizer_path(out).is_file()
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
@@ -274,9 +277,90 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
     out = tmp_path / "w.safetensors"
     train(dataset, out, settings(steps=4))
     good = out.read_bytes()
-    with pytest.raises(NonFiniteLossError, match="last good checkpoint .step 4"):
-        train(dataset, out, settings(steps=60, lr=1e12, resume=True, weight_decay=0.0, grad_clip=0.0))
+    with pytest.raises(NonFiniteLossError, match=r"w.safetensors \(complete model, step 4\)") as e:
+        train(dataset, out, settings(steps=60, lr=1e12, resume=True, weight_decay=0.0, grad_clip=0.0,
+                                     checkpoint_every=2, eval_every=2))
+    assert out.read_bytes() == good and "resume" in str(e.value)
+    # nothing saved yet: the message does not say "resume"
+    fresh = tmp_path / "fresh.safetensors"
+    with pytest.raises(NonFiniteLossError, match="No checkpoint had been written") as e:
+        train(dataset, fresh, settings(steps=60, lr=1e12, weight_decay=0.0, grad_clip=0.0))
+    assert "resume" not in str(e.value) and not fresh.exists()
+
+
+def _nan_validation(monkeypatch):
+    """Validation scores NaN from now on (weights that diverged but are still finite)."""
+    from comfyui_core2.core2 import train as tr
+
+    real = tr.evaluate
+
+    def nan_eval(*a, **k):
+        return {**real(*a, **k), "score": float("nan")}
+
+    monkeypatch.setattr(tr, "evaluate", nan_eval)
+
+
+def test_a_checkpoint_with_nan_validation_is_never_saved(dataset, tmp_path, monkeypatch):
+    import comfy.model_management as mm
+
+    from comfyui_core2.core2.train import NonFiniteLossError, partial_path, train
+
+    out = tmp_path / "w.safetensors"
+    train(dataset, out, settings(steps=4))
+    good = out.read_bytes()
+    _nan_validation(monkeypatch)
+
+    def cancel_at_7(step, total, loss):
+        if step == 7:
+            raise mm.InterruptProcessingException()
+
+    with pytest.raises(mm.InterruptProcessingException):
+        train(dataset, out, settings(steps=12, resume=True, checkpoint_every=2, eval_every=2), on_step=cancel_at_7)
+    assert out.read_bytes() == good and not partial_path(out).exists()
+    with pytest.raises(NonFiniteLossError, match=r"not finite.*w.safetensors \(complete model, step 4\)"):
+        train(dataset, out, settings(steps=6, resume=True))
+    assert out.read_bytes() == good and not partial_path(out).exists()
+
+
+def test_cancel_of_a_resumed_run_keeps_the_finished_model(dataset, tmp_path, caplog):
+    import comfy.model_management as mm
+
+    from comfyui_core2.core2.train import partial_path, train
+    from comfyui_core2.core2.weights_io import read_metadata
+
+    out = tmp_path / "w.safetensors"
+    train(dataset, out, settings(steps=4))
+    good = out.read_bytes()
+
+    def cancel_at_7(step, total, loss):
+        if step == 7:
+            raise mm.InterruptProcessingException()
+
+    with caplog.at_level("WARNING"), pytest.raises(mm.InterruptProcessingException):
+        train(dataset, out, settings(steps=12, resume=True), on_step=cancel_at_7)
     assert out.read_bytes() == good
+    assert read_metadata(partial_path(out))["training"]["step"] == 7
+    assert "w.safetensors (complete model, step 4) and w.partial.safetensors (unfinished checkpoint, step 7)" in caplog.text
+    res = train(dataset, out, settings(steps=12, resume=True))  # continues from the newer .partial file
+    assert res.step == 12 and res.history["train"][-1][0] == 12
+
+
+def test_a_worse_model_never_replaces_a_finished_one(trained, dataset, tmp_path):
+    import shutil
+
+    from comfyui_core2.core2.train import optimizer_path, partial_path, train
+    from comfyui_core2.core2.weights_io import read_metadata
+
+    out = tmp_path / "w.safetensors"
+    shutil.copy(trained.path, out)
+    shutil.copy(optimizer_path(trained.path), optimizer_path(out))
+    good = out.read_bytes()
+    # a few steps at a destructive learning rate: finite weights, much worse validation
+    res = train(dataset, out, settings(steps=206, lr=3.0, resume=True, eval_every=1000))
+    assert out.read_bytes() == good
+    assert "did not beat the finished w.safetensors" in res.summary
+    assert read_metadata(partial_path(out))["training"]["step"] == 206
+    assert res.metrics["score"] == pytest.approx(trained.metrics["score"], rel=1e-4)
 
 
 def test_out_of_memory_gives_advice(dataset, tmp_path, monkeypatch):
@@ -449,7 +533,8 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):
     saved = paths.weak_model_save_dir() / "node weak.safetensors"
     from comfyui_core2.core2.weights_io import read_metadata
 
-    assert read_metadata(saved)["training"]["step"] == 4
+    assert not saved.exists()  # unfinished: only the .partial checkpoint
+    assert read_metadata(saved.with_name("node weak.partial.safetensors"))["training"]["step"] == 4
     with torch.inference_mode():
         weak, img, summary = node.reflect(resume=True, **args)
     assert "4 → 10" in summary and weak.trained_cfg == 5.0

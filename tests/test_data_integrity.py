@@ -1,0 +1,279 @@
+"""Issue 14: the dataset reader opens only plain files inside the dataset, damaged items are skipped (and collected
+again), and several processes can write one dataset."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfyui_core2.core2 import dataset as ds
+from comfyui_core2.core2 import files
+from comfyui_core2.core2.weak import PromptFeatures
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = {"family": "sdxl", "prediction": "eps", "latent_channels": 4, "latent_hw": [4, 4], "base_model_hash": "h"}
+
+
+def _traj(i=0, n=2):
+    g = torch.Generator().manual_seed(i)
+    return {"cond": torch.randn(n, 4, 4, 4, generator=g), "uncond": torch.randn(n, 4, 4, 4, generator=g),
+            "sigma": torch.linspace(2.0, 0.5, n), "cfg": torch.full((n,), 5.0), "step": torch.arange(n)}
+
+
+def _feats(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return PromptFeatures(torch.randn(1, 3, 8, generator=g), torch.randn(1, 4, generator=g))
+
+
+def _dataset(folder, n_prompts=4, seeds=(1, 2)):
+    w = ds.DatasetWriter(folder, HEADER)
+    pids = [w.add_prompt(f"prompt {p}", None, _feats(p), None) for p in range(n_prompts)]
+    for p, pid in enumerate(pids):
+        for s in seeds:
+            w.add_trajectory(pid, s, 0, _traj(10 * p + s))
+    return w, pids
+
+
+def _log_line(folder, entry):
+    ds._append_line(Path(folder) / ds.ITEMS_LOG, entry)
+
+
+def _in_thread(fn, timeout=20):
+    """Run fn in a thread; fail (instead of hanging the test run) when it blocks."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), "blocked opening a file"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+# --- 1. only plain files inside the dataset -------------------------------------------------------------------------
+def test_reader_never_opens_files_outside_the_dataset_or_special_files(tmp_path):
+    folder = tmp_path / "ds"
+    w, pids = _dataset(folder)
+    outside = tmp_path / "secret.safetensors"  # a valid shard, outside the dataset
+    from safetensors.torch import save_file
+
+    save_file({k: (v.half() if k in ("cond", "uncond") else v) for k, v in _traj(99).items()}, str(outside))
+    os.symlink(outside, folder / "traj-link.safetensors")
+    os.mkfifo(folder / "traj-fifo.safetensors")
+    hostile = {"absolute": str(outside), "dotdot": "../secret.safetensors", "link": "traj-link.safetensors",
+               "fifo": "traj-fifo.safetensors", "device": "/dev/zero", "notstr": 5}
+    for i, (name, shard) in enumerate(hostile.items()):
+        _log_line(folder, {"key": f"evil-{name}", "prompt_id": pids[0], "seed": 100 + i, "batch_index": 0,
+                           "shard": shard, "n": 2, "x": False})
+    r = _in_thread(lambda: ds.DatasetReader(folder))
+    assert len(r.items) == 8 and not any(it["key"].startswith("evil") for it in r.items)
+    assert len(r.skipped) == len(hostile)
+    for name in hostile:
+        assert any(f"evil-{name}" in s for s in r.skipped)
+    assert any("not a plain file" in s and "traj-fifo" in s for s in r.skipped)
+    assert any("symbolic link" in s for s in r.skipped)
+    # the named error, raised by the one function that opens dataset files
+    for shard in ("../secret.safetensors", str(outside), "traj-link.safetensors", "traj-fifo.safetensors"):
+        with pytest.raises(ds.DatasetFileError):
+            _in_thread(lambda s=shard: ds._open_file(folder, s, "shard"))
+    with pytest.raises(files.UnsafeFileError, match="not a plain file"):
+        _in_thread(lambda: files.open_regular(folder, "traj-fifo.safetensors"))
+
+
+def test_a_prompt_file_outside_the_dataset_is_refused(tmp_path):
+    folder = tmp_path / "ds"
+    _dataset(folder, n_prompts=2)
+    man = json.loads((folder / ds.MANIFEST).read_text())
+    pid = sorted(man["prompts"])[0]
+    (tmp_path / "other.safetensors").write_bytes((folder / man["prompts"][pid]["file"]).read_bytes())
+    man["prompts"][pid]["file"] = "../other.safetensors"
+    (folder / ds.MANIFEST).write_text(json.dumps(man))
+    r = ds.DatasetReader(folder)
+    assert {it["prompt_id"] for it in r.items} == set(man["prompts"]) - {pid}
+    assert len(r.skipped) == 2 and all("../other.safetensors" in s for s in r.skipped)
+
+
+def test_a_fifo_manifest_or_log_does_not_block(tmp_path):
+    folder = tmp_path / "ds"
+    _dataset(folder, n_prompts=1)
+    (folder / ds.ITEMS_LOG).unlink()
+    os.mkfifo(folder / ds.ITEMS_LOG)
+    with pytest.raises(ds.DatasetFileError, match="not a plain file"):
+        _in_thread(lambda: ds.DatasetReader(folder))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    os.mkfifo(bad / ds.MANIFEST)
+    with pytest.raises(ds.DatasetFileError, match="not a plain file"):
+        _in_thread(lambda: ds.DatasetReader(bad))
+
+
+def test_plain_names_with_double_dots_are_fine_but_paths_are_not(tmp_path):
+    assert files.safe_child(tmp_path, "x..y.txt") == tmp_path.resolve() / "x..y.txt"
+    for bad in ("..", ".", "../x", "a/b", "/etc/passwd", ".hidden", "a\\b", "", "x" * 200):
+        with pytest.raises(ValueError):
+            files.safe_child(tmp_path, bad)
+
+
+# --- 4. damaged items -------------------------------------------------------------------------------------------------
+def _damage(folder, w, pids):
+    """Damage five items in five ways; returns {key: how}."""
+    keys = [ds.item_key(pids[p], s) for p in range(4) for s in (1, 2)]
+    shard = {k: folder / f"traj-{k}.safetensors" for k in keys}
+    data = shard[keys[0]].read_bytes()
+    shard[keys[0]].write_bytes(data[: len(data) // 2])  # truncated
+    shard[keys[1]].write_bytes(b"")  # zero bytes
+    shard[keys[2]].unlink()  # missing
+    from safetensors.torch import save_file
+
+    t = _traj(5, n=2)
+    t["cond"] = torch.randn(2, 4, 8, 8)  # wrong latent shape
+    save_file({k: (v.half() if k in ("cond", "uncond") else v) for k, v in t.items()}, str(shard[keys[3]]))
+    _log_line(folder, {"key": "no-prompt", "shard": shard[keys[4]].name, "n": 2})  # a bad log line (no prompt_id)
+    with open(folder / ds.ITEMS_LOG, "ab") as f:
+        f.write(b"{not json\n")
+    return {keys[0]: "truncated", keys[1]: "zero", keys[2]: "missing", keys[3]: "shape"}
+
+
+def test_damaged_items_are_skipped_with_a_warning_naming_each_file(tmp_path, caplog):
+    folder = tmp_path / "ds"
+    w, pids = _dataset(folder)
+    damaged = _damage(folder, w, pids)
+    with caplog.at_level("WARNING"):
+        r = ds.DatasetReader(folder)
+    assert len(r.items) == 4 and not set(damaged) & {it["key"] for it in r.items}
+    for key in damaged:
+        assert any(f"traj-{key}.safetensors" in s for s in r.skipped), (key, r.skipped)
+        assert f"traj-{key}.safetensors" in caplog.text
+    assert any("no-prompt" in s for s in r.skipped) and any("line" in s and ds.ITEMS_LOG in s for s in r.skipped)
+    assert any("shape" in s for s in r.skipped)
+    batches = list(r.batches(r.items, 3))  # the rest reads fine
+    assert sum(b["cond"].shape[0] for b in batches) == r.n_samples == 8
+
+
+def test_training_goes_on_without_damaged_items_and_says_how_many(tmp_path):
+    from comfyui_core2.core2.train import TrainSettings, train
+
+    folder = tmp_path / "ds"
+    w, pids = _dataset(folder)
+    _damage(folder, w, pids)
+    s = TrainSettings(steps=3, batch_size=4, lr=1e-3, size="small", val_fraction=0.25, eval_every=3,
+                      arch_overrides=dict(width=8, mults=[1, 2], blocks=1, emb_dim=16))
+    res = train(folder, tmp_path / "w.safetensors", s)
+    assert res.step == 3 and "skipped 6 damaged dataset entries" in res.summary
+    assert res.metadata["dataset"]["items"] == 4 and res.metadata["dataset"]["skipped"] == 6
+
+
+def test_collect_resume_collects_damaged_items_again(tmp_path):
+    folder = tmp_path / "ds"
+    w, pids = _dataset(folder)
+    damaged = _damage(folder, w, pids)
+    assert ds.intact_keys(folder) == {it["key"] for it in ds.DatasetReader(folder).items}
+    w2 = ds.DatasetWriter(folder, HEADER)
+    for p, pid in enumerate(pids):
+        for s in (1, 2):
+            key = ds.item_key(pid, s)
+            assert w2.has(pid, s) == (key not in damaged)
+            if not w2.has(pid, s):
+                w2.add_trajectory(pid, s, 0, _traj(10 * p + s))
+    r = ds.DatasetReader(folder)
+    assert len(r.items) == 8 and not any(key in s for key in damaged for s in r.skipped)
+    assert len(r.skipped) == 2  # only the two bad log lines remain noted
+    assert torch.equal(r.load_item(next(it for it in r.items if it["key"] == list(damaged)[0]))["cond"],
+                       _traj(1)["cond"].half())
+
+
+def test_a_damaged_prompt_file_is_written_again(tmp_path):
+    folder = tmp_path / "ds"
+    w, pids = _dataset(folder, n_prompts=2)
+    (folder / f"prompt-{pids[0]}.safetensors").write_bytes(b"\0" * 10)
+    assert len(ds.DatasetReader(folder).items) == 2
+    w2 = ds.DatasetWriter(folder, HEADER)
+    assert not w2.has(pids[0], 1)
+    assert w2.add_prompt("prompt 0", None, _feats(0), None) == pids[0]
+    assert len(ds.DatasetReader(folder).items) == 4
+
+
+# --- 5. several writers -----------------------------------------------------------------------------------------------
+WRITER = r"""
+import sys, time, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[4])
+from core2 import dataset as ds
+from core2.weak import PromptFeatures
+folder, wid, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+header = {"family": "sdxl", "prediction": "eps", "latent_channels": 4, "latent_hw": [4, 4], "base_model_hash": "h"}
+while not (folder.parent / "go").exists():
+    time.sleep(0.01)
+for i in range(n):
+    w = ds.DatasetWriter(folder, header)  # a new writer per item, as Collect's sink does
+    w.note_run({"writer": wid, "i": i % 3})
+    text = "shared" if i % 4 == 0 else f"w{wid}-{i % 5}"
+    pid = w.add_prompt(text, None, PromptFeatures(torch.ones(1, 3, 8), torch.ones(1, 4)), None)
+    t = {"cond": torch.randn(2, 4, 4, 4), "uncond": torch.randn(2, 4, 4, 4), "sigma": torch.tensor([2.0, 1.0]),
+         "cfg": torch.full((2,), 5.0), "step": torch.arange(2)}
+    w.add_trajectory(pid, 1000 * int(wid) + i, 0, t, extra={"run": w.manifest["runs"].index({"writer": wid, "i": i % 3})})
+print("ok")
+"""
+
+
+def test_two_processes_write_one_dataset_without_losing_anything(tmp_path):
+    folder, n = tmp_path / "ds", 25
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(folder), str(wid), str(n), str(ROOT)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for wid in (1, 2)]
+    (tmp_path / "go").touch()
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "ok" in out, err[-3000:]
+    r = ds.DatasetReader(folder)
+    assert len(r.items) == 2 * n and not r.skipped
+    assert {it["prompt_id"] for it in r.items} <= set(r.manifest["prompts"])
+    assert len(r.manifest["prompts"]) == 11  # "shared" and 5 per writer
+    runs = r.manifest["runs"]
+    assert len(runs) == 6
+    for it in r.items:  # every item's run index points at its own writer's settings
+        assert runs[it["run"]]["writer"] == str(it["seed"] // 1000)
+    assert not list(folder.glob(".*.tmp"))
+    assert len(list(folder.glob("traj-*.safetensors"))) == 2 * n
+
+
+def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        keep = tmp_path / f".traj-a.safetensors.{live.pid}.x1y2.tmp"
+        mine = tmp_path / f".traj-b.safetensors.{os.getpid()}.x1y2.tmp"
+        gone = tmp_path / f".traj-c.safetensors.{dead.pid}.x1y2.tmp"
+        fresh_unowned = tmp_path / ".manifest.json.abcd.tmp"
+        for p in (keep, mine, gone, fresh_unowned):
+            p.write_bytes(b"partial")
+        assert files.clean_stale_temps(tmp_path) == 1
+        assert keep.exists() and mine.exists() and fresh_unowned.exists() and not gone.exists()
+        ds.DatasetWriter(tmp_path, HEADER)
+        assert keep.exists() and mine.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_dataset_files_are_readable_like_comfyui_outputs(tmp_path):
+    folder = tmp_path / "ds"
+    _dataset(folder, n_prompts=1, seeds=(1,))
+    want = 0o666 & ~files._read_umask()
+    for p in folder.iterdir():
+        if not p.name.startswith("."):
+            assert p.stat().st_mode & 0o777 == want, p.name
