@@ -265,15 +265,51 @@ class ConvFiLMWeakModel(WeakModel):
 
 
 ARCHITECTURES = {ARCH: ConvFiLMWeakModel}
+# what a config may say (a file's metadata decides the model's size, so it is checked before anything is built)
+BOUNDS = {"latent_channels": (1, 64), "token_dim": (1, 16384), "pooled_dim": (0, 16384), "width": (1, 1024),
+          "blocks": (1, 8), "emb_dim": (1, 4096), "queries": (1, 64), "patch": (1, 8), "fourier": (1, 64)}
+MAX_MULTS, MAX_MULT = 5, 8
+MAX_PARAMETERS = 500_000_000
+
+
+def check_config(config) -> None:
+    """Raise ValueError naming the first field of a conv-FiLM config that is missing or outside sane bounds."""
+    if not isinstance(config, dict):
+        raise ValueError(f"CoRe²: the weak-model config is a {type(config).__name__}, not a dict")
+    if config.get("arch") not in ARCHITECTURES:
+        raise ValueError(f"CoRe²: unknown weak-model architecture {config.get('arch')!r} (known: "
+                         f"{', '.join(ARCHITECTURES)}); the file may come from a newer comfyui-core2.")
+    for k, (lo, hi) in BOUNDS.items():
+        v = config.get(k)
+        if type(v) is not int or not lo <= v <= hi:
+            raise ValueError(f"CoRe²: weak-model config {k} = {v!r} is not an integer in [{lo}, {hi}]")
+    mults = config.get("mults")
+    if not isinstance(mults, list) or not 1 <= len(mults) <= MAX_MULTS \
+            or not all(type(m) is int and 1 <= m <= MAX_MULT for m in mults):
+        raise ValueError(f"CoRe²: weak-model config mults = {mults!r} is not a list of 1-{MAX_MULTS} integers in "
+                         f"[1, {MAX_MULT}]")
+    if config["width"] * max(mults) > 4096:
+        raise ValueError(f"CoRe²: weak-model config width × mults = {config['width'] * max(mults)} channels is too wide")
+
+
+def parameter_shapes(config: dict) -> dict[str, tuple]:
+    """The state-dict shapes a config builds, computed without allocating (on the meta device)."""
+    check_config(config)
+    with torch.device("meta"):
+        skeleton = ARCHITECTURES[config["arch"]](config)
+    shapes = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    n = sum(math.prod(s) for s in shapes.values())
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"CoRe²: the weak-model config describes {n / 1e6:.0f}M parameters (at most "
+                         f"{MAX_PARAMETERS / 1e6:.0f}M)")
+    return shapes
 
 
 def build(config: dict) -> WeakModel:
-    """Rebuild a weak model from its stored config dict."""
-    arch = config.get("arch")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"CoRe²: unknown weak-model architecture {arch!r} (known: {', '.join(ARCHITECTURES)}); "
-                         "the file may come from a newer comfyui-core2.")
-    return ARCHITECTURES[arch](config)
+    """Rebuild a weak model from its stored config dict (checked against BOUNDS first)."""
+    check_config(config)
+    return ARCHITECTURES[config["arch"]](config)
 
 
-__all__ = ["ConvFiLMWeakModel", "PromptEncoder", "make_config", "build", "PRESETS", "SIZES", "ARCH", "ARCHITECTURES"]
+__all__ = ["ConvFiLMWeakModel", "PromptEncoder", "make_config", "build", "check_config", "parameter_shapes", "BOUNDS",
+           "PRESETS", "SIZES", "ARCH", "ARCHITECTURES"]

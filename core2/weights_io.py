@@ -57,14 +57,33 @@ def read_metadata(path) -> dict:
     return out
 
 
+def _check_shapes(path: Path, config) -> None:
+    """Refuse a file whose config is out of bounds or does not describe exactly its tensors, before allocating."""
+    from safetensors import safe_open
+
+    from .arch import parameter_shapes
+
+    try:
+        want = parameter_shapes(config)
+    except ValueError as e:
+        raise WeakModelFileError(f"CoRe²: {path.name} has an invalid architecture config: {e}.") from e
+    with safe_open(str(path), framework="pt") as f:
+        got = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    bad = [f"{k}: file {got.get(k)}, config {want.get(k)}" for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+    if bad:
+        raise WeakModelFileError(f"CoRe²: {path.name} does not match its own architecture config ({len(bad)} tensors "
+                                 f"differ, e.g. {'; '.join(bad[:3])}); the file is damaged or was edited.")
+
+
 def _load_ours(path: Path, meta: dict) -> WeakModel:
     from safetensors.torch import load_file
 
     from .arch import build
 
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+    if str(meta.get("format_version", 0)).isdigit() and int(meta.get("format_version", 0)) > FORMAT_VERSION:
         raise WeakModelFileError(f"CoRe²: {path.name} was written by a newer comfyui-core2 (format "
                                  f"{meta['format_version']}); update the pack.")
+    _check_shapes(path, meta.get("config"))
     model = build(meta["config"])
     sd = load_file(str(path))
     missing, unexpected = model.load_state_dict(sd, strict=False)
@@ -109,7 +128,12 @@ def _read_any(path: Path) -> tuple[list, dict, dict | None]:
             keys = list(f.keys())
         return keys, read_metadata(path), None
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # a pre-1.6 (not zip) file cannot be memory-mapped: read it whole
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling refusal means "not loadable safely"
         raise WeakModelFileError(f"CoRe²: {path.name} cannot be read as plain tensors ({e}). Only weights-only "
                                  ".pth files and .safetensors are accepted.") from e
@@ -121,10 +145,22 @@ def _read_any(path: Path) -> tuple[list, dict, dict | None]:
 
 
 def load_weak_model(path) -> WeakModel:
-    """Load any known weak-model file. Raises WeakModelFileError naming what was found when nothing recognises it."""
+    """Load any known weak-model file. Every bad file (damaged, unknown, out-of-bounds config, tensors that do not
+    match) raises WeakModelFileError (a ValueError) naming the file; a missing one FileNotFoundError."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"CoRe²: weak-model file {path} does not exist.")
+    try:
+        return _load_any(path)
+    except (WeakModelFileError, FileNotFoundError):
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors, torch and format loaders raise many types for bad files
+        if isinstance(e, ValueError) and str(e).startswith("CoRe²"):  # already a clear message (e.g. official weights)
+            raise WeakModelFileError(str(e)) from e
+        raise WeakModelFileError(f"CoRe²: {path.name} is not a valid weak-model file ({type(e).__name__}: {e}).") from e
+
+
+def _load_any(path: Path) -> WeakModel:
     keys, meta, sd = _read_any(path)
     if meta.get("format") == FORMAT:
         model = _load_ours(path, meta)

@@ -11,7 +11,7 @@ import comfy.utils
 from ..core2 import fillins, loss_plot
 from ..core2.arch import SIZES
 from ..core2.dataset import MANIFEST
-from ..core2.files import safe_child
+from ..core2.files import safe_child, valid_name
 from ..core2.train import TrainSettings, optimizer_path, train
 from ..core2.weights_io import load_weak_model
 from . import model_info, paths
@@ -27,7 +27,9 @@ USE_OVERRIDE = "(use dataset_override)"
 
 def list_datasets() -> list[str]:
     root = paths.datasets_dir()
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST).is_file()) if root.is_dir() else []
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if valid_name(p.name) and (p / MANIFEST).is_file())
 
 
 def _model_file_name(name: str) -> str:

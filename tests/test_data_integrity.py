@@ -277,3 +277,83 @@ def test_dataset_files_are_readable_like_comfyui_outputs(tmp_path):
     for p in folder.iterdir():
         if not p.name.startswith("."):
             assert p.stat().st_mode & 0o777 == want, p.name
+
+
+# --- 3. weak-model files ----------------------------------------------------------------------------------------------
+def _small_model():
+    from comfyui_core2.core2.arch import build, make_config
+
+    return build(make_config("small", 4, 8, 4, family="sdxl", prediction="eps", width=8, emb_dim=16))
+
+
+def test_a_weak_model_file_cannot_make_the_loader_allocate_what_its_tensors_do_not_hold(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from comfyui_core2.core2 import arch, weights_io
+
+    model = _small_model()
+    good = tmp_path / "good.safetensors"
+    weights_io.save_weak_model(good, model, {})
+    meta = weights_io.read_metadata(good)
+    with safe_open(str(good), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+
+    def forged(name, **config):
+        p = tmp_path / name
+        m = {**meta, "config": {**meta["config"], **config}}
+        files.atomic_save_safetensors(p, tensors, {k: (v if k == "format" else json.dumps(v)) for k, v in m.items()})
+        return p
+
+    built = []
+    monkeypatch.setattr(arch.ConvFiLMWeakModel, "__init__",
+                        lambda self, *a, _real=arch.ConvFiLMWeakModel.__init__, **k: (built.append(str(torch.empty(0).device)), _real(self, *a, **k))[1])
+    cases = {"huge.safetensors": dict(width=20000), "wide.safetensors": dict(width=1024, mults=[1, 8]),
+             "neg.safetensors": dict(blocks=-1), "str.safetensors": dict(emb_dim="16"),
+             "mults.safetensors": dict(mults=[1] * 40), "other.safetensors": dict(width=16)}
+    for name, cfg in cases.items():
+        built.clear()
+        with pytest.raises(weights_io.WeakModelFileError, match=name.split(".")[0]) as e:
+            weights_io.load_weak_model(forged(name, **cfg))
+        assert "config" in str(e.value)
+        assert built in ([], ["meta"]), (name, built)  # at most a skeleton on the meta device, never real weights
+    weights_io.load_weak_model(good)
+
+
+def test_every_bad_weak_model_file_gives_one_error_type(tmp_path):
+    from comfyui_core2.core2 import weights_io
+
+    model = _small_model()
+    good = tmp_path / "good.safetensors"
+    weights_io.save_weak_model(good, model, {})
+    data = good.read_bytes()
+    bad = {"truncated.safetensors": data[: len(data) // 2], "empty.safetensors": b"", "zeros.safetensors": b"\0" * 64,
+           "text.pth": b"not a torch file"}
+    for name, blob in bad.items():
+        (tmp_path / name).write_bytes(blob)
+    meta = weights_io.read_metadata(good)
+    no_cfg = {**meta, "config": "oops"}
+    files.atomic_save_safetensors(tmp_path / "nocfg.safetensors", dict(model.state_dict()),
+                                  {k: (v if k == "format" else json.dumps(v)) for k, v in no_cfg.items()})
+    legacy = tmp_path / "legacy.pth"  # a pre-1.6 torch file: read (not memory-mapped), then "not a weak model"
+    torch.save({"w": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    for name in [*bad, "nocfg.safetensors", "legacy.pth"]:
+        with pytest.raises(weights_io.WeakModelFileError) as e:
+            weights_io.load_weak_model(tmp_path / name)
+        assert name in str(e.value) and "mmap" not in str(e.value), str(e.value)
+    with pytest.raises(weights_io.WeakModelFileError, match="not a weak model this pack knows"):
+        weights_io.load_weak_model(legacy)
+    assert issubclass(weights_io.WeakModelFileError, ValueError)
+
+
+# --- 6. smaller items -------------------------------------------------------------------------------------------------
+def test_dataset_dropdown_lists_only_names_the_nodes_accept(comfy_folders):
+    from comfyui_core2.nodes import paths, reflect
+
+    root = paths.datasets_dir()
+    for name in ("ok set", "x..y", "bad(name)", "ünïcode"):
+        (root / name).mkdir()
+        (root / name / ds.MANIFEST).write_text("{}")
+    listed = reflect.list_datasets()
+    assert "ok set" in listed and "x..y" in listed and "bad(name)" not in listed and "ünïcode" not in listed
+    for name in listed:
+        files.safe_child(root, name, "dataset name")  # every listed entry is accepted

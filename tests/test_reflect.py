@@ -288,6 +288,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(dataset, tmp_path):
     assert "resume" not in str(e.value) and not fresh.exists()
 
 
+def test_disk_full_at_the_final_save_says_so_and_keeps_the_files(dataset, tmp_path, monkeypatch):
+    import errno
+
+    from comfyui_core2.core2 import files
+    from comfyui_core2.core2.train import TrainingError, train
+
+    out = tmp_path / "w.safetensors"
+    train(dataset, out, settings(steps=4))
+    good = out.read_bytes()
+
+    def disk_full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "replace", disk_full)
+    with pytest.raises(TrainingError, match=r"disk .* is full.*w.safetensors \(complete model, step 4\).*resume"):
+        train(dataset, out, settings(steps=6, resume=True))
+    monkeypatch.undo()
+    assert out.read_bytes() == good and not list(tmp_path.glob(".*.tmp"))
+    assert out.stat().st_mode & 0o777 == files.FILE_MODE  # readable like ComfyUI's own outputs (0644)
+
+
 def _nan_validation(monkeypatch):
     """Validation scores NaN from now on (weights that diverged but are still finite)."""
     from comfyui_core2.core2 import train as tr
