@@ -273,7 +273,9 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
 def test_dataset_files_are_readable_like_comfyui_outputs(tmp_path):
     folder = tmp_path / "ds"
     _dataset(folder, n_prompts=1, seeds=(1,))
-    want = 0o666 & ~files._read_umask()
+    umask = os.umask(0)
+    os.umask(umask)
+    want = 0o666 & ~umask
     for p in folder.iterdir():
         if not p.name.startswith("."):
             assert p.stat().st_mode & 0o777 == want, p.name
