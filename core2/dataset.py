@@ -115,6 +115,11 @@ def _read_manifest_file(folder: Path) -> dict:
     man.setdefault("runs", [])
     types = {"header": dict, "items": list, "prompts": dict, "runs": list}
     bad = [k for k, t in types.items() if not isinstance(man.get(k), t)]
+    hdr = man.get("header") if isinstance(man.get("header"), dict) else {}
+    hw = hdr.get("latent_hw")
+    if type(hdr.get("latent_channels")) is not int or not isinstance(hw, list) or len(hw) != 2 \
+            or not all(type(v) is int and v > 0 for v in hw) or hdr["latent_channels"] < 1:
+        bad.append("header latent_channels/latent_hw")
     if bad:
         raise DatasetError(f"CoRe²: {folder / MANIFEST} is damaged (bad {', '.join(bad)}). Collect into a new dataset.")
     return man
@@ -164,9 +169,8 @@ def _check_prompt(folder: Path, man: dict, pid, cache: dict) -> None:
             if not isinstance(entry, dict):
                 raise DatasetFileError(f"CoRe²: prompt {pid!r} is not in {MANIFEST}")
             with _open_file(folder, entry.get("file"), "prompt file") as h:
-                shape = h.get_slice("pos_tokens").get_shape() if "pos_tokens" in h.keys() else None
-            if shape is None or len(shape) != 2:
-                raise DatasetFileError(f"CoRe²: prompt file {entry.get('file')!r} lacks pos_tokens [T, D]")
+                shapes = {k: list(h.get_slice(k).get_shape()) for k in h.keys()}
+            _check_prompt_shapes(entry, shapes)
             cache[pid] = None
         except DatasetFileError as e:
             cache[pid] = str(e)
@@ -174,12 +178,25 @@ def _check_prompt(folder: Path, man: dict, pid, cache: dict) -> None:
         raise DatasetFileError(cache[pid])
 
 
+def _check_prompt_shapes(entry: dict, shapes: dict) -> None:
+    """tokens [T, D] (the negative as wide as the positive), pooled [P], and what the manifest says about them."""
+    name, pos = entry.get("file"), shapes.get("pos_tokens")
+    ok = pos is not None and len(pos) == 2 and min(pos) > 0
+    ok = ok and all(len(shapes[k]) == 2 and shapes[k][1] == pos[1] for k in ("neg_tokens",) if k in shapes)
+    ok = ok and all(len(shapes[k]) == 1 for k in ("pos_pooled", "neg_pooled") if k in shapes)
+    if not ok:
+        raise DatasetFileError(f"CoRe²: prompt file {name!r} does not hold token features [T, D] (it has {shapes})")
+    if not isinstance(entry.get("shapes"), dict) or entry["shapes"].get("pos_tokens") != pos:
+        raise DatasetFileError(f"CoRe²: prompt file {name!r} does not match its entry in {MANIFEST}")
+
+
 def check_item(folder: Path, man: dict, item, prompt_cache: dict | None = None) -> None:
     """Raise DatasetFileError (naming the file) unless the item's shard and prompt are present, intact, and of the
     dataset's shapes. Reads only the safetensors headers."""
     if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("key", "shard", "prompt_id")) \
-            or not isinstance(item.get("n"), int) or item["n"] < 1:
-        raise DatasetFileError(f"CoRe²: item {str(item)[:120]} lacks key, shard, prompt_id or n")
+            or type(item.get("n")) is not int or item["n"] < 1 \
+            or not all(type(item.get(k, 0)) is int for k in ("seed", "batch_index")):
+        raise DatasetFileError(f"CoRe²: item {str(item)[:120]} lacks key, shard, prompt_id or n, or has a bad seed")
     _check_prompt(folder, man, item["prompt_id"], {} if prompt_cache is None else prompt_cache)
     hdr, name, n = man["header"], item["shard"], item["n"]
     big = [n, int(hdr["latent_channels"]), *map(int, hdr["latent_hw"])]

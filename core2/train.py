@@ -615,6 +615,10 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
                                  f"({last_metrics.get('score')}) are not finite, so they were not saved; "
                                  f"{kept_files(out_path)}. Lower the learning rate (e.g. ÷3) and train again.")
     final_meta = full_meta(last_metrics)
+    if step == start_step and src == out_path and (_file_state(out_path) or (0, False))[1]:
+        notes.append(f"{out_path.name} was already trained to step {step}; nothing to do (raise steps to go on)")
+        return _finish(model, out_path, facts, config, n_params, step, start_step, t0, history, last_metrics, meta,
+                       notes, final_meta)
     kept_old, old_metrics = (False, None) if s.overwrite and not s.resume else _old_model_wins(
         out_path, last_metrics.get("score"),
         lambda m: evaluate(m.to(device), reader, val_items, device, s.batch_size * 2, s.max_val_rows, loss=s.loss))
@@ -632,14 +636,19 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     else:
         for p in (partial_path(out_path), optimizer_path(partial_path(out_path))):
             p.unlink(missing_ok=True)
+    return _finish(model, out_path, facts, config, n_params, step, start_step, t0, history, last_metrics, meta, notes,
+                   final_meta)
+
+
+def _finish(model, out_path, facts, config, n_params, step, start_step, t0, history, metrics, meta, notes,
+            final_meta) -> TrainResult:
     model.eval()
     model.metadata = read_metadata(out_path)
     model.name = out_path.stem
     cfgs = facts["cfg"]
     model.trained_cfg = float(cfgs[0]) if len(cfgs) == 1 else None
-    summary = make_summary(out_path, config, n_params, step, start_step, time.time() - t0, history, last_metrics,
-                           meta, notes)
-    return TrainResult(model, out_path, step, history, last_metrics, final_meta, summary)
+    summary = make_summary(out_path, config, n_params, step, start_step, time.time() - t0, history, metrics, meta, notes)
+    return TrainResult(model, out_path, step, history, metrics, final_meta, summary)
 
 
 def make_summary(out_path, config, n_params, step, start_step, seconds, history, metrics, meta, notes) -> str:

@@ -129,6 +129,32 @@ def test_batched_collection_records_each_row_and_resumes(tiny_sd15, dirs):
     assert tm.calls == [] and len(again.skipped) == 3 and not again.written
 
 
+def test_rerun_collects_damaged_items_again(tiny_sd15, dirs):
+    """Issue 14: a truncated, an emptied and a deleted shard are found by the next Collect Batch, which samples those
+    trajectories again (and only those); Reflect's reader then sees every item intact."""
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect
+
+    tm = tiny_sd15
+    conds = _conds(tm)
+    res = _batch(collect, tm.patcher, conds, "repair", seeds_per_prompt=2)
+    keys = sorted(res.written)
+    assert len(keys) == 4
+    shards = [res.folder / f"traj-{k}.safetensors" for k in keys]
+    good = shards[0].read_bytes()
+    shards[0].write_bytes(good[: len(good) // 3])
+    shards[1].write_bytes(b"")
+    shards[2].unlink()
+    assert len(ds.DatasetReader(res.folder).items) == 1
+    tm.reset_calls()
+    again = _batch(collect, tm.patcher, conds, "repair", seeds_per_prompt=2)
+    assert sorted(again.written) == keys[:3] and len(again.skipped) == 1
+    assert len(tm.calls) == 3 * STEPS  # the three damaged trajectories, nothing else
+    r = ds.DatasetReader(res.folder)
+    assert len(r.items) == 4 and not r.skipped
+    assert shards[0].read_bytes() == good  # sampling is deterministic: the same trajectory again
+
+
 def test_collect_node_wraps_any_sampler(tiny_sd15, dirs, comfy_install):
     import comfy.sample
     import comfy.samplers

@@ -142,6 +142,7 @@ def _damage(folder, w, pids):
     t["cond"] = torch.randn(2, 4, 8, 8)  # wrong latent shape
     save_file({k: (v.half() if k in ("cond", "uncond") else v) for k, v in t.items()}, str(shard[keys[3]]))
     _log_line(folder, {"key": "no-prompt", "shard": shard[keys[4]].name, "n": 2})  # a bad log line (no prompt_id)
+    _log_line(folder, {"key": "bad-seed", "prompt_id": pids[2], "seed": "x", "shard": shard[keys[4]].name, "n": 2})
     with open(folder / ds.ITEMS_LOG, "ab") as f:
         f.write(b"{not json\n")
     return {keys[0]: "truncated", keys[1]: "zero", keys[2]: "missing", keys[3]: "shape"}
@@ -158,6 +159,7 @@ def test_damaged_items_are_skipped_with_a_warning_naming_each_file(tmp_path, cap
         assert any(f"traj-{key}.safetensors" in s for s in r.skipped), (key, r.skipped)
         assert f"traj-{key}.safetensors" in caplog.text
     assert any("no-prompt" in s for s in r.skipped) and any("line" in s and ds.ITEMS_LOG in s for s in r.skipped)
+    assert any("bad-seed" in s for s in r.skipped)
     assert any("shape" in s for s in r.skipped)
     batches = list(r.batches(r.items, 3))  # the rest reads fine
     assert sum(b["cond"].shape[0] for b in batches) == r.n_samples == 8
@@ -172,8 +174,8 @@ def test_training_goes_on_without_damaged_items_and_says_how_many(tmp_path):
     s = TrainSettings(steps=3, batch_size=4, lr=1e-3, size="small", val_fraction=0.25, eval_every=3,
                       arch_overrides=dict(width=8, mults=[1, 2], blocks=1, emb_dim=16))
     res = train(folder, tmp_path / "w.safetensors", s)
-    assert res.step == 3 and "skipped 6 damaged dataset entries" in res.summary
-    assert res.metadata["dataset"]["items"] == 4 and res.metadata["dataset"]["skipped"] == 6
+    assert res.step == 3 and "skipped 7 damaged dataset entries" in res.summary
+    assert res.metadata["dataset"]["items"] == 4 and res.metadata["dataset"]["skipped"] == 7
 
 
 def test_collect_resume_collects_damaged_items_again(tmp_path):
@@ -190,9 +192,31 @@ def test_collect_resume_collects_damaged_items_again(tmp_path):
                 w2.add_trajectory(pid, s, 0, _traj(10 * p + s))
     r = ds.DatasetReader(folder)
     assert len(r.items) == 8 and not any(key in s for key in damaged for s in r.skipped)
-    assert len(r.skipped) == 2  # only the two bad log lines remain noted
+    assert len(r.skipped) == 3  # only the three bad log lines remain noted
     assert torch.equal(r.load_item(next(it for it in r.items if it["key"] == list(damaged)[0]))["cond"],
                        _traj(1)["cond"].half())
+
+
+def test_a_prompt_file_of_the_wrong_shape_is_skipped(tmp_path):
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "ds"
+    w, pids = _dataset(folder, n_prompts=2)
+    save_file({"pos_tokens": torch.zeros(3, 8, 2)}, str(folder / f"prompt-{pids[0]}.safetensors"))
+    save_file({"pos_tokens": torch.zeros(5, 8, dtype=torch.float16)}, str(folder / f"prompt-{pids[1]}.safetensors"))
+    with pytest.raises(ds.DatasetError, match="no usable trajectories") as e:
+        ds.DatasetReader(folder)
+    assert "does not hold token features" in str(e.value) and "does not match its entry" in str(e.value)
+
+
+def test_a_damaged_manifest_header_is_a_clear_error(tmp_path):
+    folder = tmp_path / "ds"
+    _dataset(folder, n_prompts=1)
+    man = json.loads((folder / ds.MANIFEST).read_text())
+    man["header"]["latent_hw"] = "64x64"
+    (folder / ds.MANIFEST).write_text(json.dumps(man))
+    with pytest.raises(ds.DatasetError, match="damaged .bad header latent_channels/latent_hw"):
+        ds.DatasetReader(folder)
 
 
 def test_a_damaged_prompt_file_is_written_again(tmp_path):
@@ -273,7 +297,9 @@ def test_only_temporaries_of_dead_processes_are_removed(tmp_path):
 def test_dataset_files_are_readable_like_comfyui_outputs(tmp_path):
     folder = tmp_path / "ds"
     _dataset(folder, n_prompts=1, seeds=(1,))
-    want = 0o666 & ~files._read_umask()
+    umask = os.umask(0)
+    os.umask(umask)
+    want = 0o666 & ~umask
     for p in folder.iterdir():
         if not p.name.startswith("."):
             assert p.stat().st_mode & 0o777 == want, p.name

@@ -382,6 +382,10 @@ def test_a_worse_model_never_replaces_a_finished_one(trained, dataset, tmp_path)
     assert "did not beat the finished w.safetensors" in res.summary
     assert read_metadata(partial_path(out))["training"]["step"] == 206
     assert res.metrics["score"] == pytest.approx(trained.metrics["score"], rel=1e-4)
+    # resuming a finished model without more steps changes nothing
+    partial_path(out).unlink()
+    res = train(dataset, out, settings(steps=200, resume=True))
+    assert out.read_bytes() == good and not partial_path(out).exists() and "nothing to do" in res.summary
 
 
 def test_out_of_memory_gives_advice(dataset, tmp_path, monkeypatch):
