@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 
 import comfy.samplers
 import torch
 
 from ..core2 import guidance
-from ..core2.schedule import RunStats, StepMap
+from ..core2.schedule import RunStats, StepMap, StepTracker
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
@@ -79,33 +80,51 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self.stats: RunStats | None = None
 
     # --- checks before any work -------------------------------------------------------------------------------
-    def validate(self, total_steps: int) -> None:
+    def validate(self, total_steps: int) -> int:
+        """Raise before any work on settings that cannot run; return how many steps run slow."""
         mp = self.model_patcher
         if self.weak is not None:
             self.weak.check_compatible(model_info.family(mp), model_info.latent_channels(mp), model_info.prediction(mp))
         if self.method != "core":
             if not conditioning.has_negative(self.original_conds.get("negative")):
                 raise ValueError(f"CoRe²: {self.method} runs full CFG on every denoise and needs a negative conditioning.")
-            return
-        slow = total_steps if self.slow_steps is None else self.slow_steps
-        if not 0 <= slow <= total_steps:
-            raise ValueError(f"CoRe²: slow_steps is {slow} but the schedule has {total_steps} steps; "
-                             f"use 0 (all fast) to {total_steps} (all slow).")
+            return total_steps
+        slow = self.slow_steps_for(total_steps)
         if slow > 0 and not conditioning.has_negative(self.original_conds.get("negative")):
             raise ValueError("CoRe²: slow steps need a negative conditioning (they run full CFG). Connect a negative "
                              "prompt, or set slow_steps to 0 to run every step fast.")
+        return slow
+
+    def slow_steps_for(self, total_steps: int) -> int:
+        """slow_steps in a schedule of total_steps steps: None is all; more than there are is clamped (and logged),
+        as KSamplerAdvanced clamps its step windows, so a 4-step Turbo/Lightning run with the default 10 just runs
+        all slow."""
+        if self.slow_steps is None:
+            return total_steps
+        if self.slow_steps < 0:
+            raise ValueError(f"CoRe²: slow_steps is {self.slow_steps}; use 0 (all fast) or more.")
+        if self.slow_steps > total_steps:
+            log.info("CoRe²: slow_steps %d is more than the %d steps of the schedule: all %d run slow.",
+                     self.slow_steps, total_steps, total_steps)
+            return total_steps
+        return self.slow_steps
 
     # --- sampling ----------------------------------------------------------------------------------------------
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        if torch.as_tensor(sigmas).numel() < 2:  # nothing to sample (denoise 0): what CFGGuider does, no checks
+            return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
         schedule = self.schedule if self.schedule is not None else sigmas
         total = int(torch.as_tensor(schedule).numel()) - 1
-        self.validate(total)
+        slow = self.validate(total)
         if self.weak is not None:
             for w in self.weak.setting_warnings(self.cfg, total, self.scheduler_name):
                 log.warning("CoRe²: %s", w)
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
-        self._map = StepMap(schedule, total if self.slow_steps is None or self.method != "core" else self.slow_steps)
+        self._map = StepMap(schedule, slow)
+        self._steps = StepTracker(self._map)
+        self._steps.start(sigmas, stop_frame=sys._getframe())
+        args, kwargs = self._with_step_callback(args, kwargs)
         self.stats = RunStats()
         self._contexts = {}
         if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
@@ -120,6 +139,24 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             if self.stats.evaluations:
                 log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
             self._contexts = {}
+
+    def _with_step_callback(self, args, kwargs):
+        """sample()'s arguments with the callback (CFGGuider.sample(..., denoise_mask, callback, ...)) wrapped so the
+        step tracker sees the sampler's per-step callbacks; one is passed even where the caller passed none."""
+        args = list(args)
+        user = args[1] if len(args) > 1 else kwargs.get("callback")
+        tracker = self._steps
+
+        def callback(*a, **k):
+            tracker.on_callback()
+            if user is not None:
+                return user(*a, **k)
+
+        if len(args) > 1:
+            args[1] = callback
+        else:
+            kwargs["callback"] = callback
+        return tuple(args), kwargs
 
     def _zigzag_sampler(self, sampler):
         """Replace an Euler SAMPLER by the zigzag loop; other samplers have no defined inversion here."""
@@ -170,7 +207,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         return guidance.weak_to_strong(cond_pred, weak, self.w2s_scale)
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        step = self._map.index(timestep)
+        step = self._steps.step(timestep)
         if model_options.get(INVERT_KEY):
             return self._invert(x, timestep, step, model_options)
         slow = self._map.is_slow(step)

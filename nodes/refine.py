@@ -40,9 +40,8 @@ def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_
 
 
 def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg):
-    """Check the step settings, then return make(model, schedule) -> guider for run_ksampler."""
-    if method == "core" and slow_steps > steps:
-        raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
+    """make(model, schedule) -> guider for run_ksampler. slow_steps is checked against the schedule the sampler
+    really runs (a scheduler may give fewer or more σ than `steps`), by the guider."""
     return lambda m, schedule: _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule,
                                        scheduler)
 
