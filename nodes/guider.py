@@ -6,8 +6,12 @@ functions, calc-cond-batch replacements):
 * slow step: cond + uncond through calc_cond_batch, the pre-cfg functions, ComfyUI's cfg_function (including a
   sampler_cfg_function such as RescaleCFG) = the "strong" prediction; then weak-to-strong
   out = weak + w·(strong − weak); then the post-cfg functions;
-* fast step: cond only (1 pass), the pre-cfg functions, out = weak; then the post-cfg functions, which see the
-  unconditional prediction implied by the weak model, u = (g·c − weak)/(g − 1).
+* fast step: cond only (1 pass), out = weak; then the post-cfg functions, which see the unconditional prediction
+  implied by the weak model, u = (g·c − weak)/(g − 1). Pre-cfg functions and a sampler_cfg_function get that u too
+  (then out = cfg_function(their cond, their u), which is weak when they change nothing); at cfg 1 they are skipped.
+The weak model always sees the model's own conditional prediction (before any pre-cfg function).
+
+Which step an evaluation belongs to is counted by the sampler's own progress (core2/schedule.py StepTracker).
 
 Methods (CORE2_SPEC §5): "core" as above; "z-core" and "z-sampling" run the Euler zigzag loop of core2/zigzag.py,
 where every denoise is full CFG (as in the official code) and the inversion is, for z-core, one conditional pass
@@ -33,13 +37,17 @@ log = logging.getLogger("comfyui-core2")
 METHODS = ("core", "z-core", "z-sampling")
 
 
-def _evaluate(model, conds, x, timestep, cond_scale, model_options):
-    """ComfyUI's batch evaluation, honouring a sampler_calc_cond_batch_function (2025+) and the pre-cfg functions."""
+def _evaluate(model, conds, x, timestep, model_options) -> list:
+    """ComfyUI's batch evaluation, honouring a sampler_calc_cond_batch_function (2025+): the model's own predictions."""
     if "sampler_calc_cond_batch_function" in model_options:
         args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-        out = model_options["sampler_calc_cond_batch_function"](args)
-    else:
-        out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+        return list(model_options["sampler_calc_cond_batch_function"](args))
+    return list(comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options))
+
+
+def _pre_cfg(model, conds, out, cond_scale, x, timestep, model_options) -> list:
+    """ComfyUI's pre-cfg functions on [cond, uncond] predictions (a copy of the list: they may assign into it)."""
+    out = list(out)
     for fn in model_options.get("sampler_pre_cfg_function", []):
         args = {"conds": conds, "conds_out": out, "cond_scale": cond_scale, "timestep": timestep,
                 "input": x, "sigma": timestep, "model": model, "model_options": model_options}
@@ -201,10 +209,28 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             self.stats.record(step, "invert", 1 if math.isclose(self.inv_cfg, 1.0) else 2, False)
             return comfy.samplers.sampling_function(model, x, timestep, self.conds.get("negative", None), cond,
                                                     self.inv_cfg, model_options=model_options)
-        cond_pred = _evaluate(model, [cond, None], x, timestep, self.cfg, model_options)[0]
+        cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
         self.stats.record(step, "invert", 1, True)
         weak = self._weak_denoised(x, timestep, cond_pred, step)
         return guidance.weak_to_strong(cond_pred, weak, self.w2s_scale)
+
+    def _fast(self, model, x, timestep, step, cond, uncond, model_options):
+        """A fast step: (cond, uncond, denoised) from one conditional pass and the weak model. The weak model sees the
+        model's own conditional prediction. Where pre-cfg functions or a sampler_cfg_function (RescaleCFG, APG, …)
+        are attached, they get the unconditional prediction the weak model implies, u = (g·c − weak)/(g − 1), in place
+        of the pass not run, so fast steps look to them like CFG steps; at cfg 1 there is no u and they are skipped.
+        model_options: without the post-cfg functions (run by predict_noise)."""
+        cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
+        weak = self._weak_denoised(x, timestep, cond_pred, step)
+        uncond_pred = guidance.implied_uncond(cond_pred, weak, self.cfg)
+        patched = model_options.get("sampler_pre_cfg_function") or "sampler_cfg_function" in model_options
+        if not patched or math.isclose(self.cfg, 1.0):
+            return cond_pred, uncond_pred, weak
+        cond_pred, uncond_pred = _pre_cfg(model, [cond, uncond], [cond_pred, uncond_pred], self.cfg, x, timestep,
+                                          model_options)[:2]
+        denoised = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, self.cfg, x, timestep,
+                                               model_options=model_options, cond=cond, uncond=uncond)
+        return cond_pred, uncond_pred, denoised
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         step = self._steps.step(timestep)
@@ -215,24 +241,23 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         cond = self.conds.get("positive", None)
         uncond = self.conds.get("negative", None)
         cfg = self.cfg
+        no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
         if slow:
             if math.isclose(cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
                 uncond = None  # ComfyUI's cfg = 1 shortcut
-            cond_pred, uncond_pred = _evaluate(model, [cond, uncond], x, timestep, cfg, model_options)[:2]
+            raw = _evaluate(model, [cond, uncond], x, timestep, model_options)
             if uncond is not None and hasattr(self.weak, "observe_slow"):  # the "reuse" fill-in
-                self.weak.observe_slow(guidance.raw_from_denoised(x, cond_pred, timestep),
-                                       guidance.raw_from_denoised(x, uncond_pred, timestep), timestep, step)
-            no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
+                self.weak.observe_slow(guidance.raw_from_denoised(x, raw[0], timestep),
+                                       guidance.raw_from_denoised(x, raw[1], timestep), timestep, step)
+            cond_pred, uncond_pred = _pre_cfg(model, [cond, uncond], raw, cfg, x, timestep, model_options)[:2]
             strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                                  model_options=no_post, cond=cond, uncond=uncond)
             use_weak = self.w2s_scale != 1.0 and self.method == "core"
-            denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, cond_pred, step), strong,
+            denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, raw[0], step), strong,
                                                self.w2s_scale) if use_weak else strong
         else:
             use_weak = True
-            cond_pred = _evaluate(model, [cond, None], x, timestep, cfg, model_options)[0]
-            denoised = self._weak_denoised(x, timestep, cond_pred, step)
-            uncond_pred = guidance.implied_uncond(cond_pred, denoised, cfg)
+            cond_pred, uncond_pred, denoised = self._fast(model, x, timestep, step, cond, uncond, no_post)
             uncond = None
         passes = 1 if not slow or uncond is None else 2
         self.stats.record(step, "slow" if slow else "fast", passes, use_weak)

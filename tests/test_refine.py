@@ -362,3 +362,56 @@ def test_weak_model_handed_to_comfy_model_management_when_supported(tiny_sd15):
     assert weak_memory.KEY not in tm.patcher.additional_models  # the user's MODEL is not changed
     attached = weak_memory.attach(tm.patcher, weak)
     assert attached is not tm.patcher and attached.get_additional_models_with_key(weak_memory.KEY) == [wp]
+
+
+class InputLog(AffineWeak):
+    name = "input log"
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+        self.outputs = []
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        out = super().predict(raw_cond, sigma, cfg_scale, step, context)
+        self.inputs.append(raw_cond.clone())
+        self.outputs.append(out.clone())
+        return out
+
+
+def _with_pre_cfg(tm, fn):
+    m = tm.patcher.clone()
+    m.set_model_sampler_pre_cfg_function(fn)
+    return m
+
+
+def test_fast_steps_give_pre_cfg_functions_the_weak_models_uncond(tiny_sd15):
+    """Pre-cfg functions on fast steps see [cond, u] with u the uncond the weak model implies (not zeros), so
+    CFG of what they see is the weak prediction; the weak model sees the model's own cond prediction."""
+    tm = tiny_sd15
+    seen = []
+
+    def halve_guidance(args):  # like APG / LatentApplyOperationCFG: reshapes the guidance c − u
+        c, u = args["conds_out"][:2]
+        seen.append((c.clone(), u.clone(), args["input"], args["sigma"]))
+        return [u + (c - u) * 0.5, u]
+
+    latent = tm.empty_latent(1)
+    weak_plain, weak_patched = InputLog(), InputLog()
+    core2(tm, latent, 2, 4, 5.0, "euler", "normal", weak_plain, 1.5, 0)
+    core2(tm, latent, 2, 4, 5.0, "euler", "normal", weak_patched, 1.5, 0, model=_with_pre_cfg(tm, halve_guidance))
+    assert len(seen) == 4
+    assert torch.equal(weak_plain.inputs[0], weak_patched.inputs[0])  # the same x at step 0: the same weak input
+    for (c, u, x, sigma), weak_raw in zip(seen, weak_patched.outputs):
+        weak_x0 = guidance.denoised_from_raw(x, weak_raw, sigma)
+        assert u.abs().max() > 0.1
+        assert (guidance.cfg(c, u, 5.0) - weak_x0).abs().max() <= 1e-4 * weak_x0.abs().max()
+
+
+def test_fast_steps_with_a_pre_cfg_function_that_changes_nothing_equal_plain_fast_steps(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    plain = core2(tm, latent, 2, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 2)
+    same = core2(tm, latent, 2, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 2,
+                 model=_with_pre_cfg(tm, lambda args: args["conds_out"]))
+    assert (same - plain).abs().max() <= 1e-5 * plain.abs().max()
