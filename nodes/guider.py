@@ -67,11 +67,12 @@ def _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cond_scale,
 class CoRe2Guider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
-                 inv_cfg: float = 0.5):
+                 inv_cfg: float = 0.5, denoise: float = 1.0):
         """slow_steps: how many of the first schedule steps run slow (None: all). schedule: the full σ schedule the
         steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
         METHODS; zigzag_steps: how many of the first steps zigzag (None: all but the last); inv_cfg: the CFG scale of
-        the z-sampling inversion."""
+        the z-sampling inversion. denoise: KSampler's denoise, < 1 when the schedule is the tail of a longer one (the weak
+        model is told, StepInfo.denoise)."""
         super().__init__(model_patcher)
         if method not in METHODS:
             raise ValueError(f"CoRe²: unknown method {method!r}; use one of {', '.join(METHODS)}.")
@@ -84,6 +85,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self.method = method
         self.zigzag_steps = zigzag_steps
         self.inv_cfg = float(inv_cfg)
+        self.denoise = float(denoise)
         self.scheduler_name: str | None = None  # set by the KSampler nodes, for the weak model's setting warnings
         self.stats: RunStats | None = None
 
@@ -127,6 +129,10 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         if self.weak is not None:
             for w in self.weak.setting_warnings(self.cfg, total, self.scheduler_name):
                 log.warning("CoRe²: %s", w)
+            if hasattr(self.weak, "prompt_notes"):
+                for note in self.weak.prompt_notes(conditioning.features(self.original_conds.get("positive")),
+                                                   conditioning.features(self.original_conds.get("negative"))):
+                    log.info("CoRe²: %s", note)
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
         self._map = StepMap(schedule, slow)
@@ -179,12 +185,16 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
                                        inpaint_options=getattr(sampler, "inpaint_options", {}))
 
     def _weak_context(self, batch: int, device, dtype):
+        """The weak model's prompt context, once per run. Features go in as float32 (at least): the weak model casts
+        them itself, after anything precision-sensitive (the official nets' SVD)."""
         key = (batch, str(device), dtype)
         if key not in self._contexts:
-            pos = conditioning.features(self.original_conds.get("positive"))
-            neg = conditioning.features(self.original_conds.get("negative"))
-            pos = pos.expand(batch).to(device, dtype) if pos is not None else None
-            neg = neg.expand(batch).to(device, dtype) if neg is not None else None
+            def prep(f):
+                if f is None:
+                    return None
+                return f.expand(batch).to(device, torch.promote_types(f.tokens.dtype, torch.float32))
+            pos = prep(conditioning.features(self.original_conds.get("positive")))
+            neg = prep(conditioning.features(self.original_conds.get("negative")))
             self._contexts[key] = self.weak.prepare(pos, neg)
         return self._contexts[key]
 
@@ -195,7 +205,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         if param is not None and param.device != device:
             self.weak.to(device)
         raw_c = guidance.raw_from_denoised(x, cond_pred, timestep)
-        info = StepInfo(step, self._map.total, self._map.schedule, {"x": x, "guider": self})
+        info = StepInfo(step, self._map.total, self._map.schedule, {"x": x, "guider": self}, self.denoise)
         ctx = self._weak_context(x.shape[0], device, dtype)
         sigma = timestep.to(device=device, dtype=dtype).flatten()
         raw = self.weak(raw_c.to(dtype), sigma, float(self.cfg), info, ctx).to(x.dtype)
