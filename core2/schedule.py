@@ -7,10 +7,12 @@ heunpp2 looks ahead to σ_{i+2}; churn raises σ above σ_i). So StepTracker cou
 1. the sampler's loop index: k-diffusion samplers (every ComfyUI sampler but uni_pc, dpm_fast and dpm_adaptive) run
    `for i in ...` over `sigmas`, and every evaluation made inside iteration i belongs to step i. It is read from the
    sampler's frame (the innermost caller with an int `i` and the run's `sigmas`), which needs no list of samplers;
-2. otherwise, the sampler's callbacks: once it has called back, each evaluation takes the step of the first
-   evaluation after its latest callback, so one solver step runs in one mode. For dpm_adaptive / dpm_fast, whose
-   steps are their own and not the schedule's, that is each attempted step, in the mode of the σ it starts from;
-3. otherwise (before the first callback, or a sampler that never calls back), σ: StepMap.index.
+2. otherwise, where the sampler calls back at the END of each of its steps (several evaluations before its first
+   callback: dpm_adaptive), each evaluation takes the step of the first evaluation after the latest callback, so
+   each of its own steps (dpm_adaptive: each attempted step) runs in one mode, that of the σ it starts from;
+3. otherwise σ: StepMap.index. That is before the first callback, for samplers that never call back, and for those
+   that call back right after a step's first evaluation (the k-diffusion habit: uni_pc, which evaluates only at
+   schedule σ, so σ is exact; dpm_fast, whose own steps may then straddle the slow/fast boundary).
 
 StepMap.index: an evaluation at σ belongs to step i when schedule[i] ≥ σ > schedule[i+1] (a small relative
 tolerance absorbs float noise); exactly at a step boundary it belongs to the later step, i.e. to its noise level.
@@ -68,20 +70,23 @@ class StepTracker:
         self.offset = self.map.position(self.window)
         self.stop_frame = stop_frame
         self.run_sigmas: list = []  # the σ tensors seen in sampler frames that hold this run's σ list
-        self.called_back = False
+        self.evaluations = 0
+        self.closing_callbacks: bool | None = None  # does the sampler call back at the end of its steps? (unknown)
         self.anchor: int | None = None
 
     def on_callback(self, *args, **kwargs) -> None:
-        self.called_back = True
+        if self.closing_callbacks is None:
+            self.closing_callbacks = self.evaluations > 1
         self.anchor = None
 
     def step(self, sigma) -> int:
+        self.evaluations += 1
         i = self._loop_index()
         if i is not None:
             self.source = "loop"
             return min(self.offset + i, self.map.total - 1)
         by_sigma = self.map.index(sigma)
-        if not self.called_back:
+        if not self.closing_callbacks:
             self.source = "sigma"
             return by_sigma
         if self.anchor is None:

@@ -196,6 +196,33 @@ def test_dpm_adaptive_each_attempted_step_runs_in_one_mode(tiny_sd15):
     assert g.stats.slow_evals + g.stats.fast_evals == len(tm.calls)
 
 
+class SigmaLog(WeakModel):
+    name = "σ log"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        self.seen.append((step.index, float(sigma.flatten()[0])))
+        return raw_cond
+
+
+@pytest.mark.parametrize("name", ["uni_pc", "dpm_fast"])
+def test_samplers_calling_back_after_a_steps_first_evaluation_count_by_sigma(tiny_sd15, name):
+    """uni_pc and dpm_fast have no loop over the schedule and call back right after a step's first evaluation: σ
+    decides (exact for uni_pc, which evaluates only at schedule σ)."""
+    tm = tiny_sd15
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", 6)
+    weak = SigmaLog()
+    g, _ = _guided_run(tm, _sampler(name), sigmas, 3, weak=weak)
+    m = StepMap(sigmas, 3)
+    assert g._steps.source == "sigma" and weak.seen
+    assert [i for i, _ in weak.seen] == [m.index(s) for _, s in weak.seen]
+    if name == "uni_pc":
+        assert tm.calls == [2, 2, 2, 1, 1, 1]
+
+
 def test_sampler_without_callbacks_falls_back_to_sigma(tiny_sd15):
     """A sampler that neither loops over `sigmas` with `i` nor calls back: steps by σ (StepMap.index)."""
     from comfyui_core2.core2.zigzag import euler_step, to_d
