@@ -1,10 +1,25 @@
 """Which schedule step a model evaluation belongs to, and whether that step runs slow or fast.
 
-Samplers evaluate the model at σ values of the schedule and, for second-order and ancestral samplers, in between.
-An evaluation at σ belongs to step i when schedule[i] ≥ σ > schedule[i+1] (a small relative tolerance absorbs
-float noise); an evaluation exactly at a step boundary belongs to the later step, i.e. to its noise level.
+Samplers evaluate the model at σ values of the schedule and, for second-order and ancestral samplers, in between;
+σ alone cannot tell the steps apart (heun's second evaluation of step i sits at σ_{i+1}, where step i+1 starts;
+heunpp2 looks ahead to σ_{i+2}; churn raises σ above σ_i). So StepTracker counts by the sampler's own progress:
+
+1. the sampler's loop index: k-diffusion samplers (every ComfyUI sampler but uni_pc, dpm_fast and dpm_adaptive) run
+   `for i in ...` over `sigmas`, and every evaluation made inside iteration i belongs to step i. It is read from the
+   sampler's frame (the innermost caller with an int `i` and the run's `sigmas`), which needs no list of samplers;
+2. otherwise, where the sampler calls back at the END of each of its steps (several evaluations before its first
+   callback: dpm_adaptive), each evaluation takes the step of the first evaluation after the latest callback, so
+   each of its own steps (dpm_adaptive: each attempted step) runs in one mode, that of the σ it starts from;
+3. otherwise σ: StepMap.index. That is before the first callback, for samplers that never call back, and for those
+   that call back right after a step's first evaluation (the k-diffusion habit: uni_pc, which evaluates only at
+   schedule σ, so σ is exact; dpm_fast, whose own steps may then straddle the slow/fast boundary).
+
+StepMap.index: an evaluation at σ belongs to step i when schedule[i] ≥ σ > schedule[i+1] (a small relative
+tolerance absorbs float noise); exactly at a step boundary it belongs to the later step, i.e. to its noise level.
 """
 from __future__ import annotations
+
+import sys
 
 import torch
 
@@ -28,6 +43,75 @@ class StepMap:
 
     def is_slow(self, step_index: int) -> bool:
         return step_index < self.slow_steps
+
+    def position(self, window) -> int:
+        """Where a run's σ list (a KSamplerAdvanced window of the schedule) starts in the schedule."""
+        w = torch.as_tensor(window, dtype=torch.float64).flatten().cpu()
+        if w.numel() == 0:
+            return 0
+        diff = (self.schedule[:-1] - float(w[0])).abs()
+        j = int(diff.argmin())
+        return j if float(diff[j]) <= self.rtol * max(abs(float(w[0])), 1e-8) else self.index(w[0])
+
+
+class StepTracker:
+    """The schedule step of each model evaluation of one sampling run, by the sampler's own progress (module doc).
+
+    start(window) when the run starts (from the frame that calls the sampler: frames above it are not searched);
+    on_callback() from the sampler's per-step callback; step(σ) for each evaluation.
+    """
+
+    def __init__(self, step_map: StepMap):
+        self.map = step_map
+        self.source = "sigma"  # how the last step was found: "loop", "callback" or "sigma"
+
+    def start(self, window, stop_frame=None) -> None:
+        self.window = torch.as_tensor(window).detach().flatten().to("cpu", torch.float64)
+        self.offset = self.map.position(self.window)
+        self.stop_frame = stop_frame
+        self.run_sigmas: list = []  # the σ tensors seen in sampler frames that hold this run's σ list
+        self.evaluations = 0
+        self.closing_callbacks: bool | None = None  # does the sampler call back at the end of its steps? (unknown)
+        self.anchor: int | None = None
+
+    def on_callback(self, *args, **kwargs) -> None:
+        if self.closing_callbacks is None:
+            self.closing_callbacks = self.evaluations > 1
+        self.anchor = None
+
+    def step(self, sigma) -> int:
+        self.evaluations += 1
+        i = self._loop_index()
+        if i is not None:
+            self.source = "loop"
+            return min(self.offset + i, self.map.total - 1)
+        by_sigma = self.map.index(sigma)
+        if not self.closing_callbacks:
+            self.source = "sigma"
+            return by_sigma
+        if self.anchor is None:
+            self.anchor = by_sigma
+        self.source = "callback"
+        return self.anchor
+
+    def _loop_index(self) -> int | None:
+        f = sys._getframe(1)
+        while f is not None and f is not self.stop_frame:
+            loc = f.f_locals
+            i, sig = loc.get("i"), loc.get("sigmas")
+            if isinstance(i, int) and not isinstance(i, bool) and torch.is_tensor(sig) and self._is_run_window(sig):
+                return i
+            f = f.f_back
+        return None
+
+    def _is_run_window(self, sig) -> bool:
+        if any(sig is t for t in self.run_sigmas):
+            return True
+        s = sig.detach().flatten().to("cpu", torch.float64)
+        if s.shape == self.window.shape and torch.allclose(s, self.window, rtol=1e-5, atol=1e-8):
+            self.run_sigmas.append(sig)
+            return True
+        return False
 
 
 class RunStats:

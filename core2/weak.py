@@ -46,6 +46,7 @@ class StepInfo:
     total: int
     schedule: torch.Tensor | None = None  # the run's σ schedule, length total + 1
     extra: dict = field(default_factory=dict)
+    denoise: float = 1.0  # < 1: the schedule is the tail of a longer one (KSampler denoise), it starts below full noise
 
 
 class WeakModel(torch.nn.Module):
@@ -70,6 +71,10 @@ class WeakModel(torch.nn.Module):
 
     def setting_warnings(self, cfg: float | None, steps: int | None, scheduler: str | None) -> list[str]:
         """Warnings when sampling settings differ from what the weights were trained for (empty: none)."""
+        return []
+
+    def prompt_notes(self, positive: PromptFeatures | None, negative: PromptFeatures | None) -> list[str]:
+        """Notes on the conditioning where it differs from what the weights were trained with (empty: none)."""
         return []
 
     def check_compatible(self, family: str, latent_channels: int, prediction: str) -> None:

@@ -6,8 +6,12 @@ functions, calc-cond-batch replacements):
 * slow step: cond + uncond through calc_cond_batch, the pre-cfg functions, ComfyUI's cfg_function (including a
   sampler_cfg_function such as RescaleCFG) = the "strong" prediction; then weak-to-strong
   out = weak + w·(strong − weak); then the post-cfg functions;
-* fast step: cond only (1 pass), the pre-cfg functions, out = weak; then the post-cfg functions, which see the
-  unconditional prediction implied by the weak model, u = (g·c − weak)/(g − 1).
+* fast step: cond only (1 pass), out = weak; then the post-cfg functions, which see the unconditional prediction
+  implied by the weak model, u = (g·c − weak)/(g − 1). Pre-cfg functions and a sampler_cfg_function get that u too
+  (then out = cfg_function(their cond, their u), which is weak when they change nothing); at cfg 1 they are skipped.
+The weak model always sees the model's own conditional prediction (before any pre-cfg function).
+
+Which step an evaluation belongs to is counted by the sampler's own progress (core2/schedule.py StepTracker).
 
 Methods (CORE2_SPEC §5): "core" as above; "z-core" and "z-sampling" run the Euler zigzag loop of core2/zigzag.py,
 where every denoise is full CFG (as in the official code) and the inversion is, for z-core, one conditional pass
@@ -17,13 +21,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 
 import comfy.samplers
 import torch
 
 from ..core2 import guidance
-from ..core2.schedule import RunStats, StepMap
+from ..core2.schedule import RunStats, StepMap, StepTracker
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
@@ -32,13 +37,17 @@ log = logging.getLogger("comfyui-core2")
 METHODS = ("core", "z-core", "z-sampling")
 
 
-def _evaluate(model, conds, x, timestep, cond_scale, model_options):
-    """ComfyUI's batch evaluation, honouring a sampler_calc_cond_batch_function (2025+) and the pre-cfg functions."""
+def _evaluate(model, conds, x, timestep, model_options) -> list:
+    """ComfyUI's batch evaluation, honouring a sampler_calc_cond_batch_function (2025+): the model's own predictions."""
     if "sampler_calc_cond_batch_function" in model_options:
         args = {"conds": conds, "input": x, "sigma": timestep, "model": model, "model_options": model_options}
-        out = model_options["sampler_calc_cond_batch_function"](args)
-    else:
-        out = comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options)
+        return list(model_options["sampler_calc_cond_batch_function"](args))
+    return list(comfy.samplers.calc_cond_batch(model, conds, x, timestep, model_options))
+
+
+def _pre_cfg(model, conds, out, cond_scale, x, timestep, model_options) -> list:
+    """ComfyUI's pre-cfg functions on [cond, uncond] predictions (a copy of the list: they may assign into it)."""
+    out = list(out)
     for fn in model_options.get("sampler_pre_cfg_function", []):
         args = {"conds": conds, "conds_out": out, "cond_scale": cond_scale, "timestep": timestep,
                 "input": x, "sigma": timestep, "model": model, "model_options": model_options}
@@ -58,11 +67,12 @@ def _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cond_scale,
 class CoRe2Guider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
-                 inv_cfg: float = 0.5):
+                 inv_cfg: float = 0.5, denoise: float = 1.0):
         """slow_steps: how many of the first schedule steps run slow (None: all). schedule: the full σ schedule the
         steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
         METHODS; zigzag_steps: how many of the first steps zigzag (None: all but the last); inv_cfg: the CFG scale of
-        the z-sampling inversion."""
+        the z-sampling inversion. denoise: KSampler's denoise, < 1 when the schedule is the tail of a longer one (the weak
+        model is told, StepInfo.denoise)."""
         super().__init__(model_patcher)
         if method not in METHODS:
             raise ValueError(f"CoRe²: unknown method {method!r}; use one of {', '.join(METHODS)}.")
@@ -75,37 +85,60 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self.method = method
         self.zigzag_steps = zigzag_steps
         self.inv_cfg = float(inv_cfg)
+        self.denoise = float(denoise)
         self.scheduler_name: str | None = None  # set by the KSampler nodes, for the weak model's setting warnings
         self.stats: RunStats | None = None
 
     # --- checks before any work -------------------------------------------------------------------------------
-    def validate(self, total_steps: int) -> None:
+    def validate(self, total_steps: int) -> int:
+        """Raise before any work on settings that cannot run; return how many steps run slow."""
         mp = self.model_patcher
         if self.weak is not None:
             self.weak.check_compatible(model_info.family(mp), model_info.latent_channels(mp), model_info.prediction(mp))
         if self.method != "core":
             if not conditioning.has_negative(self.original_conds.get("negative")):
                 raise ValueError(f"CoRe²: {self.method} runs full CFG on every denoise and needs a negative conditioning.")
-            return
-        slow = total_steps if self.slow_steps is None else self.slow_steps
-        if not 0 <= slow <= total_steps:
-            raise ValueError(f"CoRe²: slow_steps is {slow} but the schedule has {total_steps} steps; "
-                             f"use 0 (all fast) to {total_steps} (all slow).")
+            return total_steps
+        slow = self.slow_steps_for(total_steps)
         if slow > 0 and not conditioning.has_negative(self.original_conds.get("negative")):
             raise ValueError("CoRe²: slow steps need a negative conditioning (they run full CFG). Connect a negative "
                              "prompt, or set slow_steps to 0 to run every step fast.")
+        return slow
+
+    def slow_steps_for(self, total_steps: int) -> int:
+        """slow_steps in a schedule of total_steps steps: None is all; more than there are is clamped (and logged),
+        as KSamplerAdvanced clamps its step windows, so a 4-step Turbo/Lightning run with the default 10 just runs
+        all slow."""
+        if self.slow_steps is None:
+            return total_steps
+        if self.slow_steps < 0:
+            raise ValueError(f"CoRe²: slow_steps is {self.slow_steps}; use 0 (all fast) or more.")
+        if self.slow_steps > total_steps:
+            log.info("CoRe²: slow_steps %d is more than the %d steps of the schedule: all %d run slow.",
+                     self.slow_steps, total_steps, total_steps)
+            return total_steps
+        return self.slow_steps
 
     # --- sampling ----------------------------------------------------------------------------------------------
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
+        if torch.as_tensor(sigmas).numel() < 2:  # nothing to sample (denoise 0): what CFGGuider does, no checks
+            return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
         schedule = self.schedule if self.schedule is not None else sigmas
         total = int(torch.as_tensor(schedule).numel()) - 1
-        self.validate(total)
+        slow = self.validate(total)
         if self.weak is not None:
             for w in self.weak.setting_warnings(self.cfg, total, self.scheduler_name):
                 log.warning("CoRe²: %s", w)
+            if hasattr(self.weak, "prompt_notes"):
+                for note in self.weak.prompt_notes(conditioning.features(self.original_conds.get("positive")),
+                                                   conditioning.features(self.original_conds.get("negative"))):
+                    log.info("CoRe²: %s", note)
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
-        self._map = StepMap(schedule, total if self.slow_steps is None or self.method != "core" else self.slow_steps)
+        self._map = StepMap(schedule, slow)
+        self._steps = StepTracker(self._map)
+        self._steps.start(sigmas, stop_frame=sys._getframe())
+        args, kwargs = self._with_step_callback(args, kwargs)
         self.stats = RunStats()
         self._contexts = {}
         if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
@@ -121,6 +154,24 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
                 log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
             self._contexts = {}
 
+    def _with_step_callback(self, args, kwargs):
+        """sample()'s arguments with the callback (CFGGuider.sample(..., denoise_mask, callback, ...)) wrapped so the
+        step tracker sees the sampler's per-step callbacks; one is passed even where the caller passed none."""
+        args = list(args)
+        user = args[1] if len(args) > 1 else kwargs.get("callback")
+        tracker = self._steps
+
+        def callback(*a, **k):
+            tracker.on_callback()
+            if user is not None:
+                return user(*a, **k)
+
+        if len(args) > 1:
+            args[1] = callback
+        else:
+            kwargs["callback"] = callback
+        return tuple(args), kwargs
+
     def _zigzag_sampler(self, sampler):
         """Replace an Euler SAMPLER by the zigzag loop; other samplers have no defined inversion here."""
         fn = getattr(sampler, "sampler_function", None)
@@ -134,12 +185,16 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
                                        inpaint_options=getattr(sampler, "inpaint_options", {}))
 
     def _weak_context(self, batch: int, device, dtype):
+        """The weak model's prompt context, once per run. Features go in as float32 (at least): the weak model casts
+        them itself, after anything precision-sensitive (the official nets' SVD)."""
         key = (batch, str(device), dtype)
         if key not in self._contexts:
-            pos = conditioning.features(self.original_conds.get("positive"))
-            neg = conditioning.features(self.original_conds.get("negative"))
-            pos = pos.expand(batch).to(device, dtype) if pos is not None else None
-            neg = neg.expand(batch).to(device, dtype) if neg is not None else None
+            def prep(f):
+                if f is None:
+                    return None
+                return f.expand(batch).to(device, torch.promote_types(f.tokens.dtype, torch.float32))
+            pos = prep(conditioning.features(self.original_conds.get("positive")))
+            neg = prep(conditioning.features(self.original_conds.get("negative")))
             self._contexts[key] = self.weak.prepare(pos, neg)
         return self._contexts[key]
 
@@ -150,7 +205,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         if param is not None and param.device != device:
             self.weak.to(device)
         raw_c = guidance.raw_from_denoised(x, cond_pred, timestep)
-        info = StepInfo(step, self._map.total, self._map.schedule, {"x": x, "guider": self})
+        info = StepInfo(step, self._map.total, self._map.schedule, {"x": x, "guider": self}, self.denoise)
         ctx = self._weak_context(x.shape[0], device, dtype)
         sigma = timestep.to(device=device, dtype=dtype).flatten()
         raw = self.weak(raw_c.to(dtype), sigma, float(self.cfg), info, ctx).to(x.dtype)
@@ -164,13 +219,31 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             self.stats.record(step, "invert", 1 if math.isclose(self.inv_cfg, 1.0) else 2, False)
             return comfy.samplers.sampling_function(model, x, timestep, self.conds.get("negative", None), cond,
                                                     self.inv_cfg, model_options=model_options)
-        cond_pred = _evaluate(model, [cond, None], x, timestep, self.cfg, model_options)[0]
+        cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
         self.stats.record(step, "invert", 1, True)
         weak = self._weak_denoised(x, timestep, cond_pred, step)
         return guidance.weak_to_strong(cond_pred, weak, self.w2s_scale)
 
+    def _fast(self, model, x, timestep, step, cond, uncond, model_options):
+        """A fast step: (cond, uncond, denoised) from one conditional pass and the weak model. The weak model sees the
+        model's own conditional prediction. Where pre-cfg functions or a sampler_cfg_function (RescaleCFG, APG, …)
+        are attached, they get the unconditional prediction the weak model implies, u = (g·c − weak)/(g − 1), in place
+        of the pass not run, so fast steps look to them like CFG steps; at cfg 1 there is no u and they are skipped.
+        model_options: without the post-cfg functions (run by predict_noise)."""
+        cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
+        weak = self._weak_denoised(x, timestep, cond_pred, step)
+        uncond_pred = guidance.implied_uncond(cond_pred, weak, self.cfg)
+        patched = model_options.get("sampler_pre_cfg_function") or "sampler_cfg_function" in model_options
+        if not patched or math.isclose(self.cfg, 1.0):
+            return cond_pred, uncond_pred, weak
+        cond_pred, uncond_pred = _pre_cfg(model, [cond, uncond], [cond_pred, uncond_pred], self.cfg, x, timestep,
+                                          model_options)[:2]
+        denoised = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, self.cfg, x, timestep,
+                                               model_options=model_options, cond=cond, uncond=uncond)
+        return cond_pred, uncond_pred, denoised
+
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        step = self._map.index(timestep)
+        step = self._steps.step(timestep)
         if model_options.get(INVERT_KEY):
             return self._invert(x, timestep, step, model_options)
         slow = self._map.is_slow(step)
@@ -178,24 +251,23 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         cond = self.conds.get("positive", None)
         uncond = self.conds.get("negative", None)
         cfg = self.cfg
+        no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
         if slow:
             if math.isclose(cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
                 uncond = None  # ComfyUI's cfg = 1 shortcut
-            cond_pred, uncond_pred = _evaluate(model, [cond, uncond], x, timestep, cfg, model_options)[:2]
+            raw = _evaluate(model, [cond, uncond], x, timestep, model_options)
             if uncond is not None and hasattr(self.weak, "observe_slow"):  # the "reuse" fill-in
-                self.weak.observe_slow(guidance.raw_from_denoised(x, cond_pred, timestep),
-                                       guidance.raw_from_denoised(x, uncond_pred, timestep), timestep, step)
-            no_post = {k: v for k, v in model_options.items() if k != "sampler_post_cfg_function"}
+                self.weak.observe_slow(guidance.raw_from_denoised(x, raw[0], timestep),
+                                       guidance.raw_from_denoised(x, raw[1], timestep), timestep, step)
+            cond_pred, uncond_pred = _pre_cfg(model, [cond, uncond], raw, cfg, x, timestep, model_options)[:2]
             strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                                  model_options=no_post, cond=cond, uncond=uncond)
             use_weak = self.w2s_scale != 1.0 and self.method == "core"
-            denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, cond_pred, step), strong,
+            denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, raw[0], step), strong,
                                                self.w2s_scale) if use_weak else strong
         else:
             use_weak = True
-            cond_pred = _evaluate(model, [cond, None], x, timestep, cfg, model_options)[0]
-            denoised = self._weak_denoised(x, timestep, cond_pred, step)
-            uncond_pred = guidance.implied_uncond(cond_pred, denoised, cfg)
+            cond_pred, uncond_pred, denoised = self._fast(model, x, timestep, step, cond, uncond, no_post)
             uncond = None
         passes = 1 if not slow or uncond is None else 2
         self.stats.record(step, "slow" if slow else "fast", passes, use_weak)

@@ -32,19 +32,19 @@ OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "ma
                                                "z-sampling only: CFG scale of the inversion pass (official default 0.5)."})}}
 
 
-def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None):
+def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None,
+            denoise=1.0):
     g = CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
-                    zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg)
+                    zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg, denoise=denoise)
     g.scheduler_name = scheduler
     return g
 
 
-def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg):
-    """Check the step settings, then return make(model, schedule) -> guider for run_ksampler."""
-    if method == "core" and slow_steps > steps:
-        raise ValueError(f"CoRe²: slow_steps ({slow_steps}) is more than steps ({steps}); use 0 to {steps}.")
+def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise=1.0):
+    """make(model, schedule) -> guider for run_ksampler. slow_steps is checked against the schedule the sampler
+    really runs (a scheduler may give fewer or more σ than `steps`), by the guider."""
     return lambda m, schedule: _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule,
-                                       scheduler)
+                                       scheduler, denoise)
 
 
 class CoRe2KSampler:
@@ -73,7 +73,7 @@ class CoRe2KSampler:
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
                weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5):
-        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg)
+        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise)
         return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, denoise=denoise),)
 

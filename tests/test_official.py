@@ -224,12 +224,71 @@ def test_sd35_recipe_stack_order_and_t5_length():
     T = 2 * (77 + t5)
     assert x.s.shape == (1, 64, T) and x.d.shape == (1, 64, D) and x.pooled.shape == (1, 2 * P)
     p_rows = pos.tokens[0, :77 + t5]
-    n_rows = torch.cat([neg.tokens[0], torch.zeros(t5 - 2, D)])
+    n_rows = torch.cat([neg.tokens[0], neg.tokens[0, -1:].expand(t5 - 2, D)])  # padded with copies of the last T5 row
     u, sv, vh = torch.linalg.svd(torch.cat([p_rows, n_rows]))  # [pos; neg]
     assert torch.equal(x.s[0], u[:64]) and torch.equal(x.v[0], sv[:64]) and torch.equal(x.d[0], vh[:64])
     assert torch.equal(x.pooled[0], torch.cat([pos.pooled[0], neg.pooled[0]]))
     with pytest.raises(ValueError, match="EMPTY prompt"):
         recipes.sd35_inputs(pos, None, text_dim=D, pooled_dim=P, t5_tokens=t5)
+
+
+def _sd3_prompt(g, clip_chunks, t5_rows, batch=1):
+    """ComfyUI's SD3 layout: clip_chunks × 77 CLIP rows (CLIP-L ‖ CLIP-G, 2048 wide, zero-padded to 4096), T5 rows."""
+    clip = torch.nn.functional.pad(torch.randn(batch, 77 * clip_chunks, 2048, generator=g), (0, 2048))
+    return PromptFeatures(torch.cat([clip, torch.randn(batch, t5_rows, 4096, generator=g)], dim=1),
+                          torch.randn(batch, 2048, generator=g))
+
+
+def test_sd35_long_clip_prompt_keeps_the_first_clip_chunk_and_the_t5_rows():
+    """A prompt over 75 CLIP tokens: ComfyUI gives 2×77 CLIP rows before T5; the official tokenizers truncate CLIP at
+    77, so the recipe takes the first 77 CLIP rows and the T5 rows after the second chunk (not CLIP rows as T5)."""
+    g = torch.Generator().manual_seed(8)
+    long, empty = _sd3_prompt(g, 2, 300), _sd3_prompt(g, 1, 77)
+    assert recipes.clip_rows(long.tokens) == 154 and recipes.clip_rows(empty.tokens) == 77
+    x = recipes.sd35_inputs(long, empty, dtype=torch.float32)
+    p_rows = torch.cat([long.tokens[0, :77], long.tokens[0, 154:154 + 256]])
+    n_rows = torch.cat([empty.tokens[0], empty.tokens[0, -1:].expand(256 - 77, 4096)])
+    sv = torch.linalg.svdvals(torch.cat([p_rows, n_rows]))
+    assert torch.allclose(x.v[0], sv[:64], rtol=1e-5)
+    notes = official.OfficialWeakModel.prompt_notes(type("W", (), {"variant": "sd35"})(), long, empty)
+    assert len(notes) == 1 and "positive prompt is longer than 75 CLIP tokens" in notes[0]
+
+
+def _random_t5(d_model=256, layers=4, seed=3):
+    import comfy.ops
+    from comfy.text_encoders.t5 import T5
+    from tiny_models import init_weights
+
+    cfg = dict(num_layers=layers, d_model=d_model, d_ff=2 * d_model, dense_act_fn="gelu_pytorch_tanh",
+               is_gated_act=True, num_heads=4, model_type="t5", vocab_size=1000)
+    t5 = T5(cfg, torch.float32, "cpu", comfy.ops.manual_cast)
+    init_weights(t5, seed)
+    return t5
+
+
+@pytest.mark.parametrize("prompt_tokens", [5, 20, 60])
+def test_sd35_t5_padding_with_copies_of_the_last_row_is_close_to_the_official_pad_outputs(prompt_tokens):
+    """Measured with a random-weight T5 (ComfyUI's T5 class): the official encoder gives 256 rows (prompt, EOS, pad
+    outputs); ComfyUI gives 77 (min_length). Top-64 singular values of [CLIP; T5] vs the official 256 rows: padding
+    with copies of the last row moves them 2% (5 and 20 prompt tokens) to 10% (60), zero rows 41–53% (seed 3, 4 layers,
+    width 256; run with -s for the figures)."""
+    t5, d = _random_t5(), 256
+    g = torch.Generator().manual_seed(prompt_tokens)
+    ids = torch.zeros(1, 256, dtype=torch.long)  # T5: no BOS; prompt, EOS (1), pad (0)
+    ids[0, :prompt_tokens] = torch.randint(2, 1000, (prompt_tokens,), generator=g)
+    ids[0, prompt_tokens] = 1
+    with torch.no_grad():
+        official_rows, comfy_rows = t5(ids)[0][0], t5(ids[:, :77])[0][0]
+    clip = torch.randn(77, d, generator=g)
+    ref = torch.linalg.svdvals(torch.cat([clip, official_rows]))[:64]
+
+    def shift(rows):
+        return float((torch.linalg.svdvals(rows)[:64] - ref).norm() / ref.norm())
+
+    copied = recipes._sd35_tokens(torch.cat([clip, comfy_rows])[None], 77, 256)[0]
+    zeros = torch.cat([clip, comfy_rows, torch.zeros(256 - 77, d)])
+    print(f"T5 padding, {prompt_tokens} prompt tokens: copies {shift(copied):.3f}, zeros {shift(zeros):.3f}")
+    assert shift(copied) < 0.15 and shift(copied) < shift(zeros) / 4
 
 
 def test_recipe_batch_is_per_sample_svd():
@@ -389,6 +448,33 @@ def test_pth_and_safetensors_conversion(tmp_path, small_sdxl):
 
 
 # -- compatibility warnings -----------------------------------------------------------------------------------------
+def test_default_dtype_by_device_capability(monkeypatch):
+    from comfyui_core2.core2.official import model
+
+    assert model.default_input_dtype("cpu") == torch.float32
+    for cap, want in (((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16), ((7, 5), torch.float16), ((6, 1), torch.float16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=cap: c)
+        assert model.default_input_dtype("cuda") == want, cap
+
+
+def test_lora_index_by_sigma_on_a_shortened_schedule(weak_sdxl):
+    """denoise < 1: the schedule starts below full noise, so "official" picks the LoRA by σ, not by the fraction of
+    the shortened schedule (which would hand step 0 at σ ≈ 1 the LoRA trained for full noise)."""
+    grid = steps.sdxl_training_sigmas()
+    sched = grid[25:].clone()  # the tail of the training schedule, as denoise 0.5 gives
+    assert weak_sdxl.lora_index(StepInfo(0, 25, sched), sched[0]) == 0  # full-schedule rule: fraction 0
+    assert weak_sdxl.lora_index(StepInfo(0, 25, sched, denoise=0.5), sched[0]) == 25
+    assert weak_sdxl.lora_index(StepInfo(10, 25, sched, denoise=0.5), sched[10]) == 35
+
+
+def test_sdxl_zero_negative_note(weak_sdxl):
+    pos = PromptFeatures(torch.randn(1, 77, 2048), torch.randn(1, 1280))
+    zero = PromptFeatures(torch.zeros(1, 77, 2048), torch.zeros(1, 1280))
+    assert weak_sdxl.prompt_notes(pos, zero) == [] and weak_sdxl.prompt_notes(pos, None) == []
+    (note,) = weak_sdxl.prompt_notes(pos, PromptFeatures(torch.randn(1, 77, 2048), torch.randn(1, 1280)))
+    assert "all-zero negative" in note and "ConditioningZeroOut" in note
+
+
 def test_compatibility_warnings(weak_sdxl):
     assert official.compatibility_warnings(weak_sdxl, 5.5, 50, "ddim_uniform") == []
     w = official.compatibility_warnings(weak_sdxl, 8.0, 20, "karras")

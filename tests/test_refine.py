@@ -115,6 +115,160 @@ def test_heun_counts_by_noise_level(tiny_sd15):
     assert sum(tm.calls) == g.stats.model_passes
 
 
+def _guided_run(tm, sampler, sigmas, slow, weak=None, seed=0, callback=None):
+    g = CoRe2Guider(tm.patcher, weak or IdentityWeakModel(), 1.5, slow_steps=slow)
+    g.set_conds(tm.positive, tm.negative)
+    g.set_cfg(5.0)
+    latent = tm.empty_latent(1)
+    noise = comfy.sample.prepare_noise(latent, seed)
+    tm.reset_calls()
+    out = g.sample(noise, latent, sampler, sigmas, callback=callback, disable_pbar=True, seed=seed)
+    return g, out
+
+
+# evaluations per step (n steps) of each sampler: the first one, then the sampler's extra ones
+STEP_EVALS = {
+    "heun": lambda n: [2] * (n - 1) + [1],  # the second evaluation sits at σ_{i+1}, where step i+1 starts
+    "dpm_2_ancestral": lambda n: [2] * (n - 1) + [1],
+    "dpmpp_2s_ancestral": lambda n: [2] * (n - 1) + [1],
+    "heunpp2": lambda n: [3] * (n - 2) + [2, 1],  # looks ahead to σ_{i+2}
+    "dpm_2": lambda n: [2] * (n - 1) + [1],
+    "euler_churn": lambda n: [1] * n,  # σ raised above σ_i
+    "dpmpp_sde": lambda n: [2] * (n - 1) + [1],
+}
+
+
+def _sampler(name):
+    if name == "euler_churn":
+        return comfy.samplers.ksampler("euler", {"s_churn": 10.0})
+    return comfy.samplers.sampler_object(name)
+
+
+@pytest.mark.parametrize("scheduler", ["normal", "karras"])
+@pytest.mark.parametrize("name", list(STEP_EVALS))
+@pytest.mark.parametrize("slow", [1, 3, 5])
+def test_every_evaluation_of_a_step_runs_in_its_mode(tiny_sd15, name, slow, scheduler):
+    """Each evaluation of step i runs slow (one batch-2 call: cond + uncond) iff i < slow_steps, whatever σ it is at."""
+    tm = tiny_sd15
+    n = 6
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), scheduler, n)
+    g, _ = _guided_run(tm, _sampler(name), sigmas, slow)
+    expected = [2 if i < slow else 1 for i, k in enumerate(STEP_EVALS[name](n)) for _ in range(k)]
+    assert tm.calls == expected
+    assert g.stats.slow_steps == set(range(slow)) and g.stats.fast_steps == set(range(slow, n))
+    assert g.stats.slow_evals == sum(STEP_EVALS[name](n)[:slow])
+
+
+def test_heunpp2_and_flow_models_too(tiny_sd3):
+    """A flow model (CONST): dpmpp_2s_ancestral runs its RF variant; every evaluation of a step in its mode."""
+    tm = tiny_sd3
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "simple", 5)
+    for name in ("dpmpp_2s_ancestral", "heunpp2", "heun"):
+        _guided_run(tm, _sampler(name), sigmas, 2)
+        assert tm.calls == [2 if i < 2 else 1 for i, k in enumerate(STEP_EVALS[name](5)) for _ in range(k)], name
+
+
+def test_advanced_window_counts_from_the_schedule_with_heun(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    adv = refine.CoRe2KSamplerAdvanced()
+    tm.reset_calls()
+    adv.sample(tm.patcher, "enable", 8, 8, 5.0, "heun", "normal", tm.positive, tm.negative,
+               {"samples": latent}, 2, 6, "enable", AffineWeak(), 1.5, 4)
+    assert tm.calls == [2] * 4 + [1] * 4  # steps 2, 3 slow; 4, 5 fast; 2 evaluations each
+
+
+def test_dpm_adaptive_each_attempted_step_runs_in_one_mode(tiny_sd15):
+    """dpm_adaptive takes steps of its own: each attempted step (between two of its callbacks) runs in one mode, the
+    mode of the schedule step its starting σ falls in; before the first callback, σ decides."""
+    tm = tiny_sd15
+    n, slow = 8, 3
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "karras", n)
+    marks = []
+    g, out = _guided_run(tm, _sampler("dpm_adaptive"), sigmas, slow,
+                         callback=lambda *a: marks.append(len(tm.calls)))
+    assert torch.isfinite(out).all() and len(marks) > 3
+    segments = [tm.calls[a:b] for a, b in zip([0] + marks, marks + [len(tm.calls)]) if b > a]
+    assert all(len(set(seg)) == 1 for seg in segments[1:]), segments
+    modes = [seg[0] for seg in segments]
+    assert modes[0] == 2 and modes[-1] == 1
+    assert modes == sorted(modes, reverse=True)  # slow attempts first, then fast ones: one switch
+    assert g.stats.slow_evals + g.stats.fast_evals == len(tm.calls)
+
+
+class SigmaLog(WeakModel):
+    name = "σ log"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        self.seen.append((step.index, float(sigma.flatten()[0])))
+        return raw_cond
+
+
+@pytest.mark.parametrize("name", ["uni_pc", "dpm_fast"])
+def test_samplers_calling_back_after_a_steps_first_evaluation_count_by_sigma(tiny_sd15, name):
+    """uni_pc and dpm_fast have no loop over the schedule and call back right after a step's first evaluation: σ
+    decides (exact for uni_pc, which evaluates only at schedule σ)."""
+    tm = tiny_sd15
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", 6)
+    weak = SigmaLog()
+    g, _ = _guided_run(tm, _sampler(name), sigmas, 3, weak=weak)
+    m = StepMap(sigmas, 3)
+    assert g._steps.source == "sigma" and weak.seen
+    assert [i for i, _ in weak.seen] == [m.index(s) for _, s in weak.seen]
+    if name == "uni_pc":
+        assert tm.calls == [2, 2, 2, 1, 1, 1]
+
+
+def test_sampler_without_callbacks_falls_back_to_sigma(tiny_sd15):
+    """A sampler that neither loops over `sigmas` with `i` nor calls back: steps by σ (StepMap.index)."""
+    from comfyui_core2.core2.zigzag import euler_step, to_d
+
+    def plain_euler(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        s_in = x.new_ones([x.shape[0]])
+        for k in range(len(sigmas) - 1):
+            den = model(x, sigmas[k] * s_in, **(extra_args or {}))
+            x = euler_step(x, to_d(x, sigmas[k], den), sigmas[k], sigmas[k + 1])
+        return x
+
+    tm = tiny_sd15
+    sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", 5)
+    g, _ = _guided_run(tm, comfy.samplers.KSAMPLER(plain_euler), sigmas, 2)
+    assert tm.calls == [2, 2, 1, 1, 1] and g._steps.source == "sigma"
+
+
+def test_denoise_zero_returns_the_latent_like_ksampler(tiny_sd15):
+    tm = tiny_sd15
+    latent = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+    ref = reference(tm, latent, 1, 6, 5.0, "euler", "normal", denoise=0.0)
+    got = core2(tm, latent, 1, 6, 5.0, "euler", "normal", AffineWeak(), 1.5, 3, denoise=0.0)
+    assert torch.equal(got, latent) and torch.equal(got, ref) and tm.calls == []
+
+
+def test_slow_steps_beyond_the_schedule_are_clamped_and_logged(tiny_sd15, caplog):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    with caplog.at_level(logging.INFO, logger="comfyui-core2"):
+        many = core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 10)  # a Turbo setup at the default
+    assert tm.calls == [2] * 4
+    assert any("slow_steps 10 is more than the 4 steps" in r.getMessage() for r in caplog.records)
+    assert torch.equal(many, core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 4))
+
+
+def test_slow_steps_checked_against_the_real_schedule(tiny_sd15):
+    """A scheduler may return fewer σ than steps (beta drops repeated timesteps): slow_steps = steps still runs."""
+    tm = tiny_sd15
+    ms = tm.patcher.get_model_object("model_sampling")
+    steps = next(n for n in range(20, 200) if len(comfy.samplers.calculate_sigmas(ms, "beta", n)) - 1 != n)
+    real = len(comfy.samplers.calculate_sigmas(ms, "beta", steps)) - 1
+    tm.reset_calls()
+    core2(tm, tm.empty_latent(1, 8, 8), 0, steps, 5.0, "euler", "beta", IdentityWeakModel(), 1.5, steps)
+    assert tm.calls == [2] * real and real < steps
+
+
 def test_step_map():
     m = StepMap(torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0]), slow_steps=2)
     assert [m.index(s) for s in (10.0, 11.0, 7.0, 5.0, 5.0000001, 4.99, 2.0, 0.5)] == [0, 0, 0, 1, 1, 1, 2, 3]
@@ -177,8 +331,6 @@ def test_errors_before_sampling(tiny_sd15, tiny_sd3):
 
     with pytest.raises(ValueError, match="built for sd3 models, but the MODEL is sd15"):
         core2(tm, latent, 0, 4, 5.0, "euler", "normal", SD3Weak(), 1.5, 2)
-    with pytest.raises(ValueError, match="slow_steps"):
-        core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 5)
     with pytest.raises(ValueError, match="need a negative conditioning"):
         core2(tm, latent, 0, 4, 5.0, "euler", "normal", AffineWeak(), 1.5, 2, negative=[])
     assert tm.calls == []  # nothing ran
@@ -237,3 +389,56 @@ def test_weak_model_handed_to_comfy_model_management_when_supported(tiny_sd15):
     assert weak_memory.KEY not in tm.patcher.additional_models  # the user's MODEL is not changed
     attached = weak_memory.attach(tm.patcher, weak)
     assert attached is not tm.patcher and attached.get_additional_models_with_key(weak_memory.KEY) == [wp]
+
+
+class InputLog(AffineWeak):
+    name = "input log"
+
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+        self.outputs = []
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        out = super().predict(raw_cond, sigma, cfg_scale, step, context)
+        self.inputs.append(raw_cond.clone())
+        self.outputs.append(out.clone())
+        return out
+
+
+def _with_pre_cfg(tm, fn):
+    m = tm.patcher.clone()
+    m.set_model_sampler_pre_cfg_function(fn)
+    return m
+
+
+def test_fast_steps_give_pre_cfg_functions_the_weak_models_uncond(tiny_sd15):
+    """Pre-cfg functions on fast steps see [cond, u] with u the uncond the weak model implies (not zeros), so
+    CFG of what they see is the weak prediction; the weak model sees the model's own cond prediction."""
+    tm = tiny_sd15
+    seen = []
+
+    def halve_guidance(args):  # like APG / LatentApplyOperationCFG: reshapes the guidance c − u
+        c, u = args["conds_out"][:2]
+        seen.append((c.clone(), u.clone(), args["input"], args["sigma"]))
+        return [u + (c - u) * 0.5, u]
+
+    latent = tm.empty_latent(1)
+    weak_plain, weak_patched = InputLog(), InputLog()
+    core2(tm, latent, 2, 4, 5.0, "euler", "normal", weak_plain, 1.5, 0)
+    core2(tm, latent, 2, 4, 5.0, "euler", "normal", weak_patched, 1.5, 0, model=_with_pre_cfg(tm, halve_guidance))
+    assert len(seen) == 4
+    assert torch.equal(weak_plain.inputs[0], weak_patched.inputs[0])  # the same x at step 0: the same weak input
+    for (c, u, x, sigma), weak_raw in zip(seen, weak_patched.outputs):
+        weak_x0 = guidance.denoised_from_raw(x, weak_raw, sigma)
+        assert u.abs().max() > 0.1
+        assert (guidance.cfg(c, u, 5.0) - weak_x0).abs().max() <= 1e-4 * weak_x0.abs().max()
+
+
+def test_fast_steps_with_a_pre_cfg_function_that_changes_nothing_equal_plain_fast_steps(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    plain = core2(tm, latent, 2, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 2)
+    same = core2(tm, latent, 2, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 2,
+                 model=_with_pre_cfg(tm, lambda args: args["conds_out"]))
+    assert (same - plain).abs().max() <= 1e-5 * plain.abs().max()

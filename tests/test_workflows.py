@@ -303,3 +303,20 @@ def test_pyproject_is_a_valid_registry_config():
                              text=True).stdout.split()
     for need in ("toy/weights/toy_t2i.safetensors", "workflows/08_toy_collect_reflect_refine.json"):
         assert need in tracked or any(need.startswith(i.rstrip("/") + "/") for i in t.includes), need
+
+
+def test_official_sdxl_workflow_runs_cfg_against_a_zero_negative():
+    """Workflow 06 runs the official weights as the official code does: the negative is ConditioningZeroOut of the
+    positive (an all-zero negative, tokens and pooled), not a text encoding."""
+    wf = _load(WF_DIR / "06_official_weights_sdxl.json")
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {lk[0]: lk for lk in wf["links"]}
+
+    def source(node, name):
+        (inp,) = [i for i in node["inputs"] if i["name"] == name]
+        return nodes[links[inp["link"]][1]]
+
+    (ks,) = [n for n in nodes.values() if n["type"] == "CoRe2KSampler"]
+    neg, pos = source(ks, "negative"), source(ks, "positive")
+    assert neg["type"] == "ConditioningZeroOut" and source(neg, "conditioning") is pos
+    assert pos["type"] == "CLIPTextEncode"

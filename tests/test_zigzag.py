@@ -88,3 +88,31 @@ def test_non_euler_sampler_is_refused(tiny_sd15):
     with pytest.raises(ValueError, match="defined for the euler sampler"):
         run(tiny_sd15, "z-core", sampler="dpmpp_2m")
     assert tiny_sd15.calls == []
+
+
+class StepLog(WeakModel):
+    """Records the step index and σ of every weak-model call (the official weights pick their LoRA by step)."""
+
+    name = "step log"
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def predict(self, raw_cond, sigma, cfg_scale, step, context):
+        self.seen.append((step.index, float(sigma.flatten()[0])))
+        return raw_cond * 1.3
+
+
+def test_z_core_inversion_labelled_with_its_step(tiny_sd15):
+    """The inversion after step i's first denoise runs at σ_{i+1} but belongs to step i (official: step i's index)."""
+    import comfy.samplers
+
+    weak = StepLog()
+    n = 5
+    run(tiny_sd15, "z-core", steps=n, weak=weak)
+    sigmas = comfy.samplers.calculate_sigmas(tiny_sd15.patcher.get_model_object("model_sampling"), "normal", n)
+    # z-core denoises with full CFG; the weak model serves the inversions, one per zigzag step (all but the last)
+    expected = [(i, float(sigmas[i + 1])) for i in range(n - 1)]
+    assert [s for s, _ in weak.seen] == [s for s, _ in expected]
+    assert [sig for _, sig in weak.seen] == pytest.approx([sig for _, sig in expected], rel=1e-5)

@@ -75,6 +75,7 @@ def builtins() -> dict:
                                  ("batch_size", "INT", {"default": 1, "min": 1, "max": 4096})], [("LATENT", "LATENT")]),
         "ModelSamplingSD3": ([("model", "MODEL", {}), ("shift", "FLOAT", {"default": 3.0, "min": 0.0, "max": 100.0})],
                              [("MODEL", "MODEL")]),
+        "ConditioningZeroOut": ([("conditioning", "CONDITIONING", {})], [("CONDITIONING", "CONDITIONING")]),
         "FluxGuidance": ([("conditioning", "CONDITIONING", {}), ("guidance", "FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0})],
                          [("CONDITIONING", "CONDITIONING")]),
         "KSampler": ([("model", "MODEL", {}), ("seed", *seed), ("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
@@ -402,12 +403,18 @@ def wf_flux() -> Workflow:
 
 def wf_official_sdxl() -> Workflow:
     wf = Workflow("06_official_weights_sdxl", (
-        "The OFFICIAL CoRe² weights on SDXL.\n\nDownload weights/sdxl_noise_model.pth from the Hugging Face repo "
-        "sst12345/CoRe2 into models/core2/. It was trained at 50 steps, ddim + ddim_uniform, cfg 5.5: stay close "
-        "(the sampler logs a warning otherwise). lora_index_mode picks each step's LoRA by the fraction of steps "
-        "done (official) or by noise level (sigma; for other step counts).\n\nThe official net costs ~18% of a UNet "
-        "call at 1024², so fast steps save less than with your own (Reflect) weak models."))
-    ck, pos, neg = _sdxl_base(wf)
+        "The OFFICIAL CoRe² weights on SDXL, run as the official code runs them.\n\nDownload "
+        "weights/sdxl_noise_model.pth from the Hugging Face repo sst12345/CoRe2 into models/core2/. It was trained at "
+        "50 steps, ddim + ddim_uniform, cfg 5.5: stay close (the sampler logs a warning otherwise). lora_index_mode "
+        "picks each step's LoRA by the fraction of steps done (official) or by noise level (sigma; for other step "
+        "counts).\n\nNegative: the official pipeline has no negative prompt; CFG runs against an ALL-ZERO negative "
+        "(force_zeros_for_empty_prompt), and the weak model learned to imitate that. ConditioningZeroOut of the "
+        "positive gives exactly that negative. To use a negative prompt instead, connect a CLIPTextEncode: the slow "
+        "steps then use it, the weak model (fast steps) still imitates zero-negative CFG.\n\nThe official net costs "
+        "~18% of a UNet call at 1024², so fast steps save less than with your own (Reflect) weak models."))
+    ck = wf.add("CheckpointLoaderSimple", (460, 20), ckpt_name=SDXL_CKPT)
+    pos = wf.add("CLIPTextEncode", (820, 20), title="Positive", text=POS, clip=ck.out(1))
+    neg = wf.add("ConditioningZeroOut", (820, 260), title="Negative: zeros (official)", conditioning=pos.out(0))
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
     weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="sdxl_noise_model.pth", model=ck.out(0),
                   lora_index_mode="official")

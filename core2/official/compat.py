@@ -8,6 +8,7 @@ CLOSE_SCHEDULERS = {"sdxl": ("ddim_uniform", "normal", "simple", "sgm_uniform"),
                     "sd35": ("simple", "normal", "sgm_uniform")}
 TRAINING = {"sdxl": "DDIM, 50 steps, cfg ≈ 5.5 (inferred from the demo)", "sd35": "Euler, 28 steps, shift 3, cfg 3.5"}
 CFG_TOLERANCE = 0.25
+ZERO_NEGATIVE_HINT = "feed ConditioningZeroOut of the positive as the negative (workflow 06)"
 
 
 def compatibility_warnings(weak, cfg: float | None, steps: int | None, scheduler_name: str | None) -> list[str]:
@@ -27,4 +28,23 @@ def compatibility_warnings(weak, cfg: float | None, steps: int | None, scheduler
     if scheduler_name and scheduler_name not in CLOSE_SCHEDULERS[variant]:
         out.append(f"scheduler '{scheduler_name}' spaces σ differently from training ({trained}); prefer "
                    f"{' / '.join(CLOSE_SCHEDULERS[variant])}, or use lora_index_mode='sigma'.")
+    return out
+
+
+def prompt_notes(weak, positive, negative) -> list[str]:
+    """Notes on the conditioning (PromptFeatures or None) where it differs from the official pipelines' inputs."""
+    from .recipes import CLIP_TOKENS, clip_rows
+
+    variant = getattr(weak, "variant", None)
+    out = []
+    if variant == "sdxl" and negative is not None and (bool(negative.tokens.any()) or (
+            negative.pooled is not None and bool(negative.pooled.any()))):
+        out.append("the official SDXL weights were trained to imitate CFG against an all-zero negative (the official "
+                   "pipeline's empty negative prompt); this run's slow steps use your negative conditioning. For the "
+                   f"official behaviour {ZERO_NEGATIVE_HINT}.")
+    if variant == "sd35":
+        for name, f in (("positive", positive), ("negative", negative)):
+            if f is not None and clip_rows(f.tokens) > CLIP_TOKENS:
+                out.append(f"the {name} prompt is longer than 75 CLIP tokens: the official SD3.5 weak model reads its "
+                           "first 77 CLIP tokens (the official tokenizers truncate there) and its T5 tokens.")
     return out

@@ -22,8 +22,13 @@ VARIANT_INFO = {
 
 
 def default_input_dtype(device) -> torch.dtype:
-    """bf16 on CUDA (as the official code runs), fp32 elsewhere (bf16 matmuls are slow on most CPUs)."""
-    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    """bf16 (as the official code runs) on CUDA devices with fast bf16 (compute capability 8.0+, Ampere on); fp16 on
+    older CUDA devices, where bf16 is emulated and slow; fp32 elsewhere (bf16 matmuls are slow on most CPUs)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.float32
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
 
 
 @dataclass
@@ -61,6 +66,11 @@ class OfficialWeakModel(WeakModel):
 
         return compatibility_warnings(self, cfg, steps, scheduler)
 
+    def prompt_notes(self, positive, negative):
+        from .compat import prompt_notes
+
+        return prompt_notes(self, positive, negative)
+
     @property
     def lora_index_mode(self) -> str:
         return self._mode
@@ -87,7 +97,10 @@ class OfficialWeakModel(WeakModel):
         return OfficialContext(inputs)
 
     def lora_index(self, step: StepInfo, sigma=None) -> int:
-        if self._mode == "sigma":
+        """The LoRA for a step: "official" = the fraction of steps done, except on a schedule that does not start
+        from full noise (denoise < 1: step.denoise), where the fraction of the shortened schedule would pick LoRAs
+        trained for higher noise, so the σ rule is used; "sigma" = always the σ rule."""
+        if self._mode == "sigma" or getattr(step, "denoise", 1.0) < 1.0:
             s = sigma
             if s is None and step.schedule is not None:
                 s = step.schedule[step.index]

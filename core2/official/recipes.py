@@ -7,9 +7,15 @@ Reproduces the official pipelines (CORE2_SPEC §2.2), quirks included:
   pooled [2560] = [zeros(1280) ‖ pooled_G]; the user's negative prompt is ignored, as in the official code;
 * SD3.5: stack [positive; negative] with 77 CLIP + exactly 256 T5 tokens each → A [666, 4096], pooled [4096] =
   [pooled_pos ‖ pooled_neg]. The official negative is the encoding of the EMPTY prompt: feed an empty-prompt
-  conditioning as `negative` to stay in-distribution. ComfyUI's T5 part is zero-padded or truncated to 256 tokens
-  (the official encoder pads with T5 pad-token outputs, which ComfyUI does not produce; a small approximation).
-* the results are cast to the net's input dtype (bf16 in the official code).
+  conditioning as `negative` to stay in-distribution. ComfyUI's SD3 tokens are [CLIP rows; T5 rows]: the CLIP rows
+  (CLIP-L ‖ CLIP-G, 2048 wide, zero-padded to 4096) come in chunks of 77, one per 75 prompt tokens; the official
+  tokenizers truncate CLIP at 77, so only the first chunk is used, and T5 starts after the last CLIP row (found by
+  the zero padding). ComfyUI's T5 part is at least 77 rows (prompt, EOS, pad-token outputs); the official encoder
+  gives 256 (pad-token outputs to the end). The pack pads it to 256 with copies of its last row (a pad-token output
+  for prompts under 76 T5 tokens), or truncates it. With a random-weight T5 this moves the top-64 singular values by
+  2–10% where zero rows moved them by 41–53% (tests/test_official.py, test_sd35_t5_padding_*).
+* the SVD runs in float32 on the features as ComfyUI gives them (float32); the results are then cast to the net's
+  input dtype (bf16 in the official code).
 Batches: one SVD per sample (the official code only handles batch 1).
 """
 from __future__ import annotations
@@ -25,6 +31,7 @@ CLIP_TOKENS = 77
 SD35_T5_TOKENS = 256
 SDXL_TEXT_DIM, SDXL_POOLED = 2048, 1280
 SD35_TEXT_DIM, SD35_POOLED = 4096, 2048
+SD35_CLIP_WIDTH = 768 + 1280  # CLIP-L ‖ CLIP-G, zero-padded to SD35_TEXT_DIM by ComfyUI (and the official pipeline)
 
 
 @dataclass
@@ -83,10 +90,26 @@ def sdxl_inputs(positive: PromptFeatures, negative: PromptFeatures | None = None
     return _finish(rows, pools, device, dtype)
 
 
+def clip_rows(t: torch.Tensor, clip_tokens: int = CLIP_TOKENS, clip_width: int = SD35_CLIP_WIDTH) -> int:
+    """How many leading rows of SD3 tokens [B, T, D] are CLIP rows: the rows whose columns from clip_width on are
+    zero (ComfyUI pads CLIP-L ‖ CLIP-G to the T5 width), a multiple of clip_tokens. Where the features have no such
+    padding (not ComfyUI's SD3 layout), clip_tokens."""
+    if t.shape[-1] <= clip_width:
+        return clip_tokens
+    padded = (t[..., clip_width:] == 0).all(dim=-1).all(dim=0)  # [T]
+    n = int(padded.long().cumprod(0).sum())
+    return n if n >= clip_tokens and n % clip_tokens == 0 else clip_tokens
+
+
 def _sd35_tokens(t: torch.Tensor, clip_tokens: int, t5_tokens: int) -> torch.Tensor:
-    clip, t5 = t[:, :clip_tokens], t[:, clip_tokens:clip_tokens + t5_tokens]
-    if t5.shape[1] < t5_tokens:
-        t5 = torch.nn.functional.pad(t5, (0, 0, 0, t5_tokens - t5.shape[1]))
+    """[CLIP (first chunk, clip_tokens rows); T5 (t5_tokens rows: truncated, or padded with copies of its last row)]."""
+    start = clip_rows(t, clip_tokens)
+    clip, t5 = t[:, :clip_tokens], t[:, start:start + t5_tokens]
+    missing = t5_tokens - t5.shape[1]
+    if missing > 0 and t5.shape[1] > 0:
+        t5 = torch.cat([t5, t5[:, -1:].expand(-1, missing, -1)], dim=1)
+    elif missing > 0:  # no T5 part at all (SD3 without its T5 encoder): nothing to copy
+        t5 = t.new_zeros(t.shape[0], t5_tokens, t.shape[-1])
     return torch.cat([clip, t5], dim=1)
 
 
@@ -95,8 +118,8 @@ def sd35_inputs(positive: PromptFeatures, negative: PromptFeatures | None, *, de
                 t5_tokens: int = SD35_T5_TOKENS) -> SVDInputs:
     """SD3.5 recipe. `negative` should be the EMPTY-prompt encoding (what the official code uses).
 
-    ComfyUI SD3 tokens are [CLIP-L‖CLIP-G padded to 4096 (77 per 75-token chunk); T5 tokens]; `clip_tokens` says
-    where the T5 part starts (77 unless the CLIP prompt was longer than 75 tokens).
+    ComfyUI SD3 tokens are [CLIP-L‖CLIP-G padded to 4096 (77 per 75-token chunk); T5 tokens]: the CLIP part is
+    truncated to its first `clip_tokens` rows, as the official tokenizers do, and T5 starts after the last CLIP row.
     """
     _check(positive, "positive", text_dim, pooled_dim, clip_tokens, "SD3.5")
     if negative is None:
