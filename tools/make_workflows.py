@@ -87,7 +87,6 @@ def builtins() -> dict:
                       ("latent_image", "LATENT", {}), ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})],
                      [("LATENT", "LATENT")]),
         "VAEDecode": ([("samples", "LATENT", {}), ("vae", "VAE", {})], [("IMAGE", "IMAGE")]),
-        "ImageBatch": ([("image1", "IMAGE", {}), ("image2", "IMAGE", {})], [("IMAGE", "IMAGE")]),
         "SaveImage": ([("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"})], []),
         "PreviewImage": ([("images", "IMAGE", {})], []),
         "Note": ([("text", "STRING", {"multiline": True})], []),
@@ -479,7 +478,7 @@ def wf_official_sdxl() -> Workflow:
 def wf_grid_sdxl() -> Workflow:
     wf = Workflow("07_cfg_vs_core2_sdxl", (
         "CFG vs CoRe², side by side (SDXL).\n\nKSampler (plain CFG) and the CoRe² KSampler with the same seed, "
-        "steps, cfg and sampler; the two images are batched into one preview (left: CFG, right: CoRe²). Change "
+        "steps, cfg and sampler, each shown in its own preview (CFG above, CoRe² below). Change "
         "w2s_scale and slow_steps to see their effect."))
     ck, pos, neg = _sdxl_base(wf)
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
@@ -491,8 +490,8 @@ def wf_grid_sdxl() -> Workflow:
     ks = _core2(wf, (1200, 360), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0))
     d1 = wf.add("VAEDecode", (1580, 20), samples=k.out(0), vae=ck.out(2))
     d2 = wf.add("VAEDecode", (1580, 360), samples=ks.out(0), vae=ck.out(2))
-    b = wf.add("ImageBatch", (1800, 20), image1=d1.out(0), image2=d2.out(0))
-    wf.add("PreviewImage", (2040, 20), size=(720, 420), images=b.out(0))
+    wf.add("PreviewImage", (1800, 20), size=(520, 560), title="CFG", images=d1.out(0))
+    wf.add("PreviewImage", (1800, 600), size=(520, 560), title="CoRe²", images=d2.out(0))
     return wf
 
 
@@ -530,7 +529,8 @@ def wf_toy_chain() -> Workflow:
 def wf_toy_grid() -> Workflow:
     wf = Workflow("09_toy_cfg_vs_core2", (
         "CFG vs CoRe² on the TOY WORLD (no downloads).\n\nKSampler (CFG, 20 model passes for 10 steps) and the "
-        "CoRe² KSampler (3 slow + 7 fast steps: 13 passes) from the same seed; top row CFG, bottom row CoRe². "
+        "CoRe² KSampler (3 slow + 7 fast steps: 13 passes) from the same seed; CFG in the upper preview, CoRe² in "
+        "the lower one. "
         "Needs models/core2/toy_weak.safetensors: run 08_toy_collect_reflect_refine once first."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
     pos = wf.add("CoRe2ToyTextEncode", (820, 20), title="Positive", toy_text=ld.out(1), text="a blue circle at the left")
@@ -544,8 +544,8 @@ def wf_toy_grid() -> Workflow:
                 sampler_name="euler", scheduler="normal", slow_steps=3)
     d1 = wf.add("CoRe2ToyDecode", (1580, 20), samples=k.out(0))
     d2 = wf.add("CoRe2ToyDecode", (1580, 360), samples=ks.out(0))
-    b = wf.add("ImageBatch", (1800, 20), image1=d1.out(0), image2=d2.out(0))
-    wf.add("PreviewImage", (2040, 20), size=(420, 300), images=b.out(0))
+    wf.add("PreviewImage", (1800, 20), size=(420, 300), title="CFG", images=d1.out(0))
+    wf.add("PreviewImage", (1800, 360), size=(420, 300), title="CoRe²", images=d2.out(0))
     return wf
 
 
