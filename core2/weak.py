@@ -81,7 +81,9 @@ class WeakModel(torch.nn.Module):
         """Raise ValueError with a clear message if this weak model cannot serve that base model."""
         problems = []
         if self.family not in ("any", family):
-            problems.append(f"it was built for {self.family} models, but the MODEL is {family}")
+            problems.append(f"it was built for {self.family} models, but the MODEL is {family}"
+                            + ("" if family in FAMILIES else f" (a family CoRe² has no ready weak models for: "
+                               f"collect and train one on it, or pick a training-free fill-in)"))
         if self.latent_channels is not None and self.latent_channels != latent_channels:
             problems.append(f"it expects {self.latent_channels}-channel latents, the MODEL uses {latent_channels}")
         if self.prediction is not None and self.prediction != prediction:

@@ -8,6 +8,9 @@ import comfy.model_base as mb
 _CONFIG_FAMILY = {"SD15": "sd15", "SDXL": "sdxl", "SSD1B": "sdxl", "Segmind_Vega": "sdxl", "KOALA_700M": "sdxl",
                   "KOALA_1B": "sdxl", "SD3": "sd3", "Flux": "flux", "FluxSchnell": "flux", "FluxInpaint": "flux"}
 
+# models without a known config: the exact ComfyUI model class (subclasses are other families, see family())
+_MODEL_CLASS_FAMILY = {"SDXL": "sdxl", "SD3": "sd3", "Flux": "flux"}
+
 
 def base_model(model):
     """The BaseModel behind a ModelPatcher (or the BaseModel itself)."""
@@ -15,17 +18,20 @@ def base_model(model):
 
 
 def family(model) -> str:
+    """The model family a weak model is built for: sd15, sdxl, sd3, flux (FLUX.1), or for any other model its own
+    name (the ComfyUI model config's class name, lower case: "flux2", "chroma", ...). Newer families built on the
+    classes of supported ones (Flux2, Chroma and LongCat-Image derive from Flux) are named, never taken for their
+    parent: their latents and conditioning differ, so a weak model for one does not fit the other."""
     m = base_model(model)
     cfg_name = type(getattr(m, "model_config", None)).__name__
     if cfg_name in _CONFIG_FAMILY:
         return _CONFIG_FAMILY[cfg_name]
-    if isinstance(m, mb.SDXL):
-        return "sdxl"
-    if isinstance(m, mb.SD3):
-        return "sd3"
-    if isinstance(m, mb.Flux):
-        return "flux"
-    return cfg_name.lower() or "unknown"
+    for cls_name, fam in _MODEL_CLASS_FAMILY.items():
+        if type(m) is getattr(mb, cls_name, None):
+            return fam
+    if cfg_name != "NoneType":
+        return cfg_name.lower()
+    return type(m).__name__.lower() or "unknown"
 
 
 def latent_channels(model) -> int:

@@ -35,7 +35,7 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     if COMFY.full:
         return
-    skip = pytest.mark.skip(reason="needs a full ComfyUI checkout: set COMFYUI_DIR")
+    skip = pytest.mark.skip(reason="needs a full ComfyUI: the comfyui-0.3.75 flavour or COMFYUI_DIR")
     for item in items:
         if "full_comfy" in item.keywords:
             item.add_marker(skip)

@@ -530,7 +530,7 @@ def comfy_dirs(comfy_folders, dataset):
     return comfy_folders
 
 
-def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):
+def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
     import comfy.model_management as mm
     import comfy.utils
 
@@ -547,6 +547,9 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny):
         if value == 4:
             mm.interrupt_current_processing(True)
 
+    # ComfyUI 2026 throttles progress updates (at most one per 100 ms and per few percent): let every step through
+    monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_INTERVAL", 0.0, raising=False)
+    monkeypatch.setattr(comfy.utils, "PROGRESS_THROTTLE_MIN_PERCENT", 0.0, raising=False)
     old_hook = comfy.utils.PROGRESS_BAR_HOOK
     comfy.utils.set_progress_bar_global_hook(hook)
     try:

@@ -169,14 +169,39 @@ def build_sd3(seed=0, t5_tokens=77) -> TinyModel:
     return tm
 
 
+# FLUX.1's values for FluxParams fields that newer ComfyUI requires and older ones lack (comfy/model_detection.py,
+# the FLUX.1 branch): txt_ids_dims since ComfyUI 0.4.0.
+FLUX1_VALUES = {"txt_ids_dims": []}
+
+
+def flux_unet_config(sizes: dict, params_cls=None) -> dict:
+    """A FLUX unet config for the running ComfyUI: `sizes` filtered to the fields its FluxParams dataclass has, plus
+    FLUX.1's value for every required field `sizes` lacks (FLUX1_VALUES). A required field with no known value is a
+    clear error, so a new core's change shows up here rather than as a TypeError deep in model construction."""
+    import dataclasses
+
+    if params_cls is None:
+        from comfy.ldm.flux.model import FluxParams as params_cls
+    fields = {f.name: f for f in dataclasses.fields(params_cls)}
+    cfg = {k: v for k, v in sizes.items() if k in fields}
+    for name, f in fields.items():
+        if name in cfg or f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            continue
+        if name not in FLUX1_VALUES:
+            raise RuntimeError(f"this ComfyUI's {params_cls.__name__} requires '{name}', which tests/tiny_models.py "
+                               "does not know: add FLUX.1's value (see comfy/model_detection.py) to FLUX1_VALUES")
+        cfg[name] = list(FLUX1_VALUES[name]) if isinstance(FLUX1_VALUES[name], list) else FLUX1_VALUES[name]
+    return {"image_model": "flux", **cfg}
+
+
 def build_flux(seed=0, t5_tokens=64, guidance=3.5) -> TinyModel:
     import comfy.supported_models
 
-    unet = dict(
-        image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
+    unet = flux_unet_config(dict(
+        in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
         hidden_size=64, mlp_ratio=2.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[8, 12, 12],
         theta=10000, patch_size=2, qkv_bias=True, guidance_embed=True,
-    )
+    ))
     cfg = comfy.supported_models.Flux(unet)
     model = cfg.get_model({})
     init_weights(model.diffusion_model, seed)

