@@ -13,7 +13,7 @@ The weak model always sees the model's own conditional prediction (before any pr
 
 Which step an evaluation belongs to is counted by the sampler's own progress (core2/schedule.py StepTracker).
 
-Methods (CORE2_SPEC §5): "core" as above; "z-core" and "z-sampling" run the Euler zigzag loop of core2/zigzag.py,
+Methods (docs/method.md §5): "core" as above; "z-core" and "z-sampling" run the Euler zigzag loop of core2/zigzag.py,
 where every denoise is full CFG (as in the official code) and the inversion is, for z-core, one conditional pass
 extrapolated through the weak model, cond + w·(weak − cond), and for z-sampling, CFG at inv_cfg (2 passes).
 """

@@ -1,4 +1,4 @@
-"""Warnings when a run differs from how the official weights were trained (CORE2_SPEC §2.3, §4.2, §9)."""
+"""Warnings when a run differs from how the official weights were trained (docs/method.md §6)."""
 from __future__ import annotations
 
 # Schedulers (ComfyUI names) whose σ spacing matches the training schedule closely:

@@ -1,6 +1,6 @@
 """Prompt inputs of the official weak nets (`_s, _v, _d` and the pooled vector) from ComfyUI-style PromptFeatures.
 
-Reproduces the official pipelines (CORE2_SPEC §2.2), quirks included:
+Reproduces the official pipelines (docs/method.md §6), quirks included:
 * the prompt matrix A stacks two prompts' tokens; SVD with full_matrices=True in float32 on the sampling device;
 * `_s` is the first 64 ROWS of U (not columns), `_v` the first 64 singular values, `_d` the first 64 rows of Vh;
 * SDXL: stack [negative; positive] with a ZERO negative (tokens and pooled), 77 tokens each → A [154, 2048],
