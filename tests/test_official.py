@@ -260,7 +260,7 @@ def _random_t5(d_model=256, layers=4, seed=3):
     from tiny_models import init_weights
 
     cfg = dict(num_layers=layers, d_model=d_model, d_ff=2 * d_model, dense_act_fn="gelu_pytorch_tanh",
-               is_gated_act=True, num_heads=4, model_type="t5", vocab_size=1000)
+               is_gated_act=True, num_heads=4, d_kv=d_model // 4, model_type="t5", vocab_size=1000)
     t5 = T5(cfg, torch.float32, "cpu", comfy.ops.manual_cast)
     init_weights(t5, seed)
     return t5
@@ -278,7 +278,7 @@ def test_sd35_t5_padding_with_copies_of_the_last_row_is_close_to_the_official_pa
     ids[0, :prompt_tokens] = torch.randint(2, 1000, (prompt_tokens,), generator=g)
     ids[0, prompt_tokens] = 1
     with torch.no_grad():
-        official_rows, comfy_rows = t5(ids)[0][0], t5(ids[:, :77])[0][0]
+        official_rows, comfy_rows = t5(ids, attention_mask=None)[0][0], t5(ids[:, :77], attention_mask=None)[0][0]
     clip = torch.randn(77, d, generator=g)
     ref = torch.linalg.svdvals(torch.cat([clip, official_rows]))[:64]
 
