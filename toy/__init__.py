@@ -6,6 +6,7 @@
 * model.py       the toy model as a ComfyUI model class (UNetModel, v-prediction)      [imports ComfyUI]
 * world.py       load_toy_model / encode / decode / generate for scripts and nodes     [imports ComfyUI lazily]
 * classifier.py  attribute classifier: the toy world's prompt-following measure
+* judge_files.py saving and loading the judges (classifier, scenes reader)
 * evaluate.py    attribute accuracy of generated pictures (python -m toy.evaluate)
 * train_toy.py   reproduces weights/toy_t2i.safetensors (python -m toy.train_toy)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from . import data
+from . import data, judge_files
 
 log = logging.getLogger("toy.classifier")
 DEFAULT_PATH = Path(__file__).resolve().parent / "weights" / "toy_classifier.safetensors"
@@ -100,31 +100,12 @@ def train(steps: int = 800, batch: int = 64, seed: int = 0, lr: float = 2e-3) ->
 
 
 def save(net: AttributeClassifier, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"format": _FORMAT})
-
-
-_CACHE: dict[str, AttributeClassifier] = {}
+    judge_files.save(net, path, _FORMAT)
 
 
 def load(path: Path | str = DEFAULT_PATH) -> AttributeClassifier:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if str(path) in _CACHE:
-        return _CACHE[str(path)]
-    if not path.is_file():
-        raise FileNotFoundError(f"no toy classifier at {path}; train one with `python -m toy.classifier --out {path}`")
-    with safe_open(str(path), "pt") as f:
-        if (f.metadata() or {}).get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a toy-world attribute classifier (no format={_FORMAT} metadata)")
-    net = AttributeClassifier()
-    net.load_state_dict(load_file(str(path)))
-    _CACHE[str(path)] = net.eval()
-    return net.eval()
+    return judge_files.load(AttributeClassifier, path, _FORMAT, "toy-world attribute classifier",
+                            f"python -m toy.classifier --out {path}")
 
 
 def main(argv=None) -> None:

@@ -29,12 +29,13 @@ TEXT_PREFIX = "text_encoder."
 
 
 class ToyLatent(comfy.latent_formats.LatentFormat):
-    """Pixel space folded into 2×2 patches (12 channels, −1..1, no VAE)."""
+    """Pixel space folded into patch×patch cells (shapes: 2×2, 12 channels; −1..1, no VAE)."""
+    patch = pixels.PATCH
     latent_channels = LATENT_CHANNELS
     scale_factor = 1.0
 
     def __init__(self):
-        self.latent_rgb_factors = pixels.preview_factors()
+        self.latent_rgb_factors = pixels.preview_factors(self.patch)
         self.latent_rgb_factors_bias = [0.0, 0.0, 0.0]
 
 

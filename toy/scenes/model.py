@@ -12,11 +12,10 @@ import math
 
 import torch
 
-import comfy.latent_formats
 import comfy.supported_models
 
-from .. import pixels
 from .. import text as toy_text
+from ..model import DIFFUSION_PREFIX, TEXT_PREFIX, ToyLatent, split_state_dict  # noqa: F401 (the shared file layout)
 from . import text
 
 PATCH = 4  # pixels per latent cell side
@@ -31,18 +30,12 @@ MMDIT_CONFIG = dict(
     qk_norm=None, x_block_self_attn_layers=[],
 )
 FORMAT = "core2-toy-scenes"
-DIFFUSION_PREFIX = "diffusion_model."
-TEXT_PREFIX = "text_encoder."
 
 
-class ScenesLatent(comfy.latent_formats.LatentFormat):
+class ScenesLatent(ToyLatent):
     """Pixel space folded into 4×4 patches (48 channels, −1..1, no VAE)."""
+    patch = PATCH
     latent_channels = LATENT_CHANNELS
-    scale_factor = 1.0
-
-    def __init__(self):
-        self.latent_rgb_factors = pixels.preview_factors(PATCH)
-        self.latent_rgb_factors_bias = [0.0, 0.0, 0.0]
 
 
 class Scenes(comfy.supported_models.SD3):
@@ -87,12 +80,6 @@ def initialise(base, seed: int) -> None:
                 last = mod[-1] if isinstance(mod, torch.nn.Sequential) else mod
                 last.weight.zero_()
                 last.bias.zero_()
-
-
-def split_state_dict(sd: dict) -> tuple[dict, dict]:
-    unet = {k[len(DIFFUSION_PREFIX):]: v for k, v in sd.items() if k.startswith(DIFFUSION_PREFIX)}
-    txt = {k[len(TEXT_PREFIX):]: v for k, v in sd.items() if k.startswith(TEXT_PREFIX)}
-    return unet, txt
 
 
 def metadata() -> dict:

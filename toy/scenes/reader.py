@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .. import judge_files
 from . import data
 
 log = logging.getLogger("toy.scenes.reader")
@@ -94,30 +95,11 @@ def train(steps: int = 2500, batch: int = 64, seed: int = 0, lr: float = 2e-3) -
 
 
 def save(net: SceneReader, path: Path) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path), metadata={"format": _FORMAT})
-
-
-_CACHE: dict[str, SceneReader] = {}
+    judge_files.save(net, path, _FORMAT)
 
 
 def load(path: Path | str = DEFAULT_PATH) -> SceneReader:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if str(path) not in _CACHE:
-        if not path.is_file():
-            raise FileNotFoundError(f"no scenes reader at {path}; train one with `python -m toy.scenes.reader`")
-        with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("format") != _FORMAT:
-                raise ValueError(f"{path} is not a scenes-world reader (no format={_FORMAT} metadata)")
-        net = SceneReader()
-        net.load_state_dict(load_file(str(path)))
-        _CACHE[str(path)] = net.eval()
-    return _CACHE[str(path)]
+    return judge_files.load(SceneReader, path, _FORMAT, "scenes-world reader", "python -m toy.scenes.reader")
 
 
 def main(argv=None) -> None:

@@ -86,15 +86,20 @@ class Trainer:
         sd.update({model.TEXT_PREFIX + k: v for k, v in self.encoder.state_dict().items()})
         return sd
 
+    def _load_weights(self, sd: dict) -> None:
+        from . import model
+
+        unet, txt = model.split_state_dict(sd)
+        self.net.load_state_dict(unet)
+        self.encoder.load_state_dict(txt)
+
     def resume(self) -> None:
         if not self.ckpt.is_file():
             return
         state = torch.load(self.ckpt, weights_only=True)
         if state["settings"] != asdict(self.cfg) | {"steps": state["settings"]["steps"]}:
             raise ValueError(f"{self.ckpt} was trained with other settings {state['settings']}; move it away to restart")
-        model_sd = state["model"]
-        self.net.load_state_dict({k.split(".", 1)[1]: v for k, v in model_sd.items() if k.startswith("diffusion_model.")})
-        self.encoder.load_state_dict({k.split(".", 1)[1]: v for k, v in model_sd.items() if k.startswith("text_encoder.")})
+        self._load_weights(state["model"])
         self.ema = state["ema"]
         self.opt.load_state_dict(state["optimizer"])
         self.gen.set_state(state["rng"])
@@ -112,10 +117,7 @@ class Trainer:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         model.check_metadata(meta, path)
-        sd = {k: v.float() for k, v in load_file(str(path)).items()}
-        unet, txt = model.split_state_dict(sd)
-        self.net.load_state_dict(unet)
-        self.encoder.load_state_dict(txt)
+        self._load_weights({k: v.float() for k, v in load_file(str(path)).items()})
         self.ema = {k: v.detach().clone() for k, v in self._state().items()}
         self.step = int(meta.get("trained_steps", 0))
         log.info("warm start from %s at step %d (fresh optimiser)", path, self.step)
