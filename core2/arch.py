@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import guidance
 from .weak import PromptFeatures, StepInfo, WeakModel
 
 ARCH = "core2.conv_film"
@@ -260,7 +261,7 @@ class ConvFiLMWeakModel(WeakModel):
         if x is not None:
             x = x.to(ref.device, ref.dtype)
         ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype), x)
-        out = ru + (rc - ru) * float(cfg_scale)
+        out = guidance.cfg(rc, ru, float(cfg_scale))
         return out.to(raw_cond.device, raw_cond.dtype)
 
 

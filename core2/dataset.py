@@ -533,30 +533,33 @@ class DatasetReader:
     def rows(self, items: list[dict]) -> list[tuple[int, int]]:
         return [(i, r) for i, it in enumerate(items) for r in range(it["n"])]
 
-    def batches(self, items: list[dict], batch_size: int, seed: int = 0, epoch: int = 0, shuffle: bool = True):
-        """Yield dicts of float32 tensors: cond, uncond, sigma, cfg, step, pos_tokens/pos_pooled/neg_tokens/neg_pooled
-        (tokens zero-padded to the longest in the batch; *_mask marks real tokens; has_neg per row)."""
-        rows = self.rows(items)
-        if shuffle:
-            random.Random(seed * 1_000_003 + epoch).shuffle(rows)
-        for start in range(0, len(rows), batch_size):
-            chunk = rows[start:start + batch_size]
-            yield self._collate([(items[i], r) for i, r in chunk])
+    def tensor(self, item: dict, key: str) -> torch.Tensor:
+        """One stored column of an item's shard (e.g. "cfg" [S]), read in full."""
+        return self._handle(item["shard"]).get_tensor(key)
 
-    def _collate(self, picks) -> dict:
-        cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "step")}
-        pos, neg = [], []
+    def collate(self, picks: list) -> dict:
+        """A batch from (item, row) picks: cond, uncond, sigma, cfg [B…] (float32; x [B…] only when every picked row
+        stores it) and the features of the batch's UNIQUE prompts (pos_/neg_ tokens zero-padded to the longest,
+        *_mask marking real tokens, pooled, has_neg [U…]) with prompt_index [B] into them, so a trainer encodes each
+        prompt once per batch."""
+        cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "x")}
+        order: dict[str, int] = {}
+        index = []
         for it, r in picks:
             h = self._handle(it["shard"])
+            has_x = self.item_has_x(it)
             for k in cols:
-                cols[k].append(h.get_slice(k)[r:r + 1])
-            p, n = self.prompt_features(it["prompt_id"])
-            pos.append(p)
-            neg.append(n)
-        out = {k: torch.cat(v).float() if k != "step" else torch.cat(v) for k, v in cols.items()}
-        out.update(_stack_features("pos", pos))
-        out.update(_stack_features("neg", neg, like=pos[0]))
-        out["has_neg"] = torch.tensor([n is not None for n in neg])
+                if k != "x" or has_x:
+                    cols[k].append(h.get_slice(k)[r:r + 1])
+            index.append(order.setdefault(it["prompt_id"], len(order)))
+        if len(cols["x"]) != len(picks):  # x_t only when every row has it
+            cols.pop("x")
+        out = {k: torch.cat(v).float() for k, v in cols.items()}
+        feats = [self.prompt_features(pid) for pid in order]
+        out.update(_stack_features("pos", [p for p, _ in feats]))
+        out.update(_stack_features("neg", [n for _, n in feats], like=feats[0][0]))
+        out["has_neg"] = torch.tensor([n is not None for _, n in feats])
+        out["prompt_index"] = torch.tensor(index)
         return out
 
 

@@ -10,10 +10,13 @@ map (cfg = 1) and both the same at every CFG scale g (the (g − 1)² factors ca
   "x0"        L_x0 = Σ_i σ_i²‖r̂_u,i − r_u,i‖² / Σ_i σ_i²‖r_c,i − r_u,i‖²: the error of the guided x0 prediction
               pooled over the batch, so rows count by how much CFG moves the image there: the high-noise steps,
               where guidance decides layout, shape and colour.
-The default "mixed" = (L_rel + L_x0)/2. Measured on the toy world (bench, 1920 trajectories, 480 samples): x0 alone
-lifts all-fast sampling most (20 steps: accuracy 0.922 → 0.950) but leaves the low-noise rows worse than cfg = 1,
-which costs mixed schedules; relative alone is the reverse. Validation reports both; keep-best and the history use
-the score of the chosen loss.
+The default "mixed" = (L_rel + L_x0)/2: x0 alone helps all-fast sampling most but leaves the low-noise rows worse
+than cfg = 1, which costs mixed slow/fast schedules; relative alone is the reverse (docs/method.md §3; the measured
+figures are in the README's "Measured results"). Validation reports both; keep-best and the history use the score of
+the chosen loss.
+
+The run goes through four phases (train() below): open the data (open_data), init or resume (init_or_resume), the
+loop (run_loop) and finish (keep-best, save, summary); a TrainingRun carries the state from one to the next.
 
 Checkpoints: an unfinished run writes <name>.partial.safetensors every `checkpoint_every` steps and when it is
 stopped (metadata training.complete = false; optimizer state in <name>.partial.optim.pt); resume continues from the
@@ -36,9 +39,9 @@ from typing import Callable
 
 import torch
 
-from . import __version__
+from . import __version__, guidance
 from .arch import SIZES, build, make_config
-from .dataset import DatasetError, DatasetReader, _stack_features, manifest_hash
+from .dataset import DatasetError, DatasetReader, manifest_hash
 from .files import atomic_write_bytes
 from .weights_io import read_metadata, save_weak_model
 
@@ -157,31 +160,6 @@ def _is_oom(e: BaseException) -> bool:
 
 
 # --- data ---------------------------------------------------------------------------------------------------------
-def collate(reader: DatasetReader, picks: list) -> dict:
-    """A training batch from (item, row) picks: cond, uncond, sigma, cfg [B…] and the features of the batch's
-    UNIQUE prompts (pos_/neg_ tokens, masks, pooled, has_neg [U…]) with prompt_index [B] into them, so each
-    prompt is encoded once per batch."""
-    cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "x")}
-    order: dict[str, int] = {}
-    index = []
-    for it, r in picks:
-        h = reader._handle(it["shard"])
-        has_x = reader.item_has_x(it)
-        for k in cols:
-            if k != "x" or has_x:
-                cols[k].append(h.get_slice(k)[r:r + 1])
-        index.append(order.setdefault(it["prompt_id"], len(order)))
-    if len(cols["x"]) != len(picks):  # x_t only when every row has it
-        cols.pop("x")
-    out = {k: torch.cat(v).float() for k, v in cols.items()}
-    feats = [reader.prompt_features(pid) for pid in order]
-    out.update(_stack_features("pos", [p for p, _ in feats]))
-    out.update(_stack_features("neg", [n for _, n in feats], like=feats[0][0]))
-    out["has_neg"] = torch.tensor([n is not None for _, n in feats])
-    out["prompt_index"] = torch.tensor(index)
-    return out
-
-
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
@@ -257,7 +235,7 @@ def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, 
         order = list(rows)
         random.Random(seed * 1_000_003 + epoch).shuffle(order)
         for start in range(0, len(order), batch_size):
-            yield collate(reader, [(items[i], r) for i, r in order[start:start + batch_size]])
+            yield reader.collate([(items[i], r) for i, r in order[start:start + batch_size]])
         epoch += 1
 
 
@@ -272,7 +250,7 @@ def _val_rows(reader, items, max_rows):
 
 @torch.no_grad()
 def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int = 32, max_rows: int = 1024,
-             n_bins: int = 4, loss: str = "relative") -> dict:
+             n_bins: int = 4, loss: str = "mixed") -> dict:
     """Relative error of the predicted guidance ‖f(r_c) − r_cfg‖ / ‖r_cfg − r_c‖ (identity map: 1.0).
 
     Pooled over rows (sqrt of summed squares) overall, per σ bin (σ quantiles) and per CFG scale; also the median
@@ -285,22 +263,20 @@ def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int 
     sig, gs, num, den = [], [], [], []
     per_g = {g: [0.0, 0.0] for g in EVAL_G}
     for start in range(0, len(rows), batch_size):
-        b = collate(reader, [(items[i], r) for i, r in rows[start:start + batch_size]])
+        b = reader.collate([(items[i], r) for i, r in rows[start:start + batch_size]])
         keep = _finite_rows(b)
         if not keep.any():
             continue
         b = _to(_take(b, keep), device)
         ru_hat = _predict(model, b)
         g = b["cfg"].view(-1, 1, 1, 1)
-        f = ru_hat + g * (b["cond"] - ru_hat)
-        target = b["uncond"] + g * (b["cond"] - b["uncond"])
+        f, target = guidance.cfg(b["cond"], ru_hat, g), guidance.cfg(b["cond"], b["uncond"], g)
         num.append((f - target).flatten(1).pow(2).sum(1).double().cpu())
         den.append((target - b["cond"]).flatten(1).pow(2).sum(1).double().cpu())
         sig.append(b["sigma"].cpu())
         gs.append(b["cfg"].cpu())
         for gv in EVAL_G:
-            fg = ru_hat + gv * (b["cond"] - ru_hat)
-            tg = b["uncond"] + gv * (b["cond"] - b["uncond"])
+            fg, tg = guidance.cfg(b["cond"], ru_hat, gv), guidance.cfg(b["cond"], b["uncond"], gv)
             per_g[gv][0] += float((fg - tg).pow(2).sum())
             per_g[gv][1] += float((tg - b["cond"]).pow(2).sum())
     model.train(was)
@@ -340,7 +316,7 @@ def _dataset_facts(reader: DatasetReader) -> dict:
     pooled = {s.get("pos_pooled", [0])[-1] for s in shapes}
     cfgs = set()
     for it in reader.items:
-        cfgs.update(round(float(v), 4) for v in reader._handle(it["shard"]).get_tensor("cfg").tolist())
+        cfgs.update(round(float(v), 4) for v in reader.tensor(it, "cfg").tolist())
     h = reader.header
     return {"token_dim": int(next(iter(dims))[-1]), "pooled_dim": int(max(pooled)), "cfg": sorted(cfgs),
             "family": h.get("family", "any"), "prediction": h.get("prediction"),
@@ -350,7 +326,7 @@ def _dataset_facts(reader: DatasetReader) -> dict:
 
 
 def _check_data_sane(reader: DatasetReader, items: list) -> None:
-    b = collate(reader, [(items[0], 0)])
+    b = reader.collate([(items[0], 0)])
     if b["cond"].shape[1] != reader.header["latent_channels"]:
         raise DatasetError(f"CoRe²: dataset {reader.folder.name}: stored latents disagree with the header.")
 
@@ -399,7 +375,7 @@ def _downsample(points: list, n: int) -> list:
     return [points[int(i * k)] for i in range(n)] + [points[-1]]
 
 
-# --- the loop -----------------------------------------------------------------------------------------------------
+# --- the run: open data, init or resume, loop, finish -------------------------------------------------------------
 def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | None = None,
           check_cancel: Callable | None = None) -> TrainResult:
     """Train (or resume) a weak model; returns the trained model, its metrics and a summary.
@@ -408,15 +384,44 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     raise to stop: the state after the last completed step is saved to the .partial checkpoint (when finite), then
     the exception propagates. A finished model already at out_path is never replaced by an unfinished or worse one.
     """
-    s = settings
-    out_path = Path(out_path)
+    _check_settings(settings)
+    data = open_data(dataset_dir, settings)
+    run = init_or_resume(data, Path(out_path), settings)
+    run_loop(run, on_step, check_cancel)
+    return finish(run)
+
+
+def _check_settings(s: TrainSettings) -> None:
     if s.size not in SIZES:
         raise ValueError(f"CoRe²: size must be one of {', '.join(SIZES)}, not {s.size!r}.")
     if s.loss not in LOSSES:
         raise ValueError(f"CoRe²: loss must be one of {', '.join(LOSSES)}, not {s.loss!r}.")
     if s.steps < 1 or s.batch_size < 1 or not (s.lr > 0) or not (0 <= s.val_fraction < 1):
         raise ValueError("CoRe²: steps and batch size must be ≥ 1, the learning rate > 0 and the validation fraction in [0, 1).")
-    reader = DatasetReader(dataset_dir)  # raises DatasetError for empty / foreign folders
+
+
+# --- phase 1: open the data ---------------------------------------------------------------------------------------
+@dataclass
+class TrainingData:
+    """The dataset as one run sees it: its facts, the train / validation split and whether the net sees x_t."""
+
+    reader: DatasetReader
+    facts: dict
+    train_items: list
+    val_items: list
+    val_label: str  # what validation is measured on ("held-out prompts and seeds", ...)
+    has_x: bool  # every training item stores x_t
+    x_input: bool  # a new model takes x_t as input
+    manifest_hash: str
+
+    @property
+    def held_out(self) -> bool:
+        return self.val_label.startswith("held-out")
+
+
+def open_data(dataset_dir, s: TrainSettings) -> TrainingData:
+    """Read and check the dataset, split it; raises DatasetError for empty, foreign or unusable folders."""
+    reader = DatasetReader(dataset_dir)
     facts = _dataset_facts(reader)
     train_items, val_items = reader.split(s.val_fraction, seed=s.seed)
     if not train_items:
@@ -430,225 +435,320 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
     if x_input and not has_x:
         raise DatasetError(f"CoRe²: x_t input was asked for, but dataset {reader.folder.name} does not store x_t. "
                            "Collect with store_x on, or train without x_t input.")
-    device = torch.device(s.device)
-    ds_hash = manifest_hash(reader.folder)
+    return TrainingData(reader, facts, train_items, val_items, val_label, has_x, x_input, manifest_hash(reader.folder))
 
+
+# --- phase 2: init or resume ----------------------------------------------------------------------------------------
+@dataclass
+class TrainingRun:
+    """What the phases of one run share and change: the model and optimizer, the step, history, notes, the best
+    validated weights and what was last saved."""
+
+    data: TrainingData
+    settings: TrainSettings
+    out_path: Path
+    src: Path  # the file a resume continued from (out_path for a new model)
+    device: torch.device
+    config: dict
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    step: int
+    history: dict
+    notes: list
+    meta: dict = field(default_factory=dict)
+    start_step: int = 0
+    last_saved: int = 0
+    last_metrics: dict = field(default_factory=dict)
+    best: dict = field(default_factory=lambda: {"err": math.inf, "step": None, "state": None, "metrics": None})
+    t0: float = field(default_factory=time.time)
+    n_params: int = 0  # of the model trained (the summary names it even when an older file is kept)
+
+    def validate(self, max_rows: int | None = None, model=None) -> dict:
+        """evaluate() on this run's validation items, scored for its loss."""
+        s = self.settings
+        return evaluate(self.model if model is None else model, self.data.reader, self.data.val_items, self.device,
+                        s.batch_size * 2, s.max_val_rows if max_rows is None else max_rows, loss=s.loss)
+
+    def note_best(self, metrics: dict) -> None:
+        err = metrics.get("score")
+        if self.settings.keep_best and self.data.held_out and err is not None and err < self.best["err"]:
+            self.best.update(err=err, step=self.step, metrics=dict(metrics),
+                             state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
+
+    def full_meta(self, metrics: dict) -> dict:
+        return {**self.meta, "val_metrics": metrics,
+                "history": {"train": _downsample(self.history["train"], HISTORY_POINTS), "val": self.history["val"]}}
+
+    def checkpoint(self) -> None:
+        """Save the unfinished state to the .partial file, only when the weights and a validation at this step
+        are finite (a diverging run must not leave its weights as a 'good' checkpoint)."""
+        validated_now = self.history["val"] and self.history["val"][-1][0] == self.step
+        metrics = self.last_metrics if validated_now else self.validate(min(self.settings.max_val_rows, 256))
+        if not _scores_finite(self.model, metrics):
+            log.warning("CoRe² Reflect: step %d not saved: its weights or validation score (%s) are not finite; %s",
+                        self.step, metrics.get("score"), kept_files(self.out_path))
+            return
+        _save_checkpoint(self.out_path, self.model, self.opt, self.step, self.full_meta(metrics), complete=False)
+        self.last_saved = self.step
+
+
+def init_or_resume(data: TrainingData, out_path: Path, s: TrainSettings) -> TrainingRun:
+    """A new model, or the newer of out_path's finished model and unfinished checkpoint with its optimizer state."""
     exists = out_path.is_file() or partial_path(out_path).is_file()
     if exists and not s.resume and not s.overwrite:
         raise FileExistsError(f"CoRe²: {out_path.name} already exists ({kept_files(out_path)}). Turn on resume to "
                               "continue training it, or choose another name.")
-    src = _resume_source(out_path) if exists and s.resume else out_path
-    history = {"train": [], "val": []}
-    step, notes = 0, []
+    resume = exists and s.resume
+    src = _resume_source(out_path) if resume else out_path
+    device = torch.device(s.device)
+    notes: list[str] = []
     torch.manual_seed(s.seed)
-    if exists and s.resume:
-        meta_old = read_metadata(src)
-        from .weights_io import FORMAT
-
-        if meta_old.get("format") != FORMAT:
-            raise ValueError(f"CoRe²: {src.name} is not a Reflect checkpoint; cannot resume it. Choose another name.")
-        config = meta_old["config"]
-        for k in ("latent_channels", "token_dim", "pooled_dim"):
-            if config.get(k) != facts[k]:
-                raise ValueError(f"CoRe²: cannot resume {out_path.name} on this dataset: its {k} is {config.get(k)}, "
-                                 f"the dataset's is {facts[k]}. Train a new model (another name).")
-        if config.get("x_input", False) and not has_x:
-            raise DatasetError(f"CoRe²: {out_path.name} takes x_t input, but dataset {reader.folder.name} does not "
-                               "store x_t (collect with store_x on), so it cannot be resumed on it.")
-        if config.get("size") != s.size:
-            notes.append(f"resumed a '{config.get('size')}' model; the size setting '{s.size}' was ignored")
-        if meta_old.get("dataset", {}).get("manifest_hash") != ds_hash:
-            notes.append("the dataset changed since the checkpoint (continuing on the new data)")
-        step = int(meta_old.get("training", {}).get("step", 0))
-        history = meta_old.get("history") or history
+    if resume:
+        meta_old = _resumable_metadata(src, out_path, data, s, notes)
+        config, step = meta_old["config"], int(meta_old.get("training", {}).get("step", 0))
+        history = meta_old.get("history") or {"train": [], "val": []}
     else:
-        config = make_config(s.size, facts["latent_channels"], facts["token_dim"], facts["pooled_dim"],
-                             family=facts["family"], prediction=facts["prediction"], x_input=x_input,
+        config = make_config(s.size, data.facts["latent_channels"], data.facts["token_dim"], data.facts["pooled_dim"],
+                             family=data.facts["family"], prediction=data.facts["prediction"], x_input=data.x_input,
                              **s.arch_overrides)
+        step, history = 0, {"train": [], "val": []}
     model = build(config).to(device)
-    if exists and s.resume:
+    if resume:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(src), device=str(device) if device.type != "mps" else "cpu"))
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=(0.9, 0.99))
-    if exists and s.resume:
-        op = optimizer_path(src)
-        if op.is_file():
-            st = torch.load(str(op), map_location=device, weights_only=True)
-            if int(st.get("step", -1)) == step:
-                opt.load_state_dict(st["optimizer"])
-            else:
-                notes.append("optimizer state did not match the checkpoint step; restarted it")
-        else:
-            notes.append("no optimizer state found; restarted it")
+    if resume:
+        _load_optimizer_state(opt, src, step, device, notes)
+    notes += _data_notes(data, config)
+    run = TrainingRun(data, s, out_path, src, device, config, model, opt, step, history, notes, start_step=step,
+                      last_saved=step, n_params=sum(p.numel() for p in model.parameters()))
+    run.meta = _run_metadata(data, s, config)
+    log.info("CoRe² Reflect: %s model (%.2fM parameters) on %s, %d training rows, steps %d→%d", config.get("size"),
+             run.n_params / 1e6, device, sum(it["n"] for it in data.train_items), step, s.steps)
+    return run
 
+
+def _resumable_metadata(src: Path, out_path: Path, data: TrainingData, s: TrainSettings, notes: list) -> dict:
+    """The metadata of the file a resume continues from, after checking that it fits this dataset."""
+    from .weights_io import FORMAT
+
+    meta_old = read_metadata(src)
+    if meta_old.get("format") != FORMAT:
+        raise ValueError(f"CoRe²: {src.name} is not a Reflect checkpoint; cannot resume it. Choose another name.")
+    config = meta_old["config"]
+    for k in ("latent_channels", "token_dim", "pooled_dim"):
+        if config.get(k) != data.facts[k]:
+            raise ValueError(f"CoRe²: cannot resume {out_path.name} on this dataset: its {k} is {config.get(k)}, "
+                             f"the dataset's is {data.facts[k]}. Train a new model (another name).")
+    if config.get("x_input", False) and not data.has_x:
+        raise DatasetError(f"CoRe²: {out_path.name} takes x_t input, but dataset {data.reader.folder.name} does not "
+                           "store x_t (collect with store_x on), so it cannot be resumed on it.")
+    if config.get("size") != s.size:
+        notes.append(f"resumed a '{config.get('size')}' model; the size setting '{s.size}' was ignored")
+    if meta_old.get("dataset", {}).get("manifest_hash") != data.manifest_hash:
+        notes.append("the dataset changed since the checkpoint (continuing on the new data)")
+    return meta_old
+
+
+def _load_optimizer_state(opt, src: Path, step: int, device, notes: list) -> None:
+    op = optimizer_path(src)
+    if not op.is_file():
+        notes.append("no optimizer state found; restarted it")
+        return
+    st = torch.load(str(op), map_location=device, weights_only=True)
+    if int(st.get("step", -1)) == step:
+        opt.load_state_dict(st["optimizer"])
+    else:
+        notes.append("optimizer state did not match the checkpoint step; restarted it")
+
+
+def _data_notes(data: TrainingData, config: dict) -> list[str]:
+    """What the summary should say about the data: damaged entries skipped, no x_t, validation sharing seeds."""
+    notes, reader = [], data.reader
     if reader.skipped:
         notes.append(f"skipped {len(reader.skipped)} damaged dataset entries (each is named in the log; run the same "
                      f"Collect again to collect them again): " + "; ".join(reader.skipped[:3])
                      + (" …" if len(reader.skipped) > 3 else ""))
-    meta = {"dataset": {"name": reader.folder.name, "manifest_hash": ds_hash, "items": len(reader.items),
-                        "skipped": len(reader.skipped),
-                        "prompts": len(reader.prompt_ids()), "samples": reader.n_samples},
+    if not config.get("x_input", False):
+        why = "x_t input was turned off" if data.has_x else "the dataset has no x_t (store_x was off)"
+        notes.append(f"{why}: the model sees only the conditional output, which transfers poorly to new noise "
+                     "seeds. Collect with store_x on (and train with x_t) for a much better weak model")
+    if data.val_label == "held-out prompts" and data.val_items is not data.train_items:
+        notes.append("validation shares noise seeds with training (collect ≥ 2 seeds per prompt for an honest score)")
+    return notes
+
+
+def _run_metadata(data: TrainingData, s: TrainSettings, config: dict) -> dict:
+    """The file metadata of this run (val_metrics, history, step and completeness are added when saving)."""
+    reader, facts = data.reader, data.facts
+    return {"dataset": {"name": reader.folder.name, "manifest_hash": data.manifest_hash, "items": len(reader.items),
+                        "skipped": len(reader.skipped), "prompts": len(reader.prompt_ids()),
+                        "samples": reader.n_samples},
             "base_model": facts["base_model"], "cfg": facts["cfg"], "family": facts["family"],
             "latent_channels": facts["latent_channels"], "prediction": facts["prediction"], "pack_version": __version__,
             "training": {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed,
-                         "val_fraction": s.val_fraction, "size": config.get("size"), "validation_on": val_label,
+                         "val_fraction": s.val_fraction, "size": config.get("size"), "validation_on": data.val_label,
                          "x_input": bool(config.get("x_input", False)), "loss": s.loss,
-                         "train_prompts": len({it["prompt_id"] for it in train_items}),
-                         "val_prompts": len({it["prompt_id"] for it in val_items})}}
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("CoRe² Reflect: %s model (%.2fM parameters) on %s, %d training rows, steps %d→%d", config.get("size"),
-             n_params / 1e6, device, sum(it["n"] for it in train_items), step, s.steps)
+                         "train_prompts": len({it["prompt_id"] for it in data.train_items}),
+                         "val_prompts": len({it["prompt_id"] for it in data.val_items})}}
 
-    def full_meta(metrics):
-        return {**meta, "val_metrics": metrics,
-                "history": {"train": _downsample(history["train"], HISTORY_POINTS), "val": history["val"]}}
 
-    rows_per_epoch = max(1, sum(it["n"] for it in train_items))
-    batches = _infinite_batches(reader, train_items, s.batch_size, s.seed, step * s.batch_size // rows_per_epoch)
-    last_saved, last_metrics, t0, start_step = step, {}, time.time(), step
-    held_out = val_label.startswith("held-out")
-    if not config.get("x_input", False):
-        why = "x_t input was turned off" if has_x else "the dataset has no x_t (store_x was off)"
-        notes.append(f"{why}: the model sees only the conditional output, which transfers poorly to new noise "
-                     "seeds. Collect with store_x on (and train with x_t) for a much better weak model")
-    if val_label == "held-out prompts" and val_items is not train_items:
-        notes.append("validation shares noise seeds with training (collect ≥ 2 seeds per prompt for an honest score)")
-    best = {"err": math.inf, "step": None, "state": None, "metrics": None}
-
-    def note_best(metrics):
-        err = metrics.get("score")
-        if s.keep_best and held_out and err is not None and err < best["err"]:
-            best.update(err=err, step=step, metrics=dict(metrics),
-                        state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-
-    def checkpoint() -> None:
-        """Save the unfinished state to the .partial file, only when the weights and a validation at this step
-        are finite (a diverging run must not leave its weights as a 'good' checkpoint)."""
-        nonlocal last_saved
-        metrics = last_metrics if history["val"] and history["val"][-1][0] == step else \
-            evaluate(model, reader, val_items, device, s.batch_size * 2, min(s.max_val_rows, 256), loss=s.loss)
-        if not _scores_finite(model, metrics):
-            log.warning("CoRe² Reflect: step %d not saved: its weights or validation score (%s) are not finite; %s",
-                        step, metrics.get("score"), kept_files(out_path))
-            return
-        _save_checkpoint(out_path, model, opt, step, full_meta(metrics), complete=False)
-        last_saved = step
-
-    done = step  # steps whose update completed
+# --- phase 3: the loop --------------------------------------------------------------------------------------------
+def run_loop(run: TrainingRun, on_step: Callable | None = None, check_cancel: Callable | None = None) -> None:
+    """Optimizer steps up to settings.steps, validating every eval_every and checkpointing every checkpoint_every
+    steps. A stop (an exception from on_step, check_cancel or the work) saves the last completed step first."""
+    s, data = run.settings, run.data
+    rows_per_epoch = max(1, sum(it["n"] for it in data.train_items))
+    batches = _infinite_batches(data.reader, data.train_items, s.batch_size, s.seed,
+                                run.step * s.batch_size // rows_per_epoch)
+    run.t0 = time.time()
     try:
-        while step < s.steps:
+        while run.step < s.steps:
             if check_cancel is not None:
                 check_cancel()
-            b = next(batches)
-            keep = _finite_rows(b)
-            if not keep.all():
-                log.warning("CoRe² Reflect: skipping %d dataset row(s) with non-finite values", int((~keep).sum()))
-                if not keep.any():
-                    continue
-                b = _take(b, keep)
-            b = _to(b, device)
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, s.steps, s.lr)
-            ru_hat = _predict(model, b)
-            loss = training_loss(s.loss, ru_hat, b["uncond"], b["cond"], b["sigma"])
-            lv = float(loss.detach())
-            if not math.isfinite(lv):
-                kept = kept_files(out_path)
-                raise NonFiniteLossError(
-                    f"CoRe² Reflect stopped: the loss became {lv} at step {step + 1}; nothing of this step was saved. "
-                    + (f"On disk: {kept}. Lower the learning rate (e.g. ÷3) and resume." if kept != "nothing was saved"
-                       else "No checkpoint had been written: lower the learning rate (e.g. ÷3) and train again."))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if s.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), s.grad_clip)
-            opt.step()
-            step += 1
-            done = step
-            history["train"].append([step, lv])
-            if step % s.eval_every == 0 or step == s.steps:
-                last_metrics = evaluate(model, reader, val_items, device, s.batch_size * 2, s.max_val_rows, loss=s.loss)
-                history["val"].append([step, last_metrics.get("score")])
-                note_best(last_metrics)
-            if step % s.checkpoint_every == 0 and step < s.steps:
-                checkpoint()
+            b = _finite_batch(next(batches))
+            if b is None:
+                continue
+            lv = _train_step(run, _to(b, run.device))
+            run.history["train"].append([run.step, lv])
+            if run.step % s.eval_every == 0 or run.step == s.steps:
+                run.last_metrics = run.validate()
+                run.history["val"].append([run.step, run.last_metrics.get("score")])
+                run.note_best(run.last_metrics)
+            if run.step % s.checkpoint_every == 0 and run.step < s.steps:
+                run.checkpoint()
             if on_step is not None:
-                on_step(step, s.steps, lv)
+                on_step(run.step, s.steps, lv)
     except NonFiniteLossError:
         raise
     except BaseException as e:
-        if _is_oom(e):
-            raise OutOfMemoryTrainingError(
-                f"CoRe² Reflect ran out of memory on {device} at batch size {s.batch_size} ({config.get('size')} model). "
-                f"Lower batch_size, choose a smaller size, or close other GPU work ({kept_files(out_path)}).") from e
-        if done > last_saved and not _disk_full(e, out_path):  # stopped between checkpoints: keep what was learnt
-            try:
-                checkpoint()
-            except Exception:  # noqa: BLE001 - never hide the original reason
-                log.exception("CoRe² Reflect: could not save the checkpoint after the stop")
-        log.warning("CoRe² Reflect: stopped at step %d; %s. Resume continues from the newer of them.", done,
-                    kept_files(out_path))
-        if _disk_full(e, out_path):
-            raise _disk_full(e, out_path) from e
-        raise
+        err = _after_stop(run, e)
+        if err is None:
+            raise
+        raise err from e
 
-    if not last_metrics or not history["val"] or history["val"][-1][0] != step:
-        last_metrics = evaluate(model, reader, val_items, device, s.batch_size * 2, s.max_val_rows, loss=s.loss)
-        history["val"] = [v for v in history["val"] if v[0] != step] + [[step, last_metrics.get("score")]]
-        note_best(last_metrics)
-    meta["training"]["best_step"] = step
-    if best["state"] is not None and best["step"] != step \
-            and best["err"] < last_metrics.get("score", math.inf) * (1 - KEEP_BEST_MARGIN):
-        notes.append(f"kept the weights of step {best['step']} (validation {best['err']:.4f}); later steps overfit "
-                     f"(step {step}: {last_metrics.get('score'):.4f}). Collect more prompts/seeds for a better model")
-        model.load_state_dict(best["state"])
-        last_metrics = best["metrics"]
-        meta["training"]["best_step"] = best["step"]
-    last_metrics["validation_on"] = val_label
-    if held_out and (last_metrics.get("score") or 0) >= 1.0:
-        notes.append("WARNING: on held-out prompts this model is no better than cfg = 1 (validation score ≥ 1): the "
-                     "dataset is too small or too varied for it. Collect more prompts and seeds.")
-    if not _scores_finite(model, last_metrics):
-        raise NonFiniteLossError(f"CoRe² Reflect: the trained weights or their validation score "
-                                 f"({last_metrics.get('score')}) are not finite, so they were not saved; "
-                                 f"{kept_files(out_path)}. Lower the learning rate (e.g. ÷3) and train again.")
-    final_meta = full_meta(last_metrics)
-    if step == start_step and src == out_path and (_file_state(out_path) or (0, False))[1]:
-        notes.append(f"{out_path.name} was already trained to step {step}; nothing to do (raise steps to go on)")
-        return _finish(model, out_path, facts, config, n_params, step, start_step, t0, history, last_metrics, meta,
-                       notes, final_meta)
+
+def _finite_batch(b: dict) -> dict | None:
+    """The batch without rows holding non-finite values (warned about); None when none is left."""
+    keep = _finite_rows(b)
+    if keep.all():
+        return b
+    log.warning("CoRe² Reflect: skipping %d dataset row(s) with non-finite values", int((~keep).sum()))
+    return _take(b, keep) if keep.any() else None
+
+
+def _train_step(run: TrainingRun, b: dict) -> float:
+    """One optimizer step on batch b; returns its loss. A non-finite loss stops the run before the update."""
+    s = run.settings
+    for g in run.opt.param_groups:
+        g["lr"] = _lr_at(run.step, s.steps, s.lr)
+    loss = training_loss(s.loss, _predict(run.model, b), b["uncond"], b["cond"], b["sigma"])
+    lv = float(loss.detach())
+    if not math.isfinite(lv):
+        kept = kept_files(run.out_path)
+        raise NonFiniteLossError(
+            f"CoRe² Reflect stopped: the loss became {lv} at step {run.step + 1}; nothing of this step was saved. "
+            + (f"On disk: {kept}. Lower the learning rate (e.g. ÷3) and resume." if kept != "nothing was saved"
+               else "No checkpoint had been written: lower the learning rate (e.g. ÷3) and train again."))
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if s.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), s.grad_clip)
+    run.opt.step()
+    run.step += 1
+    return lv
+
+
+def _after_stop(run: TrainingRun, e: BaseException) -> TrainingError | None:
+    """After a stop between checkpoints: keep what was learnt (unless the disk is full or memory ran out); the error
+    to raise in e's place (None: e itself)."""
+    out_path = run.out_path
+    if _is_oom(e):
+        return OutOfMemoryTrainingError(
+            f"CoRe² Reflect ran out of memory on {run.device} at batch size {run.settings.batch_size} "
+            f"({run.config.get('size')} model). Lower batch_size, choose a smaller size, or close other GPU work "
+            f"({kept_files(out_path)}).")
+    disk_full = _disk_full(e, out_path)
+    if run.step > run.last_saved and not disk_full:
+        try:
+            run.checkpoint()
+        except Exception:  # noqa: BLE001 - never hide the original reason
+            log.exception("CoRe² Reflect: could not save the checkpoint after the stop")
+    log.warning("CoRe² Reflect: stopped at step %d; %s. Resume continues from the newer of them.", run.step,
+                kept_files(out_path))
+    return _disk_full(e, out_path)
+
+
+# --- phase 4: finish ------------------------------------------------------------------------------------------------
+def finish(run: TrainingRun) -> TrainResult:
+    """Validate the last step, fall back to the best weights when later steps overfit, and save the finished model
+    unless a finished model already there scores better on this run's validation items."""
+    _final_validation(run)
+    final_meta = run.full_meta(run.last_metrics)
+    out_path = run.out_path
+    if run.step == run.start_step and run.src == out_path and (_file_state(out_path) or (0, False))[1]:
+        run.notes.append(f"{out_path.name} was already trained to step {run.step}; nothing to do (raise steps to go on)")
+        return _result(run, final_meta)
+    s = run.settings
     kept_old, old_metrics = (False, None) if s.overwrite and not s.resume else _old_model_wins(
-        out_path, last_metrics.get("score"),
-        lambda m: evaluate(m.to(device), reader, val_items, device, s.batch_size * 2, s.max_val_rows, loss=s.loss))
+        out_path, run.last_metrics.get("score"), lambda m: run.validate(model=m.to(run.device)))
     try:
-        _save_checkpoint(out_path, model, opt, step, final_meta, complete=not kept_old)
+        _save_checkpoint(out_path, run.model, run.opt, run.step, final_meta, complete=not kept_old)
     except OSError as e:
         raise (_disk_full(e, out_path) or e) from e
     if kept_old:
-        notes.append(f"the new weights (step {step}, validation {last_metrics.get('score'):.4f}) did not beat the "
-                     f"finished {out_path.name} (validation {old_metrics['score']:.4f} on the same items): kept it "
-                     f"unchanged; the new weights are in {partial_path(out_path).name}")
+        run.notes.append(f"the new weights (step {run.step}, validation {run.last_metrics.get('score'):.4f}) did not "
+                         f"beat the finished {out_path.name} (validation {old_metrics['score']:.4f} on the same "
+                         f"items): kept it unchanged; the new weights are in {partial_path(out_path).name}")
         from .weights_io import load_weak_model
 
-        model, last_metrics = load_weak_model(out_path).to(device), {**old_metrics, "validation_on": val_label}
+        run.model = load_weak_model(out_path).to(run.device)
+        run.last_metrics = {**old_metrics, "validation_on": run.data.val_label}
     else:
         for p in (partial_path(out_path), optimizer_path(partial_path(out_path))):
             p.unlink(missing_ok=True)
-    return _finish(model, out_path, facts, config, n_params, step, start_step, t0, history, last_metrics, meta, notes,
-                   final_meta)
+    return _result(run, final_meta)
 
 
-def _finish(model, out_path, facts, config, n_params, step, start_step, t0, history, metrics, meta, notes,
-            final_meta) -> TrainResult:
+def _final_validation(run: TrainingRun) -> None:
+    """run.last_metrics for the weights the run ends with: the last step's, or an earlier step's that validated
+    better by more than KEEP_BEST_MARGIN (keep-best); raises NonFiniteLossError when they are not finite."""
+    step, history = run.step, run.history
+    if not run.last_metrics or not history["val"] or history["val"][-1][0] != step:
+        run.last_metrics = run.validate()
+        history["val"] = [v for v in history["val"] if v[0] != step] + [[step, run.last_metrics.get("score")]]
+        run.note_best(run.last_metrics)
+    run.meta["training"]["best_step"] = step
+    best, last = run.best, run.last_metrics
+    if best["state"] is not None and best["step"] != step \
+            and best["err"] < last.get("score", math.inf) * (1 - KEEP_BEST_MARGIN):
+        run.notes.append(f"kept the weights of step {best['step']} (validation {best['err']:.4f}); later steps overfit "
+                         f"(step {step}: {last.get('score'):.4f}). Collect more prompts/seeds for a better model")
+        run.model.load_state_dict(best["state"])
+        run.last_metrics = best["metrics"]
+        run.meta["training"]["best_step"] = best["step"]
+    run.last_metrics["validation_on"] = run.data.val_label
+    if run.data.held_out and (run.last_metrics.get("score") or 0) >= 1.0:
+        run.notes.append("WARNING: on held-out prompts this model is no better than cfg = 1 (validation score ≥ 1): "
+                         "the dataset is too small or too varied for it. Collect more prompts and seeds.")
+    if not _scores_finite(run.model, run.last_metrics):
+        raise NonFiniteLossError(f"CoRe² Reflect: the trained weights or their validation score "
+                                 f"({run.last_metrics.get('score')}) are not finite, so they were not saved; "
+                                 f"{kept_files(run.out_path)}. Lower the learning rate (e.g. ÷3) and train again.")
+
+
+def _result(run: TrainingRun, final_meta: dict) -> TrainResult:
+    model, out_path = run.model, run.out_path
     model.eval()
     model.metadata = read_metadata(out_path)
     model.name = out_path.stem
-    cfgs = facts["cfg"]
+    cfgs = run.data.facts["cfg"]
     model.trained_cfg = float(cfgs[0]) if len(cfgs) == 1 else None
-    summary = make_summary(out_path, config, n_params, step, start_step, time.time() - t0, history, metrics, meta, notes)
-    return TrainResult(model, out_path, step, history, metrics, final_meta, summary)
+    summary = make_summary(out_path, run.config, run.n_params, run.step, run.start_step, time.time() - run.t0,
+                           run.history, run.last_metrics, run.meta, run.notes)
+    return TrainResult(model, out_path, run.step, run.history, run.last_metrics, final_meta, summary)
 
 
 def make_summary(out_path, config, n_params, step, start_step, seconds, history, metrics, meta, notes) -> str:

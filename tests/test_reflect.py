@@ -221,6 +221,17 @@ def test_losses_identity_is_one_and_x0_weights_high_noise_rows():
     assert (val_score(m, "relative"), val_score(m, "x0"), val_score(m, "mixed")) == (0.8, 0.4, pytest.approx(0.6))
 
 
+def test_evaluate_scores_the_training_loss_by_default(dataset, trained):
+    """evaluate() without a loss scores what Reflect trains by default (mixed), as the training run reports it."""
+    from comfyui_core2.core2.dataset import DatasetReader
+    from comfyui_core2.core2.train import TrainSettings, evaluate, val_score
+
+    r = DatasetReader(dataset)
+    m = evaluate(trained.model, r, r.items, "cpu")
+    assert m["loss"] == TrainSettings().loss == "mixed"
+    assert m["score"] == pytest.approx(val_score(m, "mixed")) and m["score"] != pytest.approx(m["rel_err"])
+
+
 def test_unknown_loss_is_refused_before_work(tmp_path):
     from comfyui_core2.core2.train import train
 
