@@ -41,9 +41,3 @@ def implied_uncond(cond: torch.Tensor, guided: torch.Tensor, scale: float) -> to
         return cond
     return (cond * scale - guided) / (scale - 1.0)
 
-
-def guided_prediction(cond: torch.Tensor, uncond: torch.Tensor | None, scale: float, weak: torch.Tensor, w: float) -> torch.Tensor:
-    """One CoRe² step: slow (uncond given) = weak + w·(cfg − weak); fast (uncond None) = weak."""
-    if uncond is None:
-        return weak
-    return weak_to_strong(weak, cfg(cond, uncond, scale), w)

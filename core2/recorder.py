@@ -23,6 +23,8 @@ from typing import Callable
 
 import torch
 
+from .schedule import StepMap
+
 log = logging.getLogger(__name__)
 
 _BIG = ("cond", "uncond", "x")
@@ -75,14 +77,14 @@ class _Run:
 
 
 def step_index(schedule: list | None, sigma: float, evaluation: int) -> int:
-    """Index of the schedule step an evaluation at σ belongs to: the last i with schedule[i] ≥ σ (with a small
-    relative tolerance), so midpoint evaluations of 2nd-order samplers count to the step they start from.
-    Without a schedule: the evaluation's position in the run."""
+    """Index of the schedule step an evaluation at σ belongs to (schedule.StepMap.index: the last step whose upper
+    σ is ≥ σ, so midpoint evaluations of 2nd-order samplers count to the step they start from). Without a schedule:
+    the evaluation's position in the run."""
     if not schedule:
         return evaluation
-    tol = 1e-4 * max(abs(sigma), 1e-8)
-    n = sum(1 for s in schedule if s >= sigma - tol)
-    return max(n - 1, 0)
+    if len(schedule) < 2:
+        return 0
+    return StepMap(schedule, 0).index(sigma)
 
 
 def _as_rows(v, batch: int) -> torch.Tensor:

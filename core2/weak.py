@@ -11,8 +11,6 @@ from dataclasses import dataclass, field
 import torch
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux", "toy")  # "toy": the pack's own demo model (toy/)
-PREDICTIONS = {"sd15": "eps", "sdxl": "eps", "sd3": "flow", "flux": "flow", "toy": "v_prediction"}
-LATENT_CHANNELS = {"sd15": 4, "sdxl": 4, "sd3": 16, "flux": 16, "toy": 12}
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """A labelled side-by-side grid of toy pictures (rows = prompts, columns = methods), upscaled so 32×32 is visible."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -55,9 +56,11 @@ def render_grid(images: list[list[torch.Tensor]], row_labels: list[str], col_lab
             arr = (images[r][c].detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype("uint8")
             tile = Image.fromarray(arr).resize((cell_w, cell_h), Image.NEAREST)
             canvas.paste(tile, (left + pad + c * (cell_w + pad), y))
+    from comfyui_core2.core2.files import atomic_write_bytes
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
+    png = io.BytesIO()
+    canvas.save(png, format="PNG")
+    atomic_write_bytes(path, png.getvalue())
     return path

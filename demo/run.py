@@ -13,7 +13,6 @@ A rerun reuses the collected dataset and the trained weak model (both are resuma
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import time

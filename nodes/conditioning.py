@@ -41,13 +41,4 @@ def has_negative(cond) -> bool:
     return cond is not None and len(cond) > 0
 
 
-def flux_guidance(cond) -> float | None:
-    c = _first(cond)
-    if c is None:
-        return None
-    extras = c if isinstance(c, dict) else c[1]
-    g = extras.get("guidance")
-    return None if g is None else float(g)
-
-
-__all__ = ["features", "has_negative", "flux_guidance"]
+__all__ = ["features", "has_negative"]

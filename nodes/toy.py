@@ -90,8 +90,7 @@ class CoRe2ToyTextEncode:
         }}
 
     def encode(self, toy_text, text):
-        tokens, pooled = toy_text.text_encoder.encode(text)
-        return ([[tokens.detach().clone(), {"pooled_output": pooled.detach().clone()}]],)
+        return (world.conditioning(toy_text.text_encoder, text),)
 
 
 class CoRe2ToyEmptyLatent:

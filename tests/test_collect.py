@@ -446,3 +446,17 @@ def test_batch_node_with_a_real_clip(tiny_sd15, dirs):
     tiny_sd15.reset_calls()
     node.collect(**args)  # everything is there already
     assert tiny_sd15.calls == []
+
+
+def test_recorded_step_index_is_the_guiders_step_map():
+    """One owner for "which step is this σ": the recorder's step index is StepMap.index, including an evaluation
+    at a window's last (non-zero) σ, which belongs to the window's last step (there is no step after it)."""
+    from comfyui_core2.core2.recorder import step_index
+    from comfyui_core2.core2.schedule import StepMap
+
+    window = [14.6, 7.0, 3.1, 1.2, 0.4]
+    m = StepMap(window, 0)
+    for sigma in (20.0, 14.6, 10.0, 7.0, 7.0 * (1 + 5e-5), 2.0, 1.2, 0.8, 0.4):
+        assert step_index(window, sigma, 99) == m.index(sigma)
+    assert step_index(window, 0.4, 99) == 3 and step_index(window, 7.0, 99) == 1
+    assert step_index(None, 3.0, 5) == 5 and step_index([3.0], 3.0, 5) == 0

@@ -31,7 +31,7 @@ POSITIONS = ("top", "bottom", "left", "right", "centre")
 _PLACES = {"top": (0.5, 0.26), "bottom": (0.5, 0.74), "left": (0.26, 0.5), "right": (0.74, 0.5), "centre": (0.5, 0.5)}
 _PHRASES = {"top": "at the top", "bottom": "at the bottom", "left": "on the left", "right": "on the right",
             "centre": "in the centre"}
-_SYNONYMS = {"center": "centre", "middle": "centre", "upper": "top", "lower": "bottom"}
+SYNONYMS = {"center": "centre", "middle": "centre", "upper": "top", "lower": "bottom"}
 ATTRIBUTES = ("shape", "colour", "position")
 NUM_CLASSES = {"shape": len(SHAPES), "colour": len(COLOURS), "position": len(POSITIONS)}
 
@@ -66,7 +66,7 @@ def all_combinations() -> list[Attributes]:
 
 def parse_prompt(prompt: str) -> Attributes | None:
     """The attributes a prompt names, or None when it does not name one shape, one colour and one position."""
-    words = [_SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower())]
+    words = [SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower())]
     found = {}
     for key, names in (("shape", SHAPES), ("colour", COLOUR_NAMES), ("position", POSITIONS)):
         hits = {w for w in words if w in names}
@@ -132,13 +132,3 @@ def dataset(n: int, seed: int = 0, resolution: int = RESOLUTION) -> Batch:
     """n pictures, deterministic from seed."""
     return sample_batch(n, torch.Generator().manual_seed(seed), resolution)
 
-
-def to_pil(image: torch.Tensor):
-    """One [3, H, W] or [H, W, 3] picture (0..1) as a PIL image."""
-    import numpy as np
-    from PIL import Image
-
-    if image.shape[0] == 3 and image.shape[-1] != 3:
-        image = image.permute(1, 2, 0)
-    arr = (image.detach().float().clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(arr)

@@ -19,13 +19,12 @@ VOCAB = (PAD, UNK, "a", "an", "the", "at", "on", "in", "of", "and", "with", "pic
          "shape", "small", "big", "large", "bright", "dark", "background",
          *data.SHAPES, *data.COLOUR_NAMES, *data.POSITIONS)
 _INDEX = {w: i for i, w in enumerate(VOCAB)}
-_SYNONYMS = {"center": "centre", "middle": "centre", "upper": "top", "lower": "bottom"}
 
 log = logging.getLogger(__name__)
 
 
 def words(prompt: str, synonyms: dict | None = None) -> list[str]:
-    synonyms = _SYNONYMS if synonyms is None else synonyms
+    synonyms = data.SYNONYMS if synonyms is None else synonyms
     return [w for w in (synonyms.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower())) if w]
 
 

@@ -133,10 +133,16 @@ def load_toy_model(path: str | Path | None = None):
     return load(path).patcher.clone()
 
 
-def encode(prompt: str | list[str], path: str | Path | None = None) -> list:
-    """CONDITIONING for a prompt: [[tokens [B, 16, 64], {"pooled_output": [B, 64]}]] (B = number of prompts)."""
-    tokens, pooled = load(path).text_encoder.encode(prompt)
+def conditioning(text_encoder, prompt: str | list[str]) -> list:
+    """CONDITIONING for a prompt from a toy text encoder: [[tokens [B, 16, 64], {"pooled_output": [B, 64]}]]
+    (B = number of prompts), like a CLIP text encoder's."""
+    tokens, pooled = text_encoder.encode(prompt)
     return [[tokens.detach().clone(), {"pooled_output": pooled.detach().clone()}]]
+
+
+def encode(prompt: str | list[str], path: str | Path | None = None) -> list:
+    """CONDITIONING for a prompt with the text encoder of the toy model at path (default: the shipped one)."""
+    return conditioning(load(path).text_encoder, prompt)
 
 
 def empty_latent(batch: int = 1, world: str = "shapes") -> torch.Tensor:

@@ -35,7 +35,7 @@ PICTURE_CLASSES = dict(zip(PICTURE_FIELDS, (2, len(SHAPES), len(COLOUR_NAMES), l
 _PROMPT_CLASSES = (len(SHAPES), len(COLOUR_NAMES), len(SIZES), len(SHAPES), len(COLOUR_NAMES), len(SIZES),
                    len(RELATIONS))
 _RADIUS = {"small": 0.085, "big": 0.16}  # fraction of the picture side
-_SYNONYMS = {"large": "big", "tiny": "small", "center": "centre", "on": "", "to": "", "the": ""}
+SYNONYMS = {"large": "big", "tiny": "small", "center": "centre", "on": "", "to": "", "the": ""}
 
 
 @dataclass(frozen=True)
@@ -67,7 +67,7 @@ class Scene:
 
 def parse_prompt(prompt: str) -> Scene | None:
     """The scene a prompt names ("a small red triangle left of a big blue circle"), or None."""
-    text = " ".join(_SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower()))
+    text = " ".join(SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+", prompt.lower()))
     obj = rf"(?:an? )?({'|'.join(SIZES)}) ({'|'.join(COLOUR_NAMES)}) ({'|'.join(SHAPES)})"
     m = re.fullmatch(rf"\s*{obj}\s+({'|'.join(RELATIONS)})\s+{obj}\s*", text)
     if m is None:

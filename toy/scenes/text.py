@@ -6,7 +6,7 @@ from . import data
 
 VOCAB = (text.PAD, text.UNK, "a", "an", "of", "left", "right", "above", "below",
          *data.SIZES, *data.COLOUR_NAMES, *data.SHAPES)
-SYNONYMS = {"large": "big", "tiny": "small", "the": "", "to": "", "on": ""}
+SYNONYMS = data.SYNONYMS  # the prompt parser's (its "center" → "centre" maps one unknown word to another)
 
 
 def encoder() -> text.ToyTextEncoder:
