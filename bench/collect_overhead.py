@@ -13,7 +13,6 @@ larger one (tiny SD1.5, batch 4 at 48x48, or --case), all euler/normal at cfg 6.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -22,21 +21,13 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]  # run as a script: the repository root holds tools/ and testkit/
 
 CASES = {  # name: (family, batch, latent h=w, steps)
     "sd15-32": ("sd15", 1, 32, 20),
     "sd15-b4-48": ("sd15", 4, 48, 20),
     "sdxl-64": ("sdxl", 1, 64, 20),
 }
-
-
-def _load_pack():
-    spec = importlib.util.spec_from_file_location("comfyui_core2", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_core2"] = mod
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main():
@@ -55,11 +46,12 @@ def main():
     from tools import comfy_env
 
     inst = comfy_env.activate()
-    _load_pack()
+    comfy_env.load_pack()
     import comfy.model_patcher
     import comfy.sample
-    import tiny_models
+
     from comfyui_core2.nodes import collect, paths
+    from testkit import tiny_models
 
     tmp = Path(tempfile.mkdtemp(prefix="core2-bench-"))
     os.environ["CORE2_HOME"] = str(tmp)

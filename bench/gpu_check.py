@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-for _p in (str(ROOT), str(ROOT / "tests")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
+if str(ROOT) not in sys.path:  # run as a script: the repository root holds bench/, tools/ and testkit/
+    sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -120,7 +119,7 @@ def build_base(family: str, dtype: torch.dtype, smoke: bool):
     import comfy.supported_models as sm
 
     if smoke:
-        import tiny_models
+        from testkit import tiny_models
 
         tm = tiny_models.BUILDERS[family]()
         return tm.patcher, tm.positive, tm.negative

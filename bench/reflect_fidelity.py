@@ -9,13 +9,12 @@ The relative error ‖f(r_c) − r_cfg‖ / ‖r_cfg − r_c‖ of the identity 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT)]  # run as a script: the repository root holds tools/ and testkit/
 
 
 def main():
@@ -32,12 +31,8 @@ def main():
     import torch
 
     torch.set_num_threads(a.threads)
-    spec = importlib.util.spec_from_file_location("comfyui_core2", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_core2"] = mod
-    spec.loader.exec_module(mod)
-    import collect_helpers
-    import tiny_models
+    comfy_env.load_pack()
+    from testkit import collect_helpers, tiny_models
 
     from comfyui_core2.core2.dataset import DatasetReader
     from comfyui_core2.core2.train import TrainSettings, evaluate, train

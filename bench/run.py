@@ -318,7 +318,8 @@ def quality_table(res: dict) -> str:
 
 
 def unet_configs() -> dict[str, dict]:
-    """The SD15 and SDXL UNet configs as written in the active ComfyUI's comfy/model_detection.py (read, not copied)."""
+    """The SD15 and SDXL UNet configs as written in the active ComfyUI's comfy/model_detection.py (read, not copied;
+    without their 'dtype' entry). The one source of these configs for bench/ (run, weak_cost, gpu_check)."""
     import comfy.model_detection
 
     tree = ast.parse(Path(comfy.model_detection.__file__).read_text())
@@ -362,9 +363,8 @@ def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> d
     from comfyui_core2.core2.weak import PromptFeatures, StepInfo
 
     fam = FAMILY[name]
-    kwargs = {k: v for k, v in cfg.items() if k not in ("dtype",)}
     torch.manual_seed(0)
-    unet = UNetModel(**kwargs, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init).eval()
+    unet = UNetModel(**cfg, dtype=torch.float32, device="cpu", operations=comfy.ops.disable_weight_init).eval()
     with torch.no_grad():
         for p in unet.parameters():
             p.normal_(0, 0.02)

@@ -11,35 +11,22 @@ init does not matter for counting). Times are wall-clock medians on this machine
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
-
-SDXL_UNET = {'use_checkpoint': False, 'image_size': 32, 'out_channels': 4, 'use_spatial_transformer': True,
-             'legacy': False, 'num_classes': 'sequential', 'adm_in_channels': 2816, 'in_channels': 4,
-             'model_channels': 320, 'num_res_blocks': [2, 2, 2], 'transformer_depth': [0, 0, 2, 2, 10, 10],
-             'channel_mult': [1, 2, 4], 'transformer_depth_middle': 10, 'use_linear_in_transformer': True,
-             'context_dim': 2048, 'num_head_channels': 64, 'transformer_depth_output': [0, 0, 0, 2, 2, 2, 10, 10, 10],
-             'use_temporal_attention': False, 'use_temporal_resblock': False}  # = model_detection SDXL (dtype aside)
-
-
-def _load_pack():
-    spec = importlib.util.spec_from_file_location("comfyui_core2", ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["comfyui_core2"] = mod
-    spec.loader.exec_module(mod)
+sys.path[:0] = [str(ROOT)]  # run as a script: the repository root holds bench/ and tools/
 
 
 def unet(device):
     import comfy.ops
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
-    return UNetModel(**SDXL_UNET, dtype=None, device=device, operations=comfy.ops.disable_weight_init).eval()
+    from bench.run import unet_configs
+
+    return UNetModel(**unet_configs()["SDXL"], dtype=None, device=device, operations=comfy.ops.disable_weight_init).eval()
 
 
 def unet_inputs(hw, device):
@@ -127,7 +114,7 @@ def main():
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    _load_pack()
+    comfy_env.load_pack()
     print(f"ComfyUI: {inst.describe()}; torch {torch.__version__}; device {a.device}; threads {torch.get_num_threads()}")
 
     u = unet("meta")

@@ -82,7 +82,7 @@ _TINY = {}
 
 
 def _tiny(family):
-    import tiny_models
+    from testkit import tiny_models
 
     if family not in _TINY:
         _TINY[family] = tiny_models.BUILDERS[family]()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import COMFY, ROOT
-import comfy_server
+from testkit import comfy_server
 
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 NODE = shutil.which("node")

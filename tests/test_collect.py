@@ -211,17 +211,16 @@ def test_kill_mid_batch_then_resume(tiny_sd15, dirs):
     prompts = ["a red fox", "a blue car", "a green tree"]
     script = dirs / "collector.py"
     script.write_text(textwrap.dedent(f"""
-        import importlib.util, sys, time
-        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
+        import sys, time
+        sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]  # tests/: test_collect's own helpers
         from tools import comfy_env
         comfy_env.activate()
-        spec = importlib.util.spec_from_file_location("comfyui_core2", {str(ROOT / '__init__.py')!r},
-                                                      submodule_search_locations=[{str(ROOT)!r}])
-        mod = importlib.util.module_from_spec(spec); sys.modules["comfyui_core2"] = mod; spec.loader.exec_module(mod)
+        comfy_env.load_pack()
         from comfyui_core2.nodes import collect, paths
         if paths.folder_paths is not None:
             paths.folder_paths.set_output_directory({str(dirs / 'output')!r})
-        import tiny_models, test_collect
+        import test_collect
+        from testkit import tiny_models
         tm = tiny_models.build_sd15()
         conds = test_collect._conds3(tm)
         collect.collect_batch(tm.patcher, {prompts!r}, "ugly", conds.__getitem__, seeds_per_prompt=2, seed=10,
@@ -402,7 +401,7 @@ def test_recorder_does_not_block_sampling_on_slow_disk():
 def _tiny_clip(tmp_path):
     """A real ComfyUI CLIP (SD1 text encoder class + tokenizer) shrunk to 1 layer, deterministic weights."""
     import comfy.sd1_clip
-    import tiny_models
+    from testkit import tiny_models
 
     if not (Path(comfy.sd1_clip.__file__).parent / "sd1_tokenizer" / "vocab.json").is_file():
         pytest.skip("this ComfyUI ships no CLIP tokenizer files (notcomfy): the CLIP path runs with COMFYUI_DIR")

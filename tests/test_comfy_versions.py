@@ -16,7 +16,7 @@ import comfy.model_base
 import comfy.model_patcher
 import comfy.sample
 from conftest import ROOT
-import tiny_models
+from testkit import tiny_models
 from tools import make_workflows as mw
 
 

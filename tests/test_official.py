@@ -257,7 +257,7 @@ def test_sd35_long_clip_prompt_keeps_the_first_clip_chunk_and_the_t5_rows():
 def _random_t5(d_model=256, layers=4, seed=3):
     import comfy.ops
     from comfy.text_encoders.t5 import T5
-    from tiny_models import init_weights
+    from testkit.tiny_models import init_weights
 
     cfg = dict(num_layers=layers, d_model=d_model, d_ff=2 * d_model, dense_act_fn="gelu_pytorch_tanh",
                is_gated_act=True, num_heads=4, d_kv=d_model // 4, model_type="t5", vocab_size=1000)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import collect_helpers
+from testkit import collect_helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = dict(width=32, mults=[1, 2], blocks=1, emb_dim=128)  # a test-sized "small"
@@ -18,7 +18,7 @@ SMALL = dict(width=32, mults=[1, 2], blocks=1, emb_dim=128)  # a test-sized "sma
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    import tiny_models
+    from testkit import tiny_models
 
     folder = tmp_path_factory.mktemp("reflect") / "ds"
     return collect_helpers.collect(tiny_models.build_sdxl(), folder, n_prompts=8, seeds=(1,), batch=2, steps=8, cfg=5.0)
@@ -176,7 +176,7 @@ def test_training_beats_identity_on_held_out_prompts(trained, dataset):
 
 def test_keep_best_guards_against_overfitting(tmp_path):
     """Unseen noise on a tiny random UNet: nothing transfers, training overfits; the best-validation weights are kept."""
-    import tiny_models
+    from testkit import tiny_models
 
     from comfyui_core2.core2.train import KEEP_BEST_MARGIN, train
 

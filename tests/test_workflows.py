@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import COMFY, ROOT
-import comfy_server
+from testkit import comfy_server
 from tools import make_workflows as mw
 
 WF_DIR = ROOT / "workflows"

@@ -20,7 +20,6 @@ server's /object_info by tests/test_workflows.py with a full ComfyUI.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from dataclasses import dataclass, field
@@ -37,18 +36,12 @@ FRONTEND_ONLY = ("Note", "MarkdownNote")  # node types that exist only in the fr
 
 def load_pack():
     """Import the pack the way ComfyUI does (a package named after its folder), after making ComfyUI importable."""
-    if PACK_NAME in sys.modules:
-        return sys.modules[PACK_NAME]
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from tools import comfy_env
 
     comfy_env.activate()
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[PACK_NAME] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return comfy_env.load_pack(PACK_NAME)
 
 
 def _samplers():

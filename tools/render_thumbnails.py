@@ -45,7 +45,7 @@ def _final_preview_images(server, name: str, count: int = 1):
     import torch
     from PIL import Image
 
-    import comfy_server
+    from testkit import comfy_server
 
     wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
     hist = server.run_prompt(comfy_server.ui_to_api(wf, server.get("/object_info", timeout=120)), timeout=600)
@@ -61,8 +61,7 @@ def _final_preview_images(server, name: str, count: int = 1):
 def _from_server(comfy_path: Path, out: Path) -> None:
     import tempfile
 
-    sys.path.insert(0, str(ROOT / "tests"))
-    import comfy_server
+    from testkit import comfy_server
 
     with tempfile.TemporaryDirectory() as base:
         server = comfy_server.Server(comfy_path, ROOT, Path(base))

@@ -188,7 +188,7 @@ def flux_unet_config(sizes: dict, params_cls=None) -> dict:
         if name in cfg or f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
             continue
         if name not in FLUX1_VALUES:
-            raise RuntimeError(f"this ComfyUI's {params_cls.__name__} requires '{name}', which tests/tiny_models.py "
+            raise RuntimeError(f"this ComfyUI's {params_cls.__name__} requires '{name}', which testkit/tiny_models.py "
                                "does not know: add FLUX.1's value (see comfy/model_detection.py) to FLUX1_VALUES")
         cfg[name] = list(FLUX1_VALUES[name]) if isinstance(FLUX1_VALUES[name], list) else FLUX1_VALUES[name]
     return {"image_model": "flux", **cfg}
