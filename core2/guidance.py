@@ -28,11 +28,16 @@ def cfg(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
     return uncond + (cond - uncond) * scale
 
 
-def weak_to_strong(weak: torch.Tensor, strong: torch.Tensor, w: float) -> torch.Tensor:
-    """W2S guidance: extrapolate from the weak prediction towards the strong one. w = 1 returns `strong`."""
+def extrapolate(start: torch.Tensor, target: torch.Tensor, w: float) -> torch.Tensor:
+    """start + w·(target − start): w = 1 returns `target` itself, w > 1 goes past it."""
     if w == 1.0:
-        return strong
-    return weak + (strong - weak) * w
+        return target
+    return start + (target - start) * w
+
+
+def weak_to_strong(weak: torch.Tensor, strong: torch.Tensor, w: float) -> torch.Tensor:
+    """W2S guidance: extrapolate from the weak prediction towards (and past) the strong one. w = 1 returns `strong`."""
+    return extrapolate(weak, strong, w)
 
 
 def implied_uncond(cond: torch.Tensor, guided: torch.Tensor, scale: float) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""CoRe2Guider: ComfyUI's CFGGuider with CoRe² slow and fast steps.
+"""CoRe2CFGGuider: ComfyUI's CFGGuider with CoRe² slow and fast steps (the GUIDER of the "CoRe2Guider" node).
 
 Built on ComfyUI's own sampling path so other patches keep working (LoRA, ControlNet, area/mask conds, pre/post-cfg
 functions, calc-cond-batch replacements):
@@ -12,6 +12,8 @@ functions, calc-cond-batch replacements):
 The weak model always sees the model's own conditional prediction (before any pre-cfg function).
 
 Which step an evaluation belongs to is counted by the sampler's own progress (core2/schedule.py StepTracker).
+What one sampling run keeps (its step map and tracker, counts, the weak model's prompt contexts) lives in a RunState
+made in __init__ and reset at the start of every run, as ComfyUI's EasyCache holder is.
 
 Methods (docs/method.md §5): "core" as above; "z-core" and "z-sampling" run the Euler zigzag loop of core2/zigzag.py,
 where every denoise is full CFG (as in the official code) and the inversion is, for z-core, one conditional pass
@@ -64,7 +66,24 @@ def _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cond_scale,
     return denoised
 
 
-class CoRe2Guider(comfy.samplers.CFGGuider):
+class RunState:
+    """The per-run state of a CoRe2CFGGuider: the step map and tracker of the run's schedule, the run's counts, and
+    the weak model's prompt context per (batch, device, dtype). Made once with the guider; reset() starts a run."""
+
+    def __init__(self):
+        self.map: StepMap | None = None
+        self.steps: StepTracker | None = None
+        self.stats = RunStats()
+        self.contexts: dict = {}
+
+    def reset(self, step_map: StepMap) -> None:
+        self.map = step_map
+        self.steps = StepTracker(step_map)
+        self.stats = RunStats()
+        self.contexts = {}
+
+
+class CoRe2CFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
                  inv_cfg: float = 0.5, denoise: float = 1.0):
@@ -87,7 +106,12 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         self.inv_cfg = float(inv_cfg)
         self.denoise = float(denoise)
         self.scheduler_name: str | None = None  # set by the KSampler nodes, for the weak model's setting warnings
-        self.stats: RunStats | None = None
+        self.run_state = RunState()
+
+    @property
+    def stats(self) -> RunStats:
+        """The counts of the current (or last) sampling run."""
+        return self.run_state.stats
 
     # --- checks before any work -------------------------------------------------------------------------------
     def validate(self, total_steps: int) -> int:
@@ -135,12 +159,10 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
                     log.info("CoRe²: %s", note)
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
-        self._map = StepMap(schedule, slow)
-        self._steps = StepTracker(self._map)
-        self._steps.start(sigmas, stop_frame=sys._getframe())
+        run = self.run_state
+        run.reset(StepMap(schedule, slow))
+        run.steps.start(sigmas, stop_frame=sys._getframe())
         args, kwargs = self._with_step_callback(args, kwargs)
-        self.stats = RunStats()
-        self._contexts = {}
         if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
             self.weak.reset()
         t0 = time.perf_counter()
@@ -150,16 +172,16 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
             return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
         finally:
             self.model_patcher = own
-            if self.stats.evaluations:
-                log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
-            self._contexts = {}
+            if run.stats.evaluations:
+                log.info(run.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
+            run.contexts = {}  # the prompt contexts are not needed after the run
 
     def _with_step_callback(self, args, kwargs):
         """sample()'s arguments with the callback (CFGGuider.sample(..., denoise_mask, callback, ...)) wrapped so the
         step tracker sees the sampler's per-step callbacks; one is passed even where the caller passed none."""
         args = list(args)
         user = args[1] if len(args) > 1 else kwargs.get("callback")
-        tracker = self._steps
+        tracker = self.run_state.steps
 
         def callback(*a, **k):
             tracker.on_callback()
@@ -188,15 +210,16 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         """The weak model's prompt context, once per run. Features go in as float32 (at least): the weak model casts
         them itself, after anything precision-sensitive (the official nets' SVD)."""
         key = (batch, str(device), dtype)
-        if key not in self._contexts:
+        contexts = self.run_state.contexts
+        if key not in contexts:
             def prep(f):
                 if f is None:
                     return None
                 return f.expand(batch).to(device, torch.promote_types(f.tokens.dtype, torch.float32))
             pos = prep(conditioning.features(self.original_conds.get("positive")))
             neg = prep(conditioning.features(self.original_conds.get("negative")))
-            self._contexts[key] = self.weak.prepare(pos, neg)
-        return self._contexts[key]
+            contexts[key] = self.weak.prepare(pos, neg)
+        return contexts[key]
 
     def _weak_denoised(self, x, timestep, cond_pred, step: int):
         param = next(self.weak.parameters(), None)
@@ -205,7 +228,8 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         if param is not None and param.device != device:
             self.weak.to(device)
         raw_c = guidance.raw_from_denoised(x, cond_pred, timestep)
-        info = StepInfo(step, self._map.total, self._map.schedule, {"x": x, "guider": self}, self.denoise)
+        step_map = self.run_state.map
+        info = StepInfo(step, step_map.total, step_map.schedule, {"x": x, "guider": self}, self.denoise)
         ctx = self._weak_context(x.shape[0], device, dtype)
         sigma = timestep.to(device=device, dtype=dtype).flatten()
         raw = self.weak(raw_c.to(dtype), sigma, float(self.cfg), info, ctx).to(x.dtype)
@@ -222,7 +246,9 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
         self.stats.record(step, "invert", 1, True)
         weak = self._weak_denoised(x, timestep, cond_pred, step)
-        return guidance.weak_to_strong(cond_pred, weak, self.w2s_scale)
+        # Z-CoRe²'s inversion (docs/method.md §5): from the conditional prediction past the weak model's, cond + w·(weak
+        # − cond); the weak model is the target here, not the starting point of weak-to-strong guidance
+        return guidance.extrapolate(cond_pred, weak, self.w2s_scale)
 
     def _fast(self, model, x, timestep, step, cond, uncond, model_options):
         """A fast step: (cond, uncond, denoised) from one conditional pass and the weak model. The weak model sees the
@@ -243,10 +269,10 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         return cond_pred, uncond_pred, denoised
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
-        step = self._steps.step(timestep)
+        step = self.run_state.steps.step(timestep)
         if model_options.get(INVERT_KEY):
             return self._invert(x, timestep, step, model_options)
-        slow = self._map.is_slow(step)
+        slow = self.run_state.map.is_slow(step)
         model = self.inner_model
         cond = self.conds.get("positive", None)
         uncond = self.conds.get("negative", None)
@@ -272,3 +298,7 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         passes = 1 if not slow or uncond is None else 2
         self.stats.record(step, "slow" if slow else "fast", passes, use_weak)
         return _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cfg, x, timestep, model_options)
+
+
+CoRe2Guider = CoRe2CFGGuider  # the guider's name before it was told apart from the node "CoRe2Guider"; kept for code
+# written against it (other branches of this pack): use CoRe2CFGGuider

@@ -49,7 +49,10 @@ def prediction(model) -> str:
 
 
 def identity(model, name: str | None = None) -> dict:
-    """A fingerprint of the diffusion model: its class, family and a hash of its state-dict keys and shapes."""
+    """A fingerprint of the diffusion model's ARCHITECTURE: its name, family and "key_hash", a hash of its state-dict
+    keys and shapes (not of the weights: reading every weight would cost seconds on each load). It tells SD1.5 from
+    SDXL or a pruned variant; a fine-tune or merge of the same architecture has the same key_hash. (The name stays
+    "key_hash" because datasets (base_model_hash) and weak-model files store it.)"""
     m = base_model(model)
     sd = m.diffusion_model.state_dict()
     h = hashlib.sha256()

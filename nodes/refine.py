@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import comfy.samplers
 
-from .guider import METHODS, CoRe2Guider
+from .guider import METHODS, CoRe2CFGGuider
 from .sampling import run_ksampler
 
 WEAK = "CORE2_WEAK_MODEL"
@@ -34,7 +34,7 @@ OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "ma
 
 def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None,
             denoise=1.0):
-    g = CoRe2Guider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
+    g = CoRe2CFGGuider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
                     zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg, denoise=denoise)
     g.scheduler_name = scheduler
     return g
@@ -140,6 +140,8 @@ class CoRe2GuiderNode:
         return (guider,)
 
 
+# node id -> class; the ids are what saved workflows name, so they never change ("CoRe2Guider" is the node that makes
+# a guider.CoRe2CFGGuider)
 NODE_CLASS_MAPPINGS = {
     "CoRe2KSampler": CoRe2KSampler,
     "CoRe2KSamplerAdvanced": CoRe2KSamplerAdvanced,

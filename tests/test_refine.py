@@ -10,7 +10,7 @@ from comfyui_core2.core2 import guidance
 from comfyui_core2.core2.schedule import StepMap
 from comfyui_core2.core2.weak import IdentityWeakModel, WeakModel
 from comfyui_core2.nodes import refine
-from comfyui_core2.nodes.guider import CoRe2Guider
+from comfyui_core2.nodes.guider import CoRe2CFGGuider
 from testkit.node_helpers import run_node
 
 
@@ -103,7 +103,7 @@ def test_cost_20_steps_5_slow_is_25_passes(tiny_sd15, caplog):
 def test_heun_counts_by_noise_level(tiny_sd15):
     tm = tiny_sd15
     latent = tm.empty_latent(1)
-    g = CoRe2Guider(tm.patcher, IdentityWeakModel(), 1.5, slow_steps=3)
+    g = CoRe2CFGGuider(tm.patcher, IdentityWeakModel(), 1.5, slow_steps=3)
     g.set_conds(tm.positive, tm.negative)
     g.set_cfg(5.0)
     sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", 6)
@@ -115,8 +115,27 @@ def test_heun_counts_by_noise_level(tiny_sd15):
     assert sum(tm.calls) == g.stats.model_passes
 
 
+def test_run_state_is_made_once_and_reset_per_run(tiny_sd15):
+    """The guider's per-run state (step map, tracker, counts, prompt contexts) exists before any run, starts afresh
+    for each run, and lets go of the weak model's prompt contexts when the run ends."""
+    tm = tiny_sd15
+    g = CoRe2CFGGuider(tm.patcher, IdentityWeakModel(), 1.5, slow_steps=2)
+    state = g.run_state
+    assert g.stats.evaluations == 0 and state.map is None
+    g.set_conds(tm.positive, tm.negative)
+    g.set_cfg(5.0)
+    latent = tm.empty_latent(1)
+    euler = comfy.samplers.sampler_object("euler")
+    for n in (4, 6):
+        sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", n)
+        g.sample(comfy.sample.prepare_noise(latent, 0), latent, euler, sigmas, disable_pbar=True, seed=0)
+        assert g.run_state is state and state.map.total == n and state.contexts == {}
+        assert g.stats.slow_steps == {0, 1} and g.stats.fast_steps == set(range(2, n))  # this run's counts only
+        assert g.stats.evaluations == n
+
+
 def _guided_run(tm, sampler, sigmas, slow, weak=None, seed=0, callback=None):
-    g = CoRe2Guider(tm.patcher, weak or IdentityWeakModel(), 1.5, slow_steps=slow)
+    g = CoRe2CFGGuider(tm.patcher, weak or IdentityWeakModel(), 1.5, slow_steps=slow)
     g.set_conds(tm.positive, tm.negative)
     g.set_cfg(5.0)
     latent = tm.empty_latent(1)
@@ -217,7 +236,7 @@ def test_samplers_calling_back_after_a_steps_first_evaluation_count_by_sigma(tin
     weak = SigmaLog()
     g, _ = _guided_run(tm, _sampler(name), sigmas, 3, weak=weak)
     m = StepMap(sigmas, 3)
-    assert g._steps.source == "sigma" and weak.seen
+    assert g.run_state.steps.source == "sigma" and weak.seen
     assert [i for i, _ in weak.seen] == [m.index(s) for _, s in weak.seen]
     if name == "uni_pc":
         assert tm.calls == [2, 2, 2, 1, 1, 1]
@@ -237,7 +256,7 @@ def test_sampler_without_callbacks_falls_back_to_sigma(tiny_sd15):
     tm = tiny_sd15
     sigmas = comfy.samplers.calculate_sigmas(tm.patcher.get_model_object("model_sampling"), "normal", 5)
     g, _ = _guided_run(tm, comfy.samplers.KSAMPLER(plain_euler), sigmas, 2)
-    assert tm.calls == [2, 2, 1, 1, 1] and g._steps.source == "sigma"
+    assert tm.calls == [2, 2, 1, 1, 1] and g.run_state.steps.source == "sigma"
 
 
 def test_denoise_zero_returns_the_latent_like_ksampler(tiny_sd15):

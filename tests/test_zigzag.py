@@ -116,3 +116,14 @@ def test_z_core_inversion_labelled_with_its_step(tiny_sd15):
     expected = [(i, float(sigmas[i + 1])) for i in range(n - 1)]
     assert [s for s, _ in weak.seen] == [s for s, _ in expected]
     assert [sig for _, sig in weak.seen] == pytest.approx([sig for _, sig in expected], rel=1e-5)
+
+
+def test_extrapolate_names_its_start_and_target():
+    """Z-CoRe²'s inversion goes from the conditional prediction past the weak model's (cond + w·(weak − cond));
+    weak-to-strong guidance goes from the weak prediction past the strong one: both are guidance.extrapolate."""
+    from comfyui_core2.core2 import guidance
+
+    cond, weak, strong = torch.tensor([1.0]), torch.tensor([3.0]), torch.tensor([4.0])
+    assert float(guidance.extrapolate(cond, weak, 1.5)) == 4.0  # 1 + 1.5·(3 − 1)
+    assert guidance.extrapolate(cond, weak, 1.0) is weak  # w = 1: the target itself, bit for bit
+    assert float(guidance.weak_to_strong(weak, strong, 2.0)) == 5.0 and guidance.weak_to_strong(weak, strong, 1.0) is strong
