@@ -13,6 +13,7 @@ larger one (tiny SD1.5, batch 4 at 48x48, or --case), all euler/normal at cfg 6.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -37,6 +38,7 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--store-x", action="store_true", help="also record x_t")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", type=Path, help="also write the measured cases to this JSON file (what bench/run.py reads)")
     args = ap.parse_args()
 
     import torch
@@ -61,6 +63,7 @@ def main():
     print(f"ComfyUI: {inst.describe()}; device {dev}; torch threads {torch.get_num_threads()}; store_x={args.store_x}; "
           f"reps={args.reps}")
     print(f"{'case':<12} {'plain s':>9} {'recorded s':>11} {'overhead':>9} {'evals':>6} {'MiB written':>12} {'queue wait s':>13}")
+    cases = {}
     for name in args.case or ["sd15-32", "sd15-b4-48"]:
         fam, batch, hw, steps = CASES[name]
         tm = tiny_models.BUILDERS[fam]()
@@ -95,7 +98,13 @@ def main():
         st = session.recorder.stats
         print(f"{name:<12} {p:>9.3f} {q:>11.3f} {100 * (q - p) / p:>8.1f}% {st['evaluations']:>6} {mib:>12.2f} "
               f"{st['put_wait_s']:>13.4f}")
+        # the figures as printed (same rounding), for bench/run.py
+        cases[name] = {"plain_s": round(p, 3), "recorded_s": round(q, 3), "overhead_pct": round(100 * (q - p) / p, 1),
+                       "evaluations": st["evaluations"], "mib_written": round(mib, 2),
+                       "queue_wait_s": round(st["put_wait_s"], 4)}
         session.close()
+    if args.json:
+        args.json.write_text(json.dumps({"cases": cases}, indent=1), encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,10 @@ import json
 import logging
 import math
 import platform
-import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,9 +59,9 @@ def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0
     at n steps (the sweep's value equal to `cfg` is the budget's own CFG row, and cfg 1 is the no-guidance row)."""
     from demo.pipeline import Method
 
-    rows = [(n, Method(f"CFG, {2 * n} steps", "cfg", cfg, 2 * n, note="steps headroom"))]
-    rows += [(n, Method(f"CFG {c:g}, {n} steps", "cfg", c, n, note="cfg sweep")) for c in sweep
-             if c not in (1.0, cfg)]
+    rows = [(n, Method(f"CFG, {2 * n} steps", "cfg", cfg, 2 * n, note="steps headroom", role="cfg-double"))]
+    rows += [(n, Method(f"CFG {c:g}, {n} steps", "cfg", c, n, note="cfg sweep", role=f"cfg-sweep {c:g}"))
+             for c in sweep if c not in (1.0, cfg)]
     return rows
 
 
@@ -71,37 +71,51 @@ def fillin_methods(n: int, cfg: float) -> list:
     from demo.pipeline import FILL_KINDS, Method
 
     m_steps, m_slow = equal_pass_mixed(n)
-    plans = [(m_steps, m_slow)] + ([(n, lean_slow(n))] if lean_slow(n) else [])
-    return [Method(f"{kind}, {steps} steps, {slow} slow", kind, cfg, steps, slow, 1.0, note="training-free")
-            for steps, slow in plans for kind in FILL_KINDS]
+    plans = [("mixed", m_steps, m_slow)] + ([("lean", n, lean_slow(n))] if lean_slow(n) else [])
+    return [Method(f"{kind}, {steps} steps, {slow} slow", kind, cfg, steps, slow, 1.0, note="training-free",
+                   role=f"{kind} {plan}") for plan, steps, slow in plans for kind in FILL_KINDS]
 
 
 def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) -> list[tuple[int, object]]:
     """(budget n, Method) rows per step count n: CFG at n and at n/2 steps; CoRe² all-fast at n steps and mixed
     at n passes (both equal passes to CFG at n/2 steps); CoRe² lean (≤ 0.6× CFG's passes), half-slow and all-slow
-    at n steps; cfg = 1 and (optionally) the zigzag rows at the largest n only."""
+    at n steps; cfg = 1 and (optionally) the zigzag rows at the largest n only. Each Method's role names what it
+    stands for ("cfg", "cfg-half", "all-fast", "mixed", "lean", ...): the checks find rows by (budget, role), never by
+    their display names."""
     from demo.pipeline import Method
 
     rows = []
     for n in sorted(budgets):
         k = lean_slow(n)
         m_steps, m_slow = equal_pass_mixed(n)
-        rows += [(n, Method(f"CFG, {n} steps", "cfg", cfg, n)),
-                 (n, Method(f"CFG, {n // 2} steps", "cfg", cfg, n // 2, note="n passes")),
-                 (n, Method(f"CoRe², {n} steps, all-fast", "core2", cfg, n, 0, 1.0, note="n passes")),
+        rows += [(n, Method(f"CFG, {n} steps", "cfg", cfg, n, role="cfg")),
+                 (n, Method(f"CFG, {n // 2} steps", "cfg", cfg, n // 2, note="n passes", role="cfg-half")),
+                 (n, Method(f"CoRe², {n} steps, all-fast", "core2", cfg, n, 0, 1.0, note="n passes", role="all-fast")),
                  (n, Method(f"CoRe², {m_steps} steps, {m_slow} slow", "core2", cfg, m_steps, m_slow, w2s,
-                            note="n passes"))]
+                            note="n passes", role="mixed"))]
         if k:
-            rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes")))
+            rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes",
+                                   role="lean")))
         rows += [(n, m) for m in fillin_methods(n, cfg)]
-        rows += [(n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s)),
-                 (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s))]
+        rows += [(n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s, role="half-slow")),
+                 (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s, role="all-slow"))]
     n = max(budgets)
-    rows.insert(0, (n, Method(f"cfg 1, {n} steps", "cfg", 1.0, n, note="no guidance")))
+    rows.insert(0, (n, Method(f"cfg 1, {n} steps", "cfg", 1.0, n, note="no guidance", role="cfg1")))
     if zigzag:
-        rows += [(n, Method(f"Z-Sampling, {n} steps", "core2", cfg, n, n, w2s, "z-sampling", note="euler, inv_cfg 0.5")),
-                 (n, Method(f"Z-CoRe², {n} steps", "core2", cfg, n, n, w2s, "z-core", note="euler"))]
+        rows += [(n, Method(f"Z-Sampling, {n} steps", "core2", cfg, n, n, w2s, "z-sampling", note="euler, inv_cfg 0.5",
+                            role="z-sampling")),
+                 (n, Method(f"Z-CoRe², {n} steps", "core2", cfg, n, n, w2s, "z-core", note="euler", role="z-core"))]
     return rows
+
+
+def by_role(rows: list[dict]) -> dict[tuple[int, str], dict]:
+    """The measured rows by (budget, role): how the checks find the rows they compare."""
+    return {(r["budget"], r["role"]): r for r in rows}
+
+
+def _sampling_key(m) -> tuple:
+    """What sampling a Method does (two rows with the same key are the same samples)."""
+    return m.kind, m.cfg, m.steps, m.slow_steps, m.w2s_scale, m.method
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -160,17 +174,17 @@ def run_quality(args, env: dict) -> dict:
     planned = quality_methods(args.budgets, dcfg.cfg, dcfg.w2s_scale, args.zigzag)
     if args.headroom:
         planned += headroom_methods(max(args.budgets), dcfg.cfg)
-    unique = list({m.name: m for _, m in planned}.values())  # a row shared by two budgets is sampled once
-    done = {r["name"]: r for r in pipeline.evaluate(model, unique, weak, args.samples, args.seed, batch=args.batch,
-                                                     features=True, world_name=args.world)}
-    rows = [dict(done[m.name]) for _, m in planned]
+    unique = {_sampling_key(m): m for _, m in planned}  # a row shared by two budgets is sampled once
+    done = dict(zip(unique, pipeline.evaluate(model, list(unique.values()), weak, args.samples, args.seed,
+                                              batch=args.batch, features=True, world_name=args.world)))
+    rows = [dict(done[_sampling_key(m)]) for _, m in planned]
     labels = rows[0]["_labels"]
     f_real = j.features(j.real_pictures(labels, 12345))
     floor = frechet_distance(j.features(j.real_pictures(labels, 54321)), f_real)
-    for (budget, _), r in zip(planned, rows):
+    for (budget, m), r in zip(planned, rows):
         r["fd"] = round(frechet_distance(j.features(r.pop("_images")), f_real), 3)
         r.pop("_labels")
-        r["budget"] = budget
+        r["budget"], r["role"] = budget, m.role
         r["passes_vs_cfg"] = round(r["passes_per_image"] / (2 * budget), 3)  # CFG at the row's step count = 1.0
         r["accuracy_se"] = round(accuracy_se(r["accuracy"]["mean"], args.samples), 4)
         r["all_se"] = round(accuracy_se(r["accuracy"]["all"], args.samples), 4)
@@ -212,12 +226,12 @@ def headroom_checks(rows: list[dict], n: int, cfg: float, samples: int) -> dict:
     """The harder world's targets, from the measured rows: CFG at n steps in 0.70–0.92 accuracy; steps matter
     (n/2 worse than n by ≥ 2 SE of the difference, n worse than 2n by ≥ 1 SE); cfg 1 ≥ 0.2 below CFG; the cfg sweep
     peaks at an interior scale; all-slow CoRe² vs CFG at n steps (in SE of the difference)."""
-    by = {r["name"]: r for r in rows}
-    acc = lambda name: by[name]["accuracy"]["mean"] if name in by else None  # noqa: E731
+    by = by_role(rows)
+    acc = lambda role: by[n, role]["accuracy"]["mean"] if (n, role) in by else None  # noqa: E731
     se_diff = lambda a, b: math.sqrt(accuracy_se(a, samples) ** 2 + accuracy_se(b, samples) ** 2)  # noqa: E731
-    cfg_n, half, double = acc(f"CFG, {n} steps"), acc(f"CFG, {n // 2} steps"), acc(f"CFG, {2 * n} steps")
-    sweep = {1.0: acc(f"cfg 1, {n} steps"), cfg: cfg_n}
-    sweep.update({r["cfg"]: r["accuracy"]["mean"] for r in rows if r.get("note") == "cfg sweep"})
+    cfg_n, half, double = acc("cfg"), acc("cfg-half"), acc("cfg-double")
+    sweep = {1.0: acc("cfg1"), cfg: cfg_n}
+    sweep.update({r["cfg"]: r["accuracy"]["mean"] for r in rows if r["role"].startswith("cfg-sweep")})
     sweep = {k: v for k, v in sorted(sweep.items()) if v is not None}
     best = max(sweep, key=sweep.get) if sweep else None
     out = {"cfg_accuracy": cfg_n, "cfg_in_0.70_0.92": cfg_n is not None and 0.70 <= cfg_n <= 0.92,
@@ -229,7 +243,7 @@ def headroom_checks(rows: list[dict], n: int, cfg: float, samples: int) -> dict:
         out["steps_n_vs_double_in_se"] = round((double - cfg_n) / se_diff(cfg_n, double), 2)
     if cfg_n is not None and sweep.get(1.0) is not None:
         out["cfg1_gap"] = round(cfg_n - sweep[1.0], 4)
-    slow = acc(f"CoRe², {n} steps, all-slow")
+    slow = acc("all-slow")
     if cfg_n is not None and slow is not None:
         out["all_slow_vs_cfg_in_se"] = round((slow - cfg_n) / se_diff(cfg_n, slow), 2)
     return out
@@ -243,10 +257,10 @@ def quality_checks(rows: list[dict], budgets: list[int], samples: int) -> dict:
     0.6×: every CoRe² row of budget n with ≤ 0.6 × 2n passes vs CFG at n steps; 'matches' = accuracy no lower than
     CFG's by more than two standard errors of the difference, and FD no higher than CFG's FD at n/2 steps (the
     cheaper CFG)."""
-    by = {r["name"]: r for r in rows}
+    by = by_role(rows)
     out = {}
     for n in budgets:
-        full, half = by.get(f"CFG, {n} steps"), by.get(f"CFG, {n // 2} steps")
+        full, half = by.get((n, "cfg")), by.get((n, "cfg-half"))
         mine = [r for r in rows if r["kind"] == "core2" and r.get("budget") == n and r["method"] == "core"]
         c = {}
         same = [r for r in mine if abs(r["passes_per_image"] - n) < 1e-9]
@@ -423,21 +437,20 @@ def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> d
 
 
 def collect_overhead(reps: int, timeout: int = 600) -> dict:
-    cmd = [sys.executable, str(ROOT / "bench" / "collect_overhead.py"), "--reps", str(reps), "--threads", "1",
-           "--case", "sd15-32"]
-    try:
-        p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"error": f"bench/collect_overhead.py took longer than {timeout} s (a busy machine?); run it alone"}
-    if p.returncode:
-        return {"error": p.stderr[-2000:]}
-    cases = {}
-    for line in p.stdout.splitlines():
-        m = re.match(r"^(\S+)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)%", line)
-        if m:
-            cases[m.group(1)] = {"plain_s": float(m.group(2)), "recorded_s": float(m.group(3)),
-                                 "overhead_pct": float(m.group(4))}
-    return {"command": " ".join(["python", "bench/collect_overhead.py"] + cmd[2:]), "reps": reps, "cases": cases,
+    """bench/collect_overhead.py in a fresh process (its own ComfyUI state); the cases come back as JSON."""
+    args = ["--reps", str(reps), "--threads", "1", "--case", "sd15-32"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "collect_overhead.json"
+        cmd = [sys.executable, str(ROOT / "bench" / "collect_overhead.py"), *args, "--json", str(out)]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return {"error": f"bench/collect_overhead.py took longer than {timeout} s (a busy machine?); run it alone"}
+        if p.returncode or not out.is_file():
+            return {"error": p.stderr[-2000:] or f"bench/collect_overhead.py wrote no {out.name}"}
+        cases = {name: {k: c[k] for k in ("plain_s", "recorded_s", "overhead_pct")}
+                 for name, c in json.loads(out.read_text(encoding="utf-8"))["cases"].items()}
+    return {"command": " ".join(["python", "bench/collect_overhead.py", *args]), "reps": reps, "cases": cases,
             "output": p.stdout}
 
 

@@ -205,6 +205,7 @@ class Method:
     w2s_scale: float = 1.0
     method: str = "core"
     note: str = ""
+    role: str = ""  # what the row stands for in a comparison (the benchmark's checks find rows by budget and role)
 
     def as_dict(self) -> dict:
         return asdict(self)

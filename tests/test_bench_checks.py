@@ -99,3 +99,45 @@ def test_headroom_checks_read_steps_guidance_and_overguidance():
     acc["CFG 9, 20 steps"] = 0.95  # over-guidance no longer hurts: the best scale is the largest tried
     rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}} for b, m in planned]
     assert not bench.headroom_checks(rows, 20, 5.0, 480)["best_cfg_interior"]
+
+
+def test_checks_find_rows_by_budget_and_role_not_by_label():
+    """Renaming the display labels changes only the names in the checks, never which rows they compare."""
+    import json
+
+    acc = {"CFG, 6 steps": 0.97, "CFG, 3 steps": 0.88, "CoRe², 6 steps, all-fast": 0.93, "CoRe², 6 steps, 1 slow": 0.965}
+    fd = {"CFG, 3 steps": 80.0, "CoRe², 6 steps, all-fast": 60.0, "CoRe², 6 steps, 1 slow": 55.0}
+    rows = _rows(acc, fd)
+    renamed = [{**r, "name": "renamed " + r["name"]} for r in rows]
+    a, b = bench.quality_checks(rows, [6, 10], 480), bench.quality_checks(renamed, [6, 10], 480)
+    assert a["6"]["equal_passes"]["cfg"] == "CFG, 3 steps" and a["6"]["matches_cfg_at_0.6x_passes"]["met_by"]
+    assert json.dumps(b).replace("renamed ", "") == json.dumps(a)
+    planned = bench.quality_methods([10, 20], 5.0, 1.5, zigzag=False) + bench.headroom_methods(20, 5.0)
+    hrows = [{**m.as_dict(), "budget": n, "accuracy": {"mean": 0.5 + 0.01 * i}} for i, (n, m) in enumerate(planned)]
+    h = bench.headroom_checks(hrows, 20, 5.0, 480)
+    assert h == bench.headroom_checks([{**r, "name": "x" + r["name"], "note": ""} for r in hrows], 20, 5.0, 480)
+    assert set(h["cfg_sweep"]) == {1.0, 2.0, 3.0, 5.0, 7.0, 9.0} and "all_slow_vs_cfg_in_se" in h
+    keys = [(n, m.role) for n, m in planned]
+    assert all(role for _, role in keys) and len(set(keys)) == len(keys)  # every row has a role, unique per budget
+
+
+def test_collect_overhead_comes_back_as_json(monkeypatch):
+    """bench.run reads bench/collect_overhead.py's --json file, not its printed table."""
+    import json
+    import subprocess
+    from pathlib import Path
+
+    seen = {}
+
+    def fake_run(cmd, **kw):
+        out = Path(cmd[cmd.index("--json") + 1])
+        seen["cmd"] = cmd
+        out.write_text(json.dumps({"cases": {"sd15-32": {"plain_s": 1.25, "recorded_s": 1.5, "overhead_pct": 20.0,
+                                                          "evaluations": 40, "mib_written": 0.9,
+                                                          "queue_wait_s": 0.01}}}))
+        return subprocess.CompletedProcess(cmd, 0, stdout="a table with other columns\n", stderr="")
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    res = bench.collect_overhead(3)
+    assert res["cases"] == {"sd15-32": {"plain_s": 1.25, "recorded_s": 1.5, "overhead_pct": 20.0}}
+    assert res["reps"] == 3 and "--reps 3" in res["command"] and "--json" not in res["command"]
