@@ -47,6 +47,19 @@ def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag
                                        scheduler, denoise)
 
 
+def _ksampler_inputs() -> dict:
+    """The inputs KSampler and KSamplerAdvanced share, in their order (steps … latent_image)."""
+    return {
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
+        "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+        "positive": ("CONDITIONING",),
+        "negative": ("CONDITIONING",),
+        "latent_image": ("LATENT",),
+    }
+
+
 class CoRe2KSampler:
     DESCRIPTION = ("KSampler with CoRe² weak-to-strong guidance: the first `slow_steps` steps run full CFG sharpened "
                    "by the weak model, the rest run one model pass with the weak model standing in for CFG.")
@@ -56,13 +69,7 @@ class CoRe2KSampler:
         return {"required": {
             "model": ("MODEL",),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "latent_image": ("LATENT",),
+            **_ksampler_inputs(),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
             **_core2_inputs(),
         }, **OPTIONAL}
@@ -88,13 +95,7 @@ class CoRe2KSamplerAdvanced:
             "model": ("MODEL",),
             "add_noise": (["enable", "disable"],),
             "noise_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "latent_image": ("LATENT",),
+            **_ksampler_inputs(),
             "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
             "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
             "return_with_leftover_noise": (["disable", "enable"],),

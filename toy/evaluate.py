@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from . import classifier, data
+from . import classifier, cli, data
 
 log = logging.getLogger("toy.evaluate")
 
@@ -50,10 +50,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scheduler", default="normal")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--weights", default=None, help="toy model file (default: the shipped one)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    args = cli.parse_and_set_up(ap, argv)
     from tools import comfy_env
 
     comfy_env.activate()

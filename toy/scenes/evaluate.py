@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from .. import cli
 from . import data, reader
 
 log = logging.getLogger("toy.scenes.evaluate")
@@ -72,10 +73,7 @@ def main(argv=None) -> None:
     ap.add_argument("--scheduler", default="simple")
     ap.add_argument("--seed", type=int, default=800_000)
     ap.add_argument("--weights", default=None, help="scenes model file (default: the shipped one)")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    args = cli.parse_and_set_up(ap, argv)
     from tools import comfy_env
 
     comfy_env.activate()

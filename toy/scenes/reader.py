@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import judge_files
+from .. import cli, judge_files
 from . import data
 
 log = logging.getLogger("toy.scenes.reader")
@@ -107,10 +107,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_PATH)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
+    args = cli.parse_and_set_up(ap, argv)
     t0 = time.time()
     net = train(steps=args.steps, seed=args.seed)
     test = data.dataset(2000, seed=12345)
