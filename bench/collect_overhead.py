@@ -31,6 +31,53 @@ CASES = {  # name: (family, batch, latent h=w, steps)
 }
 
 
+def measure(name: str, reps: int, dev, store_x: bool) -> dict:
+    """Plain and recorded sampling of one case, alternately; prints its table row and returns the figures as
+    printed (same rounding), for bench/run.py."""
+    import comfy.model_patcher
+    import comfy.sample
+    import torch
+
+    from comfyui_core2.nodes import collect
+    from testkit import tiny_models
+
+    fam, batch, hw, steps = CASES[name]
+    tm = tiny_models.BUILDERS[fam]()
+    model = tm.patcher
+    if dev.type != "cpu":
+        model = comfy.model_patcher.ModelPatcher(model.model, load_device=dev, offload_device=torch.device("cpu"))
+    latent = torch.zeros(batch, tm.latent_channels, hw, hw)
+    (wrapped,) = collect.CoRe2Collect().wrap(model, f"bench-{name}", store_x)
+    session = collect.session_of(wrapped)
+
+    def run(m, seed):
+        noise = comfy.sample.prepare_noise(latent, seed)  # a new trajectory per run (nothing skipped as a duplicate)
+        out = comfy.sample.sample(m, noise, steps, 6.0, "euler", "normal", tm.positive, tm.negative, latent,
+                                  disable_pbar=True, seed=seed)
+        if m is wrapped:
+            session.recorder.flush()  # a no-op wait where sampler wrappers already committed the run
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    run(model, 0)
+    run(wrapped, 0)  # warm-up (also creates the dataset)
+    plain, rec = [], []
+    for r in range(reps):
+        for m, acc in ((model, plain), (wrapped, rec)) if r % 2 == 0 else ((wrapped, rec), (model, plain)):
+            t0 = time.perf_counter()
+            run(m, 100 + r)
+            acc.append(time.perf_counter() - t0)
+    mib = sum(p.stat().st_size for p in session.folder.glob("*")) / 2**20
+    p, q = statistics.median(plain), statistics.median(rec)
+    st = session.recorder.stats
+    print(f"{name:<12} {p:>9.3f} {q:>11.3f} {100 * (q - p) / p:>8.1f}% {st['evaluations']:>6} {mib:>12.2f} "
+          f"{st['put_wait_s']:>13.4f}")
+    session.close()
+    return {"plain_s": round(p, 3), "recorded_s": round(q, 3), "overhead_pct": round(100 * (q - p) / p, 1),
+            "evaluations": st["evaluations"], "mib_written": round(mib, 2), "queue_wait_s": round(st["put_wait_s"], 4)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--case", action="append", choices=sorted(CASES), help="default: sd15-32 and sd15-b4-48")
@@ -49,11 +96,7 @@ def main():
 
     inst = comfy_env.activate()
     comfy_env.load_pack()
-    import comfy.model_patcher
-    import comfy.sample
-
-    from comfyui_core2.nodes import collect, paths
-    from testkit import tiny_models
+    from comfyui_core2.nodes import paths
 
     tmp = Path(tempfile.mkdtemp(prefix="core2-bench-"))
     os.environ["CORE2_HOME"] = str(tmp)
@@ -63,46 +106,7 @@ def main():
     print(f"ComfyUI: {inst.describe()}; device {dev}; torch threads {torch.get_num_threads()}; store_x={args.store_x}; "
           f"reps={args.reps}")
     print(f"{'case':<12} {'plain s':>9} {'recorded s':>11} {'overhead':>9} {'evals':>6} {'MiB written':>12} {'queue wait s':>13}")
-    cases = {}
-    for name in args.case or ["sd15-32", "sd15-b4-48"]:
-        fam, batch, hw, steps = CASES[name]
-        tm = tiny_models.BUILDERS[fam]()
-        model = tm.patcher
-        if dev.type != "cpu":
-            model = comfy.model_patcher.ModelPatcher(model.model, load_device=dev, offload_device=torch.device("cpu"))
-        latent = torch.zeros(batch, tm.latent_channels, hw, hw)
-        (wrapped,) = collect.CoRe2Collect().wrap(model, f"bench-{name}", args.store_x)
-        session = collect.session_of(wrapped)
-
-        def run(m, seed):
-            noise = comfy.sample.prepare_noise(latent, seed)  # a new trajectory per run (nothing skipped as a duplicate)
-            out = comfy.sample.sample(m, noise, steps, 6.0, "euler", "normal", tm.positive, tm.negative, latent,
-                                      disable_pbar=True, seed=seed)
-            if m is wrapped:
-                session.recorder.flush()  # a no-op wait where sampler wrappers already committed the run
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            return out
-
-        run(model, 0)
-        run(wrapped, 0)  # warm-up (also creates the dataset)
-        plain, rec = [], []
-        for r in range(args.reps):
-            for m, acc in ((model, plain), (wrapped, rec)) if r % 2 == 0 else ((wrapped, rec), (model, plain)):
-                t0 = time.perf_counter()
-                run(m, 100 + r)
-                acc.append(time.perf_counter() - t0)
-        folder = session.folder
-        mib = sum(p.stat().st_size for p in folder.glob("*")) / 2**20
-        p, q = statistics.median(plain), statistics.median(rec)
-        st = session.recorder.stats
-        print(f"{name:<12} {p:>9.3f} {q:>11.3f} {100 * (q - p) / p:>8.1f}% {st['evaluations']:>6} {mib:>12.2f} "
-              f"{st['put_wait_s']:>13.4f}")
-        # the figures as printed (same rounding), for bench/run.py
-        cases[name] = {"plain_s": round(p, 3), "recorded_s": round(q, 3), "overhead_pct": round(100 * (q - p) / p, 1),
-                       "evaluations": st["evaluations"], "mib_written": round(mib, 2),
-                       "queue_wait_s": round(st["put_wait_s"], 4)}
-        session.close()
+    cases = {name: measure(name, args.reps, dev, args.store_x) for name in args.case or ["sd15-32", "sd15-b4-48"]}
     if args.json:
         args.json.write_text(json.dumps({"cases": cases}, indent=1), encoding="utf-8")
 
