@@ -124,6 +124,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def atomic_write_via(path: str | os.PathLike, write) -> None:
+    """atomic_write_bytes for writers that take a file name and stream to it (safetensors' save_file, torch.save) so
+    that a large file is never held in memory twice: write(tmp) fills a temporary file next to path, which is then
+    fsynced and renamed over path; on any failure the temporary file is removed and path left as it was."""
+    tmp = write_temp(path, b"")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=False).encode())
 

@@ -383,3 +383,23 @@ def test_dataset_dropdown_lists_only_names_the_nodes_accept(comfy_folders):
     assert "ok set" in listed and "x..y" in listed and "bad(name)" not in listed and "ünïcode" not in listed
     for name in listed:
         files.safe_child(root, name, "dataset name")  # every listed entry is accepted
+
+
+def test_atomic_write_via_a_file_name_replaces_whole_or_not_at_all(tmp_path):
+    """files.atomic_write_via (writers that take a file name): the target is the new file, readable like ComfyUI's
+    outputs, or, when the writer fails, the old file untouched and no temporary file left."""
+    from comfyui_core2.core2 import files
+
+    target = tmp_path / "w.bin"
+    target.write_bytes(b"old")
+
+    def failing(name):
+        Path(name).write_bytes(b"half")
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError, match="disk gone"):
+        files.atomic_write_via(target, failing)
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]
+    files.atomic_write_via(target, lambda name: Path(name).write_bytes(b"new"))
+    assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]
+    assert target.stat().st_mode & 0o777 == files.FILE_MODE

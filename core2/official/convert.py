@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import atomic_write_via
 from .loader import FORMAT, OfficialWeightsError, build_net, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, dtype: str = "bf16")
             "dtype": dtype if target is not None else str(next(iter(out.values())).dtype).replace("torch.", ""),
             "source": src.name, "source_sha256": sha256_file(src)}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
-        save_file(out, str(tmp), metadata=meta)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_via(dst, lambda tmp: save_file(out, tmp, metadata=meta))
     return meta
 
 
