@@ -140,15 +140,15 @@ def test_thumbnails_for_toy_workflows_are_small_jpgs():
 def test_collect_batch_encodes_with_the_toy_text_encoder():
     """The toy chain's Collect Batch gets the toy text encoder in its clip input: same conditioning as Toy Text Encode."""
     import torch
-    from comfyui_core2.nodes import collect, toy
+    from comfyui_core2.nodes import collect, collect_batch, toy
 
     _, toy_text = toy.CoRe2ToyModelLoader().load(toy.SHIPPED)
-    got = collect.encode_text(toy_text, "a red triangle at the top")
+    got = collect_batch.encode_text(toy_text, "a red triangle at the top")
     want = toy.CoRe2ToyTextEncode().encode(toy_text, "a red triangle at the top")[0]
     assert torch.equal(got[0][0], want[0][0]) and torch.equal(got[0][1]["pooled_output"], want[0][1]["pooled_output"])
-    assert not torch.equal(got[0][0], collect.encode_text(toy_text, "a blue circle at the left")[0][0])
+    assert not torch.equal(got[0][0], collect_batch.encode_text(toy_text, "a blue circle at the left")[0][0])
     with pytest.raises(TypeError, match="connect a CLIP"):
-        collect.encode_text(object(), "x")
+        collect_batch.encode_text(object(), "x")
 
 
 def test_ui_to_api_conversion_maps_widgets_by_input_order(schemas):
