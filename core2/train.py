@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 
-from . import __version__
+from . import __version__, advice
 from .arch import SIZES, build, make_config
 from .dataset import DatasetError, DatasetReader, _stack_features, manifest_hash
 from .files import atomic_write_bytes
@@ -607,9 +607,10 @@ def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | No
         last_metrics = best["metrics"]
         meta["training"]["best_step"] = best["step"]
     last_metrics["validation_on"] = val_label
-    if held_out and (last_metrics.get("score") or 0) >= 1.0:
-        notes.append("WARNING: on held-out prompts this model is no better than cfg = 1 (validation score ≥ 1): the "
-                     "dataset is too small or too varied for it. Collect more prompts and seeds.")
+    if advice.no_better_than_cfg1(last_metrics):  # the held-out relative error, not the loss's score
+        notes.append(f"WARNING: on held-out prompts this model is no better than cfg = 1 (relative error "
+                     f"{last_metrics['rel_err']:.3f} ≥ 1): the dataset is too small or too varied for it. Collect more "
+                     "prompts and seeds.")
     if not _scores_finite(model, last_metrics):
         raise NonFiniteLossError(f"CoRe² Reflect: the trained weights or their validation score "
                                  f"({last_metrics.get('score')}) are not finite, so they were not saved; "

@@ -24,7 +24,8 @@ from ..core2 import dataset as ds
 from ..core2.files import check_free_space, safe_child
 from . import conditioning, model_info, paths
 from .collect import CATEGORY, CollectSession, check_dataset_compatible, dataset_folder, folder_lock, model_header
-from .feedback import HIDDEN, NodeText, with_text
+from .feedback import NodeText, with_text
+from .inputs import FIXED_SEED, HIDDEN
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +33,6 @@ CLIP_TYPES = "CLIP,CORE2_TOY_TEXT"  # a union type: ComfyUI links either a CLIP 
 # samplers that evaluate the model twice per step (for disk estimates)
 _TWO_EVAL = {"heun", "heunpp2", "dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
              "dpmpp_sde_gpu", "seeds_2", "exp_heun_2_x0", "exp_heun_2_x0_sde"}
-# A fixed seed: the frontend gives any INT input named "seed" a control_after_generate widget set to "randomize"
-# unless the input says otherwise; a randomized base seed would collect new trajectories on every queue, and a
-# rerun would never resume.
-FIXED_SEED = {"control_after_generate": False}
 
 
 @dataclass

@@ -16,8 +16,6 @@ import time
 
 log = logging.getLogger(__name__)
 
-HIDDEN = {"hidden": {"unique_id": "UNIQUE_ID"}}  # INPUT_TYPES entry: ComfyUI passes the node's id as unique_id
-
 
 def _sender():
     """PromptServer.instance.send_progress_text of the running ComfyUI, or None. Looks only at an already imported

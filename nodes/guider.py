@@ -32,6 +32,7 @@ from ..core2.schedule import RunStats, StepMap, StepTracker
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
+from .feedback import NodeText
 
 log = logging.getLogger("comfyui-core2")
 METHODS = ("core", "z-core", "z-sampling")
@@ -151,7 +152,10 @@ class CoRe2Guider(comfy.samplers.CFGGuider):
         finally:
             self.model_patcher = own
             if self.stats.evaluations:
-                log.info(self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
+                self.last_summary = self.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none",
+                                                       self.method)
+                log.info(self.last_summary)
+                NodeText().show(self.last_summary, final=True)  # on the sampler node running this guider
             self._contexts = {}
 
     def _with_step_callback(self, args, kwargs):

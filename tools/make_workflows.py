@@ -5,7 +5,8 @@
 
 widgets_values follow each node's INPUT_TYPES order (required, then optional), one value per widget input
 (INT, FLOAT, STRING, BOOLEAN, combo), plus the frontend's "control_after_generate" value right after an INT that has
-one (control_after_generate in its options, or named seed / noise_seed, as ComfyUI's frontend does). A widget input
+one (control_after_generate true in its options, or, where the options do not say, named seed / noise_seed, as
+ComfyUI's frontend does). A widget input
 fed by a link (e.g. prompts from CoRe² Toy Prompt List) keeps its value and is listed in the node's inputs with
 "widget": {"name": ...}, as the frontend writes it.
 
@@ -165,7 +166,8 @@ class Input:
 
     @property
     def has_control(self) -> bool:
-        return self.type == "INT" and (bool(self.opts.get("control_after_generate")) or self.name in CONTROL_NAMES)
+        # the frontend's rule: control_after_generate ?? (name is seed / noise_seed); False leaves the widget out
+        return self.type == "INT" and bool(self.opts.get("control_after_generate", self.name in CONTROL_NAMES))
 
     @property
     def link_type(self) -> str:
