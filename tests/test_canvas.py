@@ -226,3 +226,46 @@ def test_sampler_shows_its_summary_on_the_node(tiny_sd15, shown, monkeypatch):
                                   {"samples": tm.empty_latent(1)}, 1.0, IdentityWeakModel(), 1.5, 2)
     node, text = shown[-1]
     assert node == "21" and text.startswith("CoRe² (core): 4 steps (2 slow, 2 fast)") and "measured" in text
+
+
+# --- the workflows ---------------------------------------------------------------------------------------------------
+def _workflows():
+    import json
+
+    from conftest import ROOT
+
+    return {p.stem: json.loads(p.read_text(encoding="utf-8")) for p in sorted((ROOT / "workflows").glob("*.json"))}
+
+
+def test_workflows_say_where_to_download_the_models_they_load():
+    """properties.models ({name, url, directory}) on every node that loads a downloadable file: the frontend's
+    missing-models dialog reads it. Bundled toy models and weak models the user trains (toy_weak, my_sdxl_weak) have
+    none, so a fresh install shows no missing-model dialog for them."""
+    loaders = {"CheckpointLoaderSimple": "checkpoints", "UNETLoader": "diffusion_models", "DualCLIPLoader": "text_encoders",
+               "VAELoader": "vae", "CoRe2LoadWeakModel": "core2"}
+    seen = set()
+    for name, wf in _workflows().items():
+        for node in wf["nodes"]:
+            files = [v for v in node.get("widgets_values", []) if isinstance(v, str) and v.endswith((".safetensors", ".pth"))]
+            entries = {m["name"]: m for m in node.get("properties", {}).get("models", [])}
+            for f in files:
+                if node["type"] in loaders and (node["type"] != "CoRe2LoadWeakModel" or f.endswith(".pth")):
+                    assert f in entries, (name, node["type"], f)
+                    e = entries[f]
+                    assert e["url"].startswith("https://huggingface.co/") and e["url"].endswith("/" + f.split("/")[-1])
+                    assert e["directory"] == loaders[node["type"]], (name, f)
+                    seen.add(f)
+                else:
+                    assert f not in entries  # bundled (toy worlds) or trained by the user: nothing to download
+    assert {"sd_xl_base_1.0.safetensors", "sdxl_noise_model.pth", "sd35_noise_model.pth", "ae.safetensors"} <= seen
+
+
+def test_sd35_workflow_runs_the_official_weights_as_its_note_says():
+    wf = _workflows()["04_core2_ksampler_sd35"]
+    note = wf["nodes"][0]["widgets_values"][0]
+    ks = next(n for n in wf["nodes"] if n["type"] == "CoRe2KSampler")
+    neg_link = next(i["link"] for i in ks["inputs"] if i["name"] == "negative")
+    neg_id = next(l[1] for l in wf["links"] if l[0] == neg_link)
+    neg = next(n for n in wf["nodes"] if n["id"] == neg_id)
+    assert ks["widgets_values"][3] == 3.5 and "cfg 3.5" in note  # seed, control, steps, cfg
+    assert neg["widgets_values"][0] == "" and "EMPTY negative" in note
