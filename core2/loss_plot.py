@@ -38,6 +38,9 @@ def _text(d: ImageDraw.ImageDraw, xy, text: str, fill, size: int = FONT_SIZE) ->
         x += d.textlength(part, font=font)
 
 
+draw_text = _text  # for other pictures (the workflows' title cards)
+
+
 def _smooth(values, k):
     if len(values) < 3:
         return list(values)

@@ -269,3 +269,15 @@ def test_sd35_workflow_runs_the_official_weights_as_its_note_says():
     neg = next(n for n in wf["nodes"] if n["id"] == neg_id)
     assert ks["widgets_values"][3] == 3.5 and "cfg 3.5" in note  # seed, control, steps, cfg
     assert neg["widgets_values"][0] == "" and "EMPTY negative" in note
+
+
+def test_every_workflow_has_a_thumbnail_in_the_template_browser():
+    from conftest import ROOT
+    from tools import make_workflows, render_thumbnails
+
+    for name in _workflows():
+        jpg = ROOT / "workflows" / f"{name}.jpg"
+        assert jpg.is_file(), f"{jpg.name} missing: python -m tools.render_thumbnails --cards (or without --cards)"
+        assert jpg.read_bytes()[:3] == b"\xff\xd8\xff" and jpg.stat().st_size < 100_000
+    assert set(make_workflows.CARDS) | set(make_workflows.TOY_WORKFLOWS) == set(_workflows())
+    assert render_thumbnails.title_card("04_core2_ksampler_sd35").size == (512, 384)

@@ -633,6 +633,18 @@ def wf_scenes_chain() -> Workflow:
     return wf
 
 
+# What the template browser's picture says about each workflow without a rendered thumbnail (a title card drawn by
+# tools/render_thumbnails.py): title, the CoRe² stages it runs, what it needs.
+CARDS = {
+    "01_collect_sdxl": ("Collect (SDXL)", ("Collect",), "step 1 of 3: record CFG trajectories"),
+    "02_reflect_train_weak_model": ("Reflect: train a weak model", ("Reflect",), "step 2 of 3: any collected dataset"),
+    "03_core2_ksampler_sdxl": ("CoRe² KSampler (SDXL)", ("Refine",), "step 3 of 3: your weak model"),
+    "04_core2_ksampler_sd35": ("CoRe² KSampler (SD3.5 Large)", ("Refine",), "official CoRe² weights, cfg 3.5"),
+    "05_core2_ksampler_flux_true_cfg": ("CoRe² KSampler (FLUX.1-dev)", ("Refine",), "true CFG, your weak model"),
+    "06_official_weights_sdxl": ("Official CoRe² weights (SDXL)", ("Refine",), "50 steps, ddim, cfg 5.5"),
+    "07_cfg_vs_core2_sdxl": ("CFG vs CoRe² (SDXL)", ("Refine",), "same seed, side by side"),
+}
+
 WORKFLOW_BUILDERS = [wf_collect_sdxl, wf_reflect, wf_sdxl, wf_sd35, wf_flux, wf_official_sdxl, wf_grid_sdxl,
                      wf_toy_chain, wf_toy_grid, wf_scenes_chain]
 TOY_WORKFLOWS = ("08_toy_collect_reflect_refine", "09_toy_cfg_vs_core2", "10_toy_scenes_collect_reflect_refine")
