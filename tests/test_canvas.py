@@ -281,3 +281,15 @@ def test_every_workflow_has_a_thumbnail_in_the_template_browser():
         assert jpg.read_bytes()[:3] == b"\xff\xd8\xff" and jpg.stat().st_size < 100_000
     assert set(make_workflows.CARDS) | set(make_workflows.TOY_WORKFLOWS) == set(_workflows())
     assert render_thumbnails.title_card("04_core2_ksampler_sd35").size == (512, 384)
+
+
+def test_nodes_use_only_the_public_dataset_api():
+    """Issue 21: the Collect nodes called the private ds._read_manifest and repeated DatasetWriter's header check."""
+    import re
+
+    from conftest import ROOT
+
+    for p in sorted((ROOT / "nodes").glob("*.py")):
+        text = p.read_text(encoding="utf-8")
+        assert not re.search(r"\bds\._[a-z]", text), p.name
+        assert "refusing to mix" not in text, p.name  # the one message lives in core2/dataset.py
