@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -246,6 +247,15 @@ def test_toy_workflows_run_through_the_api(server, object_info):
         hist = server.run_prompt(api, timeout=240)
         images = [im for out in hist["outputs"].values() for im in out.get("images", [])]
         assert len(images) == expect_images, (name, hist["outputs"])
+        texts = {n: out["text"][0] for n, out in hist["outputs"].items() if out.get("text")}
+        types = {k: v["class_type"] for k, v in api.items()}
+        for n, text in texts.items():  # what the nodes show on themselves
+            if types[n] == "CoRe2CollectBatch":
+                assert re.match(r"(\d+ new, \d+ already present|nothing new)", text), text
+            elif types[n] == "CoRe2Reflect":
+                assert text.startswith(("useful", "barely better", "no better than cfg 1", "not checked")), text
+        if "collect" in name:
+            assert {"CoRe2CollectBatch", "CoRe2Reflect"} <= {types[n] for n in texts}, texts
         for im in images[:2]:
             data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
