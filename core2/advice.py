@@ -38,10 +38,10 @@ def verdict(metrics: dict) -> str:
         return (f"not checked on held-out prompts{where}: set val_fraction above 0 and collect 4 or more prompts "
                 "to know whether it helps")
     if err >= 1.0:
-        return f"no better than cfg 1 (held-out error {err:.2f}): collect more seeds and prompts, then train again"
+        return f"no better than cfg 1 (held-out error {err:.3g}): collect more seeds and prompts, then train again"
     if err >= BARELY:
-        return f"barely better than cfg 1 (held-out error {err:.2f}): collect more seeds and prompts for a useful model"
-    return f"useful: held-out error {err:.2f} (cfg 1 = 1.00)"
+        return f"barely better than cfg 1 (held-out error {err:.3g}): collect more seeds and prompts for a useful model"
+    return f"useful: held-out error {err:.3g} (cfg 1 = 1.00)"
 
 
 def _trained_state(path: Path) -> tuple[int, str | None, int | None] | None:

@@ -52,6 +52,7 @@ def test_verdict_reads_the_held_out_error_not_the_mixed_score():
     assert advice.verdict(m).startswith("no better than cfg 1 (held-out error 1.01): collect more seeds")
     assert advice.verdict({**m, "rel_err": 0.62}) == "useful: held-out error 0.62 (cfg 1 = 1.00)"
     assert advice.verdict({**m, "rel_err": 0.95}).startswith("barely better than cfg 1")
+    assert "(held-out error 0.996)" in advice.verdict({**m, "rel_err": 0.9957})  # not a contradictory "1.00"
     on_train = {**m, "rel_err": 0.5, "validation_on": "training prompts (no held-out prompts: ...)"}
     assert not advice.no_better_than_cfg1(on_train) and advice.verdict(on_train).startswith("not checked on held-out")
 
