@@ -61,6 +61,47 @@ def item_key(pid: str, seed: int, batch_index: int = 0) -> str:
     return f"{pid}-{int(seed)}-{int(batch_index)}"
 
 
+def trajectory_seed(seed: int, pid: str, j: int) -> int:
+    """The noise seed of the j-th trajectory of a prompt: seed + a per-prompt offset (from the prompt id) + j.
+
+    Every (prompt, j) pair gets its own noise. A weak model learns the guidance from many different noises; with
+    the same few seeds for every prompt it learns those noises instead, and fails on new seeds. The offset comes
+    from the prompt text, so adding or reordering prompts keeps the seeds (and resume) of the others."""
+    return (int(seed) + int(pid[:12], 16) + int(j)) % 2**64
+
+
+def _feature_bytes(f: PromptFeatures | None) -> bytes:
+    if f is None:
+        return b"none"
+    parts = [f.tokens] + ([f.pooled] if f.pooled is not None else [])
+    h = hashlib.sha256()
+    for t in parts:
+        t = t.detach().to("cpu", torch.float32).contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.digest()
+
+
+def conditioning_pid(pos: PromptFeatures, neg: PromptFeatures | None) -> str:
+    """A prompt id from the conditioning tensors (used where the prompt text is unknown)."""
+    return hashlib.sha256(b"cond" + _feature_bytes(pos) + _feature_bytes(neg)).hexdigest()[:16]
+
+
+def header_mismatches(stored: dict, header: dict, only_given: bool = False) -> list[str]:
+    """The MUST_MATCH keys on which a dataset's stored header and a run's header differ (only_given: only the keys
+    the run's header has, for checks made before the latent size is known)."""
+    keys = [k for k in MUST_MATCH if k in header] if only_given else MUST_MATCH
+    return [f"{k}: dataset has {stored.get(k)!r}, this run has {header.get(k)!r}" for k in keys
+            if stored.get(k) != header.get(k)]
+
+
+def refuse_mismatch(diffs: list[str]) -> None:
+    """Raise the one error for adding another model's or size's items to a dataset."""
+    if diffs:
+        raise DatasetError("CoRe²: refusing to mix different models or latent shapes in one dataset ("
+                           + "; ".join(diffs) + "). Use a new dataset name for this model or size.")
+
+
 def bytes_per_trajectory(steps: int, latent_channels: int, h: int, w: int, store_x: bool) -> int:
     """fp16 bytes of one trajectory (cond + uncond [+ x]), for disk estimates."""
     per = latent_channels * h * w * 2
@@ -304,11 +345,21 @@ class DatasetWriter:
         self._prompt_cache: dict = {}
 
     def _check_same(self, header: dict) -> None:
-        old = self.manifest["header"]
-        diffs = [f"{k}: dataset has {old.get(k)!r}, this run has {header.get(k)!r}" for k in MUST_MATCH if old.get(k) != header.get(k)]
-        if diffs:
-            raise DatasetError("CoRe²: refusing to mix different models or latent shapes in one dataset ("
-                               + "; ".join(diffs) + "). Use a new dataset name for this model or size.")
+        refuse_mismatch(header_mismatches(self.manifest["header"], header))
+
+    @staticmethod
+    def stored_header(folder: str | Path) -> dict | None:
+        """The header of the dataset in folder, None when there is no dataset there yet."""
+        folder = Path(folder)
+        return _read_manifest_file(folder)["header"] if (folder / MANIFEST).is_file() else None
+
+    @classmethod
+    def check_compatible(cls, folder: str | Path, header: dict) -> None:
+        """Refuse early (before sampling) when the dataset in folder holds another model or latent shape; compares
+        the MUST_MATCH keys that header has (a Collect node learns the latent size only when sampling starts)."""
+        stored = cls.stored_header(folder)
+        if stored is not None:
+            refuse_mismatch(header_mismatches(stored, header, only_given=True))
 
     def _drop_orphans(self) -> None:
         """Under the folder lock: a shard whose log line never landed belongs to a writer that died between the

@@ -40,6 +40,13 @@ def weak_to_strong(weak: torch.Tensor, strong: torch.Tensor, w: float) -> torch.
     return extrapolate(weak, strong, w)
 
 
+def derived_cfg(x0: torch.Tensor, cond_x0: torch.Tensor, uncond_x0: torch.Tensor) -> torch.Tensor:
+    """Per-row CFG scale g from x0 = u + g·(c − u) (least squares), where the caller does not know the scale."""
+    d = (cond_x0 - uncond_x0).flatten(1).float()
+    num = ((x0 - uncond_x0).flatten(1).float() * d).sum(1)
+    return num / d.pow(2).sum(1).clamp_min(1e-30)
+
+
 def implied_uncond(cond: torch.Tensor, guided: torch.Tensor, scale: float) -> torch.Tensor:
     """The unconditional prediction that CFG at `scale` would need to give `guided`: u = (g·c − guided)/(g − 1)."""
     if abs(scale - 1.0) < 1e-6:

@@ -19,7 +19,9 @@ tolerance absorbs float noise); exactly at a step boundary it belongs to the lat
 """
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 
 import torch
 
@@ -115,9 +117,10 @@ class StepTracker:
 
 
 class RunStats:
-    """Counts for the per-run summary line."""
+    """Counts and measured times for the per-run summary line. Each evaluation is timed from the end of the one
+    before (the first from the start of the run, so it also holds model loading and is left out of the times)."""
 
-    def __init__(self):
+    def __init__(self, clock=time.perf_counter):
         self.slow_steps: set[int] = set()
         self.fast_steps: set[int] = set()
         self.slow_evals = 0
@@ -125,9 +128,16 @@ class RunStats:
         self.invert_evals = 0
         self.model_passes = 0  # base-model passes (cond + uncond of one evaluation count 2)
         self.weak_calls = 0
+        self._clock = clock
+        self._last = clock()
+        self.seconds: dict[str, list] = {"slow": [], "fast": [], "invert": []}  # per evaluation, after the first
 
     def record(self, step: int, kind: str, passes: int, weak_called: bool) -> None:
         """kind: 'slow', 'fast' or 'invert' (a zigzag inversion)."""
+        now = self._clock()
+        if self.evaluations:
+            self.seconds[kind].append(now - self._last)
+        self._last = now
         if kind == "slow":
             self.slow_steps.add(step)
             self.slow_evals += 1
@@ -149,10 +159,26 @@ class RunStats:
         step's inversion and its second denoise are extra work of the zigzag methods, not part of plain CFG."""
         return 2 * (self.slow_evals + self.fast_evals - self.invert_evals)
 
+    def time_note(self) -> str:
+        """What the measured step times say about speed: fewer passes are not less time when a fast step (one pass
+        and the weak model) takes about as long as a slow one (two passes), e.g. on small models or a busy CPU."""
+        slow, fast = self.seconds["slow"], self.seconds["fast"]
+        if self.invert_evals or not slow or not fast:
+            return "time against CFG not measured here (needs slow and fast steps); time a CFG run to compare"
+        t_slow, t_fast = statistics.median(slow), statistics.median(fast)
+        times = f"a fast step took {t_fast * 1000:.3g} ms, a slow one {t_slow * 1000:.3g} ms"
+        if t_fast >= 0.9 * t_slow:
+            return (f"{times}, so fewer passes did NOT mean less time here (the weak model and per-step overheads cost "
+                    "what the skipped pass saves)")
+        n = self.slow_evals + self.fast_evals
+        saved = self.fast_evals / n * (1 - t_fast / t_slow)
+        return f"{times}: about {saved:.0%} less time than CFG (estimated from these step times)"
+
     def summary(self, seconds: float, weak_name: str, method: str = "core") -> str:
         saved = 1 - self.model_passes / self.cfg_passes if self.cfg_passes else 0.0
         zig = f", {self.invert_evals} zigzag inversions" if self.invert_evals else ""
-        change = f"{saved:.0%} fewer" if saved >= 0 else f"{-saved:.0%} more"
+        change = f"{saved:.0%} fewer passes" if saved >= 0 else f"{-saved:.0%} more passes"
         return (f"CoRe² ({method}): {len(self.slow_steps | self.fast_steps)} steps ({len(self.slow_steps)} slow, "
                 f"{len(self.fast_steps)} fast){zig}, {self.model_passes} model passes vs {self.cfg_passes} for CFG "
-                f"({change}), weak model '{weak_name}' {self.weak_calls} calls, {seconds:.2f} s")
+                f"({change}), weak model '{weak_name}' {self.weak_calls} calls; measured {seconds:.2f} s: "
+                f"{self.time_note()}")

@@ -39,7 +39,7 @@ from typing import Callable
 
 import torch
 
-from . import __version__, guidance
+from . import __version__, advice, guidance
 from .arch import SIZES, build, make_config
 from .dataset import DatasetError, DatasetReader, manifest_hash
 from .files import atomic_write_bytes
@@ -730,9 +730,10 @@ def _final_validation(run: TrainingRun) -> None:
         run.last_metrics = best["metrics"]
         run.meta["training"]["best_step"] = best["step"]
     run.last_metrics["validation_on"] = run.data.val_label
-    if run.data.held_out and (run.last_metrics.get("score") or 0) >= 1.0:
-        run.notes.append("WARNING: on held-out prompts this model is no better than cfg = 1 (validation score ≥ 1): "
-                         "the dataset is too small or too varied for it. Collect more prompts and seeds.")
+    if advice.no_better_than_cfg1(run.last_metrics):  # the held-out relative error, not the loss's score
+        run.notes.append(f"WARNING: on held-out prompts this model is no better than cfg = 1 (relative error "
+                         f"{run.last_metrics['rel_err']:.3f} ≥ 1): the dataset is too small or too varied for it. "
+                         "Collect more prompts and seeds.")
     if not _scores_finite(run.model, run.last_metrics):
         raise NonFiniteLossError(f"CoRe² Reflect: the trained weights or their validation score "
                                  f"({run.last_metrics.get('score')}) are not finite, so they were not saved; "

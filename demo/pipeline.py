@@ -96,7 +96,7 @@ def world_model(world: str = "shapes"):
 def collect(out_dir: Path, cfg: DemoConfig) -> dict:
     """Collect (resumable): every (prompt, seed) pair not yet in the dataset is sampled with recording on."""
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect as collect_nodes, paths
+    from comfyui_core2.nodes import collect_batch as collect_nodes, paths
     from comfyui_core2.toy import world
 
     spec = world.spec(cfg.world)

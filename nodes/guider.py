@@ -34,6 +34,7 @@ from ..core2.schedule import RunStats, StepMap, StepTracker
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
+from .feedback import NodeText
 
 log = logging.getLogger("comfyui-core2")
 METHODS = ("core", "z-core", "z-sampling")
@@ -173,7 +174,10 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         finally:
             self.model_patcher = own
             if run.stats.evaluations:
-                log.info(run.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none", self.method))
+                self.last_summary = run.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none",
+                                                      self.method)
+                log.info(self.last_summary)
+                NodeText().show(self.last_summary, final=True)  # on the sampler node running this guider
             run.contexts = {}  # the prompt contexts are not needed after the run
 
     def _with_step_callback(self, args, kwargs):

@@ -60,3 +60,37 @@ def identity(model, name: str | None = None) -> dict:
         h.update(f"{k}:{tuple(sd[k].shape)};".encode())
     return {"name": name or getattr(m, "cached_name", None) or type(m.diffusion_model).__name__,
             "family": family(model), "key_hash": h.hexdigest()[:16]}
+
+
+def latent_downscale(model) -> int:
+    """Pixels per latent cell side, as ComfyUI's latent nodes count them (the latent format's ratio, else 8)."""
+    lf = base_model(model).latent_format
+    return int(getattr(lf, "spacial_downscale_ratio", 8) or 8)
+
+
+def latent_size_limits(model) -> tuple[int | None, int | None]:
+    """(exact, largest) latent side the model itself allows, None where it does not say: `exact` from a model config
+    that declares `native_latent_size` (models trained at one size only, e.g. the toy worlds), `largest` from an
+    MMDiT's position table (pos_embed_max_size × patch_size, SD3-style models)."""
+    m = base_model(model)
+    exact = getattr(getattr(m, "model_config", None), "native_latent_size", None)
+    dm = getattr(m, "diffusion_model", None)
+    pe_max, patch = getattr(dm, "pos_embed_max_size", None), getattr(dm, "patch_size", None)
+    largest = int(pe_max) * int(patch) if pe_max and patch else None
+    return (int(exact) if exact else None), largest
+
+
+def size_problem(model, width: int, height: int) -> str | None:
+    """Why width × height (pixels, as typed into a node) does not fit the model, with what to type; None if it fits."""
+    down = latent_downscale(model)
+    if width % down or height % down or width < 2 * down or height < 2 * down:
+        return f"width and height must be multiples of {down}, at least {2 * down} (got {width}x{height})"
+    h, w = height // down, width // down
+    exact, largest = latent_size_limits(model)
+    if exact and (h, w) != (exact, exact):
+        return (f"this model makes {exact}x{exact} latents only; ComfyUI counts {down} pixels per latent cell, so set "
+                f"width and height to {exact * down} (got {width}x{height}, a {h}x{w} latent)")
+    if largest and max(h, w) > largest:
+        return (f"this model's latents are at most {largest}x{largest}; set width and height to {largest * down} or "
+                f"less (got {width}x{height})")
+    return None

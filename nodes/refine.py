@@ -4,6 +4,7 @@ from __future__ import annotations
 import comfy.samplers
 
 from .guider import METHODS, CoRe2CFGGuider
+from .inputs import ADVANCED, with_tooltip
 from .sampling import run_ksampler
 
 WEAK = "CORE2_WEAK_MODEL"
@@ -23,13 +24,34 @@ def _core2_inputs(slow_default=10):
                    "core: CoRe² slow/fast steps. z-core: Z-CoRe², zigzag sampling whose inversion is one conditional "
                    "pass through the weak model (euler only). z-sampling: plain Z-Sampling, the baseline (euler only; "
                    "the weak model is not used). Zigzag methods run full CFG on every denoise and ignore slow_steps."}),
-        "zigzag_steps": ("INT", {"default": -1, "min": -1, "max": 10000, "tooltip":
-                         "z-core / z-sampling: how many of the first steps zigzag; -1 = all but the last."}),
+        "zigzag_steps": ("INT", {"default": -1, "min": -1, "max": 10000, **ADVANCED, "tooltip":
+                         "z-core / z-sampling only (ignored by core): how many of the first steps zigzag; -1 = all but "
+                         "the last."}),
     }
 
 
-OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "max": 10.0, "step": 0.1, "tooltip":
-                                               "z-sampling only: CFG scale of the inversion pass (official default 0.5)."})}}
+OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "max": 10.0, "step": 0.1, **ADVANCED,
+                                               "tooltip": "z-sampling only (ignored by core and z-core): CFG scale of "
+                                                          "the inversion pass (official default 0.5)."})}}
+
+
+def _ksampler_inputs(names: list, specs: dict) -> dict:
+    """KSampler's inputs, in KSampler's order, with KSampler's tooltips."""
+    return {n: with_tooltip(specs[n], n) for n in names}
+
+
+def _specs() -> dict:
+    """The KSampler inputs' types and options (ComfyUI's), tooltips added by _ksampler_inputs."""
+    seed = ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True})
+    return {"model": ("MODEL",), "seed": seed, "noise_seed": seed,
+            "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS,), "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
+            "positive": ("CONDITIONING",), "negative": ("CONDITIONING",), "latent_image": ("LATENT",),
+            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})}
+
+
+_SPECS = _specs()
 
 
 def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None,
@@ -47,19 +69,6 @@ def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag
                                        scheduler, denoise)
 
 
-def _ksampler_inputs() -> dict:
-    """The inputs KSampler and KSamplerAdvanced share, in their order (steps … latent_image)."""
-    return {
-        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
-        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
-        "sampler_name": (comfy.samplers.KSampler.SAMPLERS,),
-        "scheduler": (comfy.samplers.KSampler.SCHEDULERS,),
-        "positive": ("CONDITIONING",),
-        "negative": ("CONDITIONING",),
-        "latent_image": ("LATENT",),
-    }
-
-
 class CoRe2KSampler:
     DESCRIPTION = ("KSampler with CoRe² weak-to-strong guidance: the first `slow_steps` steps run full CFG sharpened "
                    "by the weak model, the rest run one model pass with the weak model standing in for CFG.")
@@ -67,10 +76,8 @@ class CoRe2KSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-            **_ksampler_inputs(),
-            "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
+            **_ksampler_inputs(["model", "seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                                "latent_image", "denoise"], _SPECS),
             **_core2_inputs(),
         }, **OPTIONAL}
 
@@ -92,10 +99,10 @@ class CoRe2KSamplerAdvanced:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",),
+            "model": with_tooltip(("MODEL",), "model"),
             "add_noise": (["enable", "disable"],),
-            "noise_seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-            **_ksampler_inputs(),
+            **_ksampler_inputs(["noise_seed", "steps", "cfg", "sampler_name", "scheduler", "positive", "negative",
+                                "latent_image"], _SPECS),
             "start_at_step": ("INT", {"default": 0, "min": 0, "max": 10000}),
             "end_at_step": ("INT", {"default": 10000, "min": 0, "max": 10000}),
             "return_with_leftover_noise": (["disable", "enable"],),
@@ -122,10 +129,7 @@ class CoRe2GuiderNode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": ("MODEL",),
-            "positive": ("CONDITIONING",),
-            "negative": ("CONDITIONING",),
-            "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+            **_ksampler_inputs(["model", "positive", "negative", "cfg"], _SPECS),
             **_core2_inputs(),
         }, **OPTIONAL}
 

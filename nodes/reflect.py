@@ -2,19 +2,22 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
 import comfy.model_management as mm
 import comfy.utils
 
-from ..core2 import fillins, loss_plot
+from ..core2 import advice, fillins, loss_plot
 from ..core2.arch import SIZES
 from ..core2.dataset import MANIFEST
 from ..core2.files import safe_child, valid_name
-from ..core2.train import TrainSettings, optimizer_path, train
+from ..core2.train import TrainSettings, optimizer_path, partial_path, train
 from ..core2.weights_io import load_weak_model
 from . import model_info, paths
+from .feedback import NodeText, duration, with_text
+from .inputs import ADVANCED, FIXED_SEED, HIDDEN
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +63,32 @@ class CoRe2Reflect:
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Samples per step. Lower it if you run out of memory."}),
                 "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
                                             "tooltip": "AdamW learning rate (warm-up, then cosine decay to 10%)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, "tooltip": "Seed for initialisation, shuffling and the validation split."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFF, **FIXED_SEED, "tooltip":
+                                 "Seed for initialisation, shuffling and the validation split."}),
                 "val_fraction": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 0.9, "step": 0.05,
                                            "tooltip": "Share of PROMPTS held out to measure how well the model generalises."}),
-                "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the checkpoint with this save name (its step count and optimizer state). "
+                "resume": ("BOOLEAN", {"default": False, "tooltip": "Continue the checkpoint with this save name (its step count and optimizer state) "
+                                      "up to `steps` in all: to train on newly collected data, raise steps too. "
                                       "Off: an existing file with this name is not overwritten (an error asks for another name)."}),
                 "save_name": ("STRING", {"default": "core2_weak", "tooltip": "File name in models/core2 (.safetensors is added)."}),
             },
             "optional": {
                 "dataset_override": ("STRING", {"default": "", "tooltip": "Type a dataset folder name here to use it instead of the list."}),
             },
+            **HIDDEN,
         }
 
     RETURN_TYPES = (WEAK, "IMAGE", "STRING")
     RETURN_NAMES = ("weak_model", "loss_curve", "summary")
     OUTPUT_TOOLTIPS = ("The trained weak model, for the CoRe² samplers.", "Training loss and validation error per step.",
-                       "What was trained, on what, and how well (relative error of the predicted guidance; 1.0 = cfg 1).")
+                       "A verdict (from the relative error of the predicted guidance on held-out prompts; 1.0 = cfg 1), "
+                       "then what was trained, on what, and how well.")
     FUNCTION = "reflect"
     CATEGORY = CATEGORY
     OUTPUT_NODE = True
 
     def reflect(self, dataset, size, steps, batch_size, learning_rate, seed, val_fraction, resume, save_name,
-                dataset_override=""):
+                dataset_override="", unique_id=None):
         name = (dataset_override or "").strip() or dataset
         if name == USE_OVERRIDE:
             raise ValueError("CoRe² Reflect: no dataset chosen. Pick one from the list (run CoRe² Collect first if it is "
@@ -90,25 +97,48 @@ class CoRe2Reflect:
         if not folder.is_dir():
             raise ValueError(f"CoRe² Reflect: no dataset named {name!r} in {paths.datasets_dir()}.")
         out = safe_child(paths.weak_model_save_dir(), _model_file_name(save_name), "save name")
+        if resume:
+            stale = advice.resume_would_skip_new_data([out, partial_path(out)], folder, int(steps))
+            if stale:
+                raise ValueError(f"CoRe² Reflect: {out.stem}: {stale}")
         device = mm.get_torch_device()
         settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate), size=size,
                                  seed=int(seed), val_fraction=float(val_fraction), device=str(device), resume=bool(resume))
         mm.unload_all_models()
         mm.soft_empty_cache()
-        pbar = comfy.utils.ProgressBar(int(steps))
-
-        def on_step(step, total, loss):
-            pbar.update_absolute(step, total)  # also raises on cancel where ComfyUI's progress hook is installed
-
+        text = NodeText(unique_id)
         try:
             with torch.inference_mode(False), torch.enable_grad():
-                res = train(folder, out, settings, on_step=on_step, check_cancel=mm.throw_exception_if_processing_interrupted)
+                res = train(folder, out, settings, on_step=_progress(int(steps), text),
+                            check_cancel=mm.throw_exception_if_processing_interrupted)
         finally:
             mm.soft_empty_cache()
-        log.info("%s", res.summary)
+        verdict = advice.verdict(res.metrics)
+        log.info("%s\nverdict: %s", res.summary, verdict)
         res.model.to(mm.unet_offload_device())  # the CoRe² samplers move it to the sampling device
-        img = loss_plot.draw(res.history["train"], res.history["val"], title=f"CoRe² Reflect: {out.name}")
-        return (res.model, _image(img), res.summary)
+        img = loss_plot.draw(res.history["train"], res.history["val"], title=f"CoRe² Reflect: {out.name}",
+                             val_label=f"validation score ({res.metrics.get('loss', 'mixed')} loss)", verdict=verdict)
+        summary = f"{verdict}\n\n{res.summary}"
+        return with_text(summary, (res.model, _image(img), summary), unique_id)
+
+
+def _progress(steps: int, text: NodeText, clock=time.monotonic):
+    """on_step for train(): ComfyUI's progress bar (which also raises on cancel where ComfyUI's hook is installed) and
+    'step 120/300 · loss 0.4123 · 12 s left' on the node."""
+    pbar = comfy.utils.ProgressBar(steps)
+    start: list = []
+
+    def on_step(step, total, loss):
+        pbar.update_absolute(step, total)
+        now = clock()
+        if not start:
+            start.extend((now, step))
+        t0, s0 = start
+        left = (now - t0) / (step - s0) * (total - step) if step > s0 else None
+        eta = f" · {duration(left)} left" if left is not None else ""
+        text.show(f"training: step {step}/{total} · loss {loss:.4f}{eta}", final=step >= total)
+
+    return on_step
 
 
 class CoRe2LoadWeakModel:
@@ -125,9 +155,10 @@ class CoRe2LoadWeakModel:
                                              "A file in models/core2, or a training-free fill-in (no file)."})},
             "optional": {"model": ("MODEL", {"tooltip": "Optional: the base model, to check family, latent channels, "
                                              "prediction type and (as a warning) the exact base weights."}),
-                         "lora_index_mode": (["official", "sigma"], {"default": "official", "tooltip":
-                                             "Official CoRe² weights only: pick each step's LoRA by the fraction of "
-                                             "steps done (official) or by the nearest training noise level (sigma)."})},
+                         "lora_index_mode": (["official", "sigma"], {"default": "official", **ADVANCED, "tooltip":
+                                             "Official CoRe² weights only (ignored for other weak models): pick each "
+                                             "step's LoRA by the fraction of steps done (official) or by the nearest "
+                                             "training noise level (sigma)."})},
         }
 
     RETURN_TYPES = (WEAK, "STRING")

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..core2.files import safe_child
 from ..toy import world
 from . import paths
+from .inputs import FIXED_SEED
 
 CATEGORY = "CoRe²/toy"
 TOY_TEXT = "CORE2_TOY_TEXT"
@@ -143,7 +144,8 @@ class CoRe2ToyPromptList:
     def INPUT_TYPES(cls):
         return {"required": {
             "count": ("INT", {"default": 120, "min": 1, "max": 100000, "tooltip": "How many prompts."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "tooltip": "Order of the prompts."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, **FIXED_SEED, "tooltip":
+                             "Order of the prompts (a new value gives a new list: keep it to resume a collection)."}),
             "world": (list(world.WORLDS), {"default": "shapes", "tooltip": "Whose prompts: shapes or scenes."}),
         }}
 

@@ -145,7 +145,8 @@ def is_widget(spec) -> bool:
 
 def has_control(name, spec) -> bool:
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return spec[0] == "INT" and (bool(opts.get("control_after_generate")) or name in CONTROL_NAMES)
+    # the frontend's rule: control_after_generate ?? (name is seed / noise_seed); False: no control widget
+    return spec[0] == "INT" and bool(opts.get("control_after_generate", name in CONTROL_NAMES))
 
 
 def widget_map(node: dict, info: dict) -> dict:

@@ -4,7 +4,7 @@ import torch
 import comfy.sample
 from comfyui_core2.core2 import train as trainer
 from comfyui_core2.core2.weights_io import load_weak_model
-from comfyui_core2.nodes import collect, paths, refine
+from comfyui_core2.nodes import collect, collect_batch, paths, refine
 
 
 def test_trained_weak_model_all_fast_is_closer_to_cfg_than_cfg1(tiny_sd15, comfy_folders):
@@ -14,7 +14,7 @@ def test_trained_weak_model_all_fast_is_closer_to_cfg_than_cfg1(tiny_sd15, comfy
     prompts = [f"prompt {i}" for i in range(6)]
     conds = {p: [[torch.randn(1, 77, 768, generator=g), {"pooled_output": torch.randn(1, 768, generator=g)}]]
              for p in prompts + [""]}
-    res = collect.collect_batch(tm.patcher, prompts, "", lambda text: conds[text], seeds_per_prompt=2, seed=100,
+    res = collect_batch.collect_batch(tm.patcher, prompts, "", lambda text: conds[text], seeds_per_prompt=2, seed=100,
                                 steps=8, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
                                 dataset_name="chain", store_x=False)
     folder = paths.datasets_dir() / "chain"
@@ -32,7 +32,7 @@ def test_trained_weak_model_all_fast_is_closer_to_cfg_than_cfg1(tiny_sd15, comfy
     d_fast, d_cfg1 = [], []
     for i, p in enumerate(prompts[:3]):
         latent = tm.empty_latent(1)
-        seed = collect.trajectory_seed(100, prompt_id(p, ""), 0)  # the first seed collected for this prompt
+        seed = collect_batch.ds.trajectory_seed(100, prompt_id(p, ""), 0)  # the first seed collected for this prompt
         noise = comfy.sample.prepare_noise(latent, seed)
         kw = dict(disable_pbar=True, seed=seed)
         cfg_img = comfy.sample.sample(tm.patcher, noise, 8, 5.0, "euler", "normal", conds[p], conds[""], latent, **kw)

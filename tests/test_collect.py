@@ -44,7 +44,9 @@ def _capture(model):
 
 
 def _batch(collect, model, conds, name, prompts=("a red fox", "a blue car"), cfg=5.0, size=128, seeds_per_prompt=2, **kw):
-    return collect.collect_batch(model, list(prompts), "ugly", conds.__getitem__, seeds_per_prompt=seeds_per_prompt, seed=10, steps=STEPS,
+    from comfyui_core2.nodes import collect_batch
+
+    return collect_batch.collect_batch(model, list(prompts), "ugly", conds.__getitem__, seeds_per_prompt=seeds_per_prompt, seed=10, steps=STEPS,
                                  cfg=cfg, sampler_name="euler", scheduler="normal", width=size, height=size,
                                  dataset_name=name, store_x=kw.pop("store_x", True), **kw)
 
@@ -53,7 +55,7 @@ def test_batch_records_exactly_and_images_are_identical(tiny_sd15, dirs):
     import comfy.sample
     from comfyui_core2.core2 import dataset as ds
     from comfyui_core2.core2.guidance import raw_from_denoised
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     tm = tiny_sd15
     conds = _conds(tm)
@@ -66,7 +68,7 @@ def test_batch_records_exactly_and_images_are_identical(tiny_sd15, dirs):
     hdr = reader.header
     assert hdr["family"] == "sd15" and hdr["latent_hw"] == [16, 16] and hdr["steps"] == STEPS and hdr["cfg"] == 5.0
     assert hdr["sampler"] == "euler" and hdr["scheduler"] == "normal" and len(hdr["sigmas"]) == STEPS + 1
-    order = [(p, collect.trajectory_seed(10, ds.prompt_id(p, "ugly"), j)) for p in ("a red fox", "a blue car")
+    order = [(p, collect_batch.ds.trajectory_seed(10, ds.prompt_id(p, "ugly"), j)) for p in ("a red fox", "a blue car")
              for j in (0, 1)]
     assert len({s for _, s in order}) == 4  # every trajectory has its own noise
     assert order[1][1] == order[0][1] + 1 and {it["seed"] for it in reader.items} == {s for _, s in order}
@@ -106,7 +108,7 @@ def test_batched_collection_records_each_row_and_resumes(tiny_sd15, dirs):
     sampling that batch gives; a rerun finds everything; the j-th trajectory keeps its place in the seed scheme."""
     import comfy.sample
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     tm = tiny_sd15
     conds = _conds(tm)
@@ -115,7 +117,7 @@ def test_batched_collection_records_each_row_and_resumes(tiny_sd15, dirs):
     assert len(res.written) == 3 and tm.calls == [4] * STEPS + [2] * STEPS  # rows 2 + 1, cond and uncond batched
     reader = ds.DatasetReader(res.folder)
     pid = ds.prompt_id("a red fox", "ugly")
-    s0, s2 = collect.trajectory_seed(10, pid, 0), collect.trajectory_seed(10, pid, 2)
+    s0, s2 = collect_batch.ds.trajectory_seed(10, pid, 0), collect_batch.ds.trajectory_seed(10, pid, 2)
     assert sorted((it["seed"], it["batch_index"]) for it in reader.items) == [(s0, 0), (s0, 1), (s2, 0)]
     rows = {(it["seed"], it["batch_index"]): reader.load_item(it) for it in reader.items}
     assert not torch.equal(rows[(s0, 0)]["x"][0], rows[(s0, 1)]["x"][0])  # different noise per row
@@ -133,7 +135,7 @@ def test_rerun_collects_damaged_items_again(tiny_sd15, dirs):
     """Issue 14: a truncated, an emptied and a deleted shard are found by the next Collect Batch, which samples those
     trajectories again (and only those); Reflect's reader then sees every item intact."""
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     tm = tiny_sd15
     conds = _conds(tm)
@@ -159,7 +161,7 @@ def test_collect_node_wraps_any_sampler(tiny_sd15, dirs, comfy_install):
     import comfy.sample
     import comfy.samplers
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     tm = tiny_sd15
     (wrapped,) = collect.CoRe2Collect().wrap(tm.patcher, "node", False, prompt_label="fox")
@@ -206,7 +208,7 @@ def test_collect_node_wraps_any_sampler(tiny_sd15, dirs, comfy_install):
 
 def test_kill_mid_batch_then_resume(tiny_sd15, dirs):
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     prompts = ["a red fox", "a blue car", "a green tree"]
     script = dirs / "collector.py"
@@ -216,14 +218,14 @@ def test_kill_mid_batch_then_resume(tiny_sd15, dirs):
         from tools import comfy_env
         comfy_env.activate()
         comfy_env.load_pack()
-        from comfyui_core2.nodes import collect, paths
+        from comfyui_core2.nodes import collect, collect_batch, paths
         if paths.folder_paths is not None:
             paths.folder_paths.set_output_directory({str(dirs / 'output')!r})
         import test_collect
         from testkit import tiny_models
         tm = tiny_models.build_sd15()
         conds = test_collect._conds3(tm)
-        collect.collect_batch(tm.patcher, {prompts!r}, "ugly", conds.__getitem__, seeds_per_prompt=2, seed=10,
+        collect_batch.collect_batch(tm.patcher, {prompts!r}, "ugly", conds.__getitem__, seeds_per_prompt=2, seed=10,
                               steps={STEPS}, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
                               dataset_name="killed", store_x=False, on_item_done=lambda *a: time.sleep(0.4))
         """))
@@ -251,7 +253,7 @@ def test_kill_mid_batch_then_resume(tiny_sd15, dirs):
     assert all((folder / it["shard"]).is_file() for it in reader.items)
 
     tm = tiny_sd15
-    res = collect.collect_batch(tm.patcher, prompts, "ugly", _conds3(tm).__getitem__, seeds_per_prompt=2, seed=10,
+    res = collect_batch.collect_batch(tm.patcher, prompts, "ugly", _conds3(tm).__getitem__, seeds_per_prompt=2, seed=10,
                                 steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
                                 dataset_name="killed", store_x=False)
     assert len(res.skipped) == n_before and len(res.written) == 6 - n_before
@@ -262,7 +264,7 @@ def test_kill_mid_batch_then_resume(tiny_sd15, dirs):
     assert not list(folder.glob(".*.tmp"))
     # a third run has nothing left to do
     tm.reset_calls()
-    res = collect.collect_batch(tm.patcher, prompts, "ugly", _conds3(tm).__getitem__, seeds_per_prompt=2, seed=10,
+    res = collect_batch.collect_batch(tm.patcher, prompts, "ugly", _conds3(tm).__getitem__, seeds_per_prompt=2, seed=10,
                                 steps=STEPS, cfg=5.0, sampler_name="euler", scheduler="normal", width=128, height=128,
                                 dataset_name="killed", store_x=False)
     assert tm.calls == [] and len(res.skipped) == 6
@@ -276,7 +278,7 @@ def _conds3(tm):
 
 @pytest.mark.parametrize("name", ["../escape", "a/b", "/abs", "..", "", ".hidden", "x\\y"])
 def test_dataset_names_cannot_escape(tiny_sd15, dirs, name):
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     with pytest.raises(ValueError, match="CoRe²"):
         collect.CoRe2Collect().wrap(tiny_sd15.patcher, name, False)
@@ -288,7 +290,7 @@ def test_dataset_names_cannot_escape(tiny_sd15, dirs, name):
 
 def test_cfg_one_is_refused(tiny_sd15, dirs):
     import comfy.sample
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     tm = tiny_sd15
     with pytest.raises(ValueError, match="cfg > 1"):
@@ -305,7 +307,7 @@ def test_cfg_one_is_refused(tiny_sd15, dirs):
 def test_mixing_shapes_or_models_is_refused(tiny_sd15, tiny_sdxl, dirs):
     import comfy.sample
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     tm = tiny_sd15
     conds = _conds(tm)
@@ -327,15 +329,15 @@ def test_mixing_shapes_or_models_is_refused(tiny_sd15, tiny_sdxl, dirs):
 
 
 def test_prompts_file_is_confined(dirs):
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     (dirs / "input" / "list.txt").write_text("# comment\na fox\n\na car\na fox\n")
-    assert collect.read_prompt_file("list.txt") == ["a fox", "a car"]
-    assert "list.txt" in collect.prompt_files()
+    assert collect_batch.read_prompt_file("list.txt") == ["a fox", "a car"]
+    assert "list.txt" in collect_batch.prompt_files()
     (dirs / "secret.txt").write_text("x")
     for bad in ("../secret.txt", "/etc/passwd", "list.json"):
         with pytest.raises((ValueError, FileNotFoundError)):
-            collect.read_prompt_file(bad)
+            collect_batch.read_prompt_file(bad)
 
 
 # --- the recorder alone (no ComfyUI) ------------------------------------------------------------------------------
@@ -424,10 +426,10 @@ def _tiny_clip(tmp_path):
 
 def test_batch_node_with_a_real_clip(tiny_sd15, dirs):
     from comfyui_core2.core2 import dataset as ds
-    from comfyui_core2.nodes import collect
+    from comfyui_core2.nodes import collect, collect_batch
 
     clip = _tiny_clip(dirs)
-    node = collect.CoRe2CollectBatch()
+    node = collect_batch.CoRe2CollectBatch()
     (dirs / "input" / "more.txt").write_text("a green tree\n")
     args = dict(model=tiny_sd15.patcher, clip=clip, prompts="a red fox\n\n# skipped\na blue car", prompts_file="more.txt",
                 negative_prompt="blurry", seeds_per_prompt=1, seed=3, steps=4, cfg=5.0, sampler_name="euler",
@@ -439,7 +441,7 @@ def test_batch_node_with_a_real_clip(tiny_sd15, dirs):
     assert sorted(p["positive"] for p in reader.manifest["prompts"].values()) == ["a blue car", "a green tree", "a red fox"]
     pid = ds.prompt_id("a red fox", "blurry")
     pos, neg = reader.prompt_features(pid)
-    want = collect.encode_text(clip, "a red fox")[0]
+    want = collect_batch.encode_text(clip, "a red fox")[0]
     assert torch.equal(pos.tokens[0], want[0][0].half().float())
     assert torch.equal(pos.pooled[0], want[1]["pooled_output"][0].half().float())
     tiny_sd15.reset_calls()

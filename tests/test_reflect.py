@@ -575,7 +575,10 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
     assert not saved.exists()  # unfinished: only the .partial checkpoint
     assert read_metadata(saved.with_name("node weak.partial.safetensors"))["training"]["step"] == 4
     with torch.inference_mode():
-        weak, img, summary = node.reflect(resume=True, **args)
+        out = node.reflect(resume=True, **args)
+    weak, img, summary = out["result"]
+    assert out["ui"]["text"] == [summary]  # the verdict and summary show on the node
+    assert summary.splitlines()[0].startswith(("useful", "barely", "no better", "not checked"))
     assert "4 → 10" in summary and weak.trained_cfg == 5.0
     assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and 0 <= float(img.min()) and float(img.max()) <= 1
     assert float(img.std()) > 0.01  # something was drawn

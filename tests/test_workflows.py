@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -140,15 +141,15 @@ def test_thumbnails_for_toy_workflows_are_small_jpgs():
 def test_collect_batch_encodes_with_the_toy_text_encoder():
     """The toy chain's Collect Batch gets the toy text encoder in its clip input: same conditioning as Toy Text Encode."""
     import torch
-    from comfyui_core2.nodes import collect, toy
+    from comfyui_core2.nodes import collect, collect_batch, toy
 
     _, toy_text = toy.CoRe2ToyModelLoader().load(toy.SHIPPED)
-    got = collect.encode_text(toy_text, "a red triangle at the top")
+    got = collect_batch.encode_text(toy_text, "a red triangle at the top")
     want = toy.CoRe2ToyTextEncode().encode(toy_text, "a red triangle at the top")[0]
     assert torch.equal(got[0][0], want[0][0]) and torch.equal(got[0][1]["pooled_output"], want[0][1]["pooled_output"])
-    assert not torch.equal(got[0][0], collect.encode_text(toy_text, "a blue circle at the left")[0][0])
+    assert not torch.equal(got[0][0], collect_batch.encode_text(toy_text, "a blue circle at the left")[0][0])
     with pytest.raises(TypeError, match="connect a CLIP"):
-        collect.encode_text(object(), "x")
+        collect_batch.encode_text(object(), "x")
 
 
 def test_ui_to_api_conversion_maps_widgets_by_input_order(schemas):
@@ -246,6 +247,15 @@ def test_toy_workflows_run_through_the_api(server, object_info):
         hist = server.run_prompt(api, timeout=240)
         images = [im for out in hist["outputs"].values() for im in out.get("images", [])]
         assert len(images) == expect_images, (name, hist["outputs"])
+        texts = {n: out["text"][0] for n, out in hist["outputs"].items() if out.get("text")}
+        types = {k: v["class_type"] for k, v in api.items()}
+        for n, text in texts.items():  # what the nodes show on themselves
+            if types[n] == "CoRe2CollectBatch":
+                assert re.match(r"(\d+ new, \d+ already present|nothing new)", text), text
+            elif types[n] == "CoRe2Reflect":
+                assert text.startswith(("useful", "barely better", "no better than cfg 1", "not checked")), text
+        if "collect" in name:
+            assert {"CoRe2CollectBatch", "CoRe2Reflect"} <= {types[n] for n in texts}, texts
         for im in images[:2]:
             data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
             assert data[:8] == b"\x89PNG\r\n\x1a\n"

@@ -5,7 +5,8 @@
 
 widgets_values follow each node's INPUT_TYPES order (required, then optional), one value per widget input
 (INT, FLOAT, STRING, BOOLEAN, combo), plus the frontend's "control_after_generate" value right after an INT that has
-one (control_after_generate in its options, or named seed / noise_seed, as ComfyUI's frontend does). A widget input
+one (control_after_generate true in its options, or, where the options do not say, named seed / noise_seed, as
+ComfyUI's frontend does). A widget input
 fed by a link (e.g. prompts from CoRe² Toy Prompt List) keeps its value and is listed in the node's inputs with
 "widget": {"name": ...}, as the frontend writes it.
 
@@ -141,6 +142,34 @@ def builtin_problems() -> list:
     return [p for name, (ins, outs) in live_builtin_specs().items() for p in compat_problems(name, declared[name], ins, outs)]
 
 
+# Files the workflows name that can be downloaded: file name -> (url, ComfyUI model folder). Every node whose widget
+# names one carries it in properties.models, so the frontend's missing-models dialog lists it with its source and
+# folder (the dialog downloads only .safetensors/.sft files; it names the .pth ones and where they go).
+MODEL_FILES = {
+    "sd_xl_base_1.0.safetensors": (
+        "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors",
+        "checkpoints"),
+    "sd3.5_large_fp8_scaled.safetensors": (
+        "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/sd3.5_large_fp8_scaled.safetensors",
+        "checkpoints"),
+    "flux1-dev.safetensors": ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/flux1-dev.safetensors",
+                              "diffusion_models"),
+    "ae.safetensors": ("https://huggingface.co/black-forest-labs/FLUX.1-dev/resolve/main/ae.safetensors", "vae"),
+    "clip_l.safetensors": ("https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+                           "text_encoders"),
+    "t5xxl_fp16.safetensors": (
+        "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp16.safetensors", "text_encoders"),
+    "sdxl_noise_model.pth": ("https://huggingface.co/sst12345/CoRe2/resolve/main/weights/sdxl_noise_model.pth", "core2"),
+    "sd35_noise_model.pth": ("https://huggingface.co/sst12345/CoRe2/resolve/main/weights/sd35_noise_model.pth", "core2"),
+}
+
+
+def model_entries(values: list) -> list:
+    """properties.models of a node with these widget values: {name, url, directory} per downloadable file it names."""
+    return [{"name": v, "url": MODEL_FILES[v][0], "directory": MODEL_FILES[v][1]}
+            for v in values if isinstance(v, str) and v in MODEL_FILES]
+
+
 # our combos whose choices depend on the user's files / datasets
 OUR_FILE_COMBOS = {("CoRe2LoadWeakModel", "weak_model_name"), ("CoRe2Reflect", "dataset"), ("CoRe2CollectBatch", "prompts_file")}
 
@@ -158,7 +187,8 @@ class Input:
 
     @property
     def has_control(self) -> bool:
-        return self.type == "INT" and (bool(self.opts.get("control_after_generate")) or self.name in CONTROL_NAMES)
+        # the frontend's rule: control_after_generate ?? (name is seed / noise_seed); False leaves the widget out
+        return self.type == "INT" and bool(self.opts.get("control_after_generate", self.name in CONTROL_NAMES))
 
     @property
     def link_type(self) -> str:
@@ -296,6 +326,8 @@ class Workflow:
                     "size": list(n.size or (320, 30 + 24 * max(rows, len(s.outputs) + 1))), "flags": {},
                     "order": order.index(n) + 1, "mode": 0, "inputs": inputs, "outputs": [], "properties":
                     {"Node name for S&R": n.type}, "widgets_values": values}
+            if model_entries(values):
+                node["properties"]["models"] = model_entries(values)
             if n.title:
                 node["title"] = n.title
             ui_nodes.append(node)
@@ -368,10 +400,12 @@ def wf_reflect() -> Workflow:
     wf = Workflow("02_reflect_train_weak_model", (
         "CoRe² step 2 of 3: REFLECT (train a weak model).\n\nPick the dataset written by CoRe² Collect. Training "
         "unloads your checkpoints, runs on the GPU if there is one and writes models/core2/<save_name>.safetensors "
-        "(pick it in CoRe² Load Weak Model). The preview shows the training loss and the validation error; the "
-        "summary (in the console) reports the relative error of the predicted guidance on held-out prompts "
-        "(1.0 = no better than cfg 1, lower is better).\n\nCancel at any time: a checkpoint is saved; switch resume "
-        "on to continue.\n\nNext: 03_core2_ksampler_sdxl."))
+        "(pick it in CoRe² Load Weak Model). While it trains, the node shows the step, the loss and the time left; "
+        "then its verdict, from the relative error of the predicted guidance on held-out prompts (1.0 = no better "
+        "than cfg 1, lower is better), e.g. \"useful: held-out error 0.62\" or \"no better than cfg 1: collect more "
+        "seeds\", with the full summary. The preview shows the loss curve.\n\nCancel at any time: a checkpoint is "
+        "saved; switch resume on to continue. Resume trains up to `steps` in all: after collecting more data, raise "
+        "steps too.\n\nNext: 03_core2_ksampler_sdxl."))
     r = wf.add("CoRe2Reflect", (460, 20), size=(400, 420), dataset="sdxl_dataset", size_="medium", steps=2000,
                batch_size=16, learning_rate=3e-4, seed=0, val_fraction=0.1, resume=False, save_name="my_sdxl_weak")
     r.widgets["size"] = r.widgets.pop("size_")
@@ -407,20 +441,22 @@ def wf_sdxl() -> Workflow:
 
 def wf_sd35() -> Workflow:
     wf = Workflow("04_core2_ksampler_sd35", (
-        "CoRe² KSampler on SD3.5 (Large).\n\nModelSamplingSD3 with shift 3, cfg 4, euler + simple, 28 steps, and a "
-        "16-channel SD3 latent. The weak model: your own (CoRe² Reflect on SD3.5) or the official "
-        "sd35_noise_model.pth from the Hugging Face repo sst12345/CoRe2 in models/core2/ (it was trained at cfg 3.5 "
-        "with an EMPTY negative prompt: for it, set the negative text to \"\" and cfg to 3.5).\n\n"
+        "CoRe² KSampler on SD3.5 (Large), with the OFFICIAL CoRe² weights, run as they were trained.\n\n"
+        "ModelSamplingSD3 with shift 3, euler + simple, 28 steps, cfg 3.5 and an EMPTY negative prompt: the official "
+        "sd35_noise_model.pth (Hugging Face repo sst12345/CoRe2, file weights/sd35_noise_model.pth, into "
+        "models/core2/) was trained at cfg 3.5 against an empty negative, so keep both for it. With your own weak "
+        "model (CoRe² Reflect on SD3.5) use the cfg and negative you collected with.\n\n"
         "The checkpoint must include its text encoders (e.g. sd3.5_large_fp8_scaled.safetensors); otherwise load them "
         "with TripleCLIPLoader."))
     ck = wf.add("CheckpointLoaderSimple", (460, 20), ckpt_name="sd3.5_large_fp8_scaled.safetensors")
     ms = wf.add("ModelSamplingSD3", (820, 500), model=ck.out(0), shift=3.0)
     pos = wf.add("CLIPTextEncode", (820, 20), title="Positive", text=POS, clip=ck.out(1))
-    neg = wf.add("CLIPTextEncode", (820, 260), title="Negative", text=NEG, clip=ck.out(1))
+    neg = wf.add("CLIPTextEncode", (820, 260), title="Negative (empty, as the official weights were trained)", text="",
+                 clip=ck.out(1))
     lat = wf.add("EmptySD3LatentImage", (820, 620), width=1024, height=1024, batch_size=1)
     weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="sd35_noise_model.pth", model=ms.out(0),
                   lora_index_mode="official")
-    ks = _core2(wf, (1200, 20), ms.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0), steps=28, cfg=4.0,
+    ks = _core2(wf, (1200, 20), ms.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0), steps=28, cfg=3.5,
                 sampler_name="euler", scheduler="simple", slow_steps=8)
     dec = wf.add("VAEDecode", (1580, 20), samples=ks.out(0), vae=ck.out(2))
     wf.add("SaveImage", (1800, 20), size=(520, 560), images=dec.out(0), filename_prefix="core2_sd35")
@@ -501,9 +537,13 @@ def wf_toy_chain() -> Workflow:
         "The toy model makes 32×32 pictures of one coloured shape at a place (\"a red triangle at the top\"). "
         f"CoRe² Toy Prompt List gives {TOY_PROMPTS} prompts; CoRe² Collect Batch samples them (2 seeds each, cfg 5) "
         "into output/core2_datasets/toy_demo; CoRe² Reflect trains a small weak model on it (models/core2/toy_weak); "
-        "the CoRe² KSampler then samples with 3 slow + 7 fast steps.\n\nReflect's dataset comes from the link "
-        "(dataset_override); resume is on so a rerun reuses the trained file. Raise count, seeds and steps for a "
-        "better weak model."))
+        "the CoRe² KSampler then samples with 3 slow + 7 fast steps. Each node says on itself what it did: Collect "
+        "Batch its counts, Reflect its verdict (is the weak model better than cfg 1 on held-out prompts?), the "
+        "sampler its model passes and measured seconds.\n\nThis small run shows the mechanics; its weak model is "
+        "usually no better than cfg 1. For a better one raise the prompt count (e.g. 120) and seeds_per_prompt "
+        "(e.g. 4) AND Reflect's steps (e.g. 2000): resume is on, so Reflect continues the trained file up to `steps` "
+        "in all, and refuses (saying so) when new data would get no training steps. Reflect's dataset comes from "
+        "the link (dataset_override). Keep the seeds as they are to resume a collection."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
     pl = wf.add("CoRe2ToyPromptList", (460, 160), count=TOY_PROMPTS, seed=0)
     cb = wf.add("CoRe2CollectBatch", (820, 20), size=(400, 640), model=ld.out(0), clip=ld.out(1), prompts=pl.out(0), prompts_file="(none)",
@@ -585,6 +625,18 @@ def wf_scenes_chain() -> Workflow:
     wf.add("PreviewImage", (2660, 360), size=(420, 300), title="CoRe², 4 slow + 16 fast", images=d2.out(0))
     return wf
 
+
+# What the template browser's picture says about each workflow without a rendered thumbnail (a title card drawn by
+# tools/render_thumbnails.py): title, the CoRe² stages it runs, what it needs.
+CARDS = {
+    "01_collect_sdxl": ("Collect (SDXL)", ("Collect",), "step 1 of 3: record CFG trajectories"),
+    "02_reflect_train_weak_model": ("Reflect: train a weak model", ("Reflect",), "step 2 of 3: any collected dataset"),
+    "03_core2_ksampler_sdxl": ("CoRe² KSampler (SDXL)", ("Refine",), "step 3 of 3: your weak model"),
+    "04_core2_ksampler_sd35": ("CoRe² KSampler (SD3.5 Large)", ("Refine",), "official CoRe² weights, cfg 3.5"),
+    "05_core2_ksampler_flux_true_cfg": ("CoRe² KSampler (FLUX.1-dev)", ("Refine",), "true CFG, your weak model"),
+    "06_official_weights_sdxl": ("Official CoRe² weights (SDXL)", ("Refine",), "50 steps, ddim, cfg 5.5"),
+    "07_cfg_vs_core2_sdxl": ("CFG vs CoRe² (SDXL)", ("Refine",), "same seed, side by side"),
+}
 
 WORKFLOW_BUILDERS = [wf_collect_sdxl, wf_reflect, wf_sdxl, wf_sd35, wf_flux, wf_official_sdxl, wf_grid_sdxl,
                      wf_toy_chain, wf_toy_grid, wf_scenes_chain]

@@ -9,6 +9,8 @@ of their final PreviewImage nodes are tiled (08: the four CoRe² KSampler pictur
 CFG, bottom row CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and 09's bottom row uses the weak-to-strong
 rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak model. The scenes workflow's
 thumbnail (10) is always drawn here, not by the server: top row CFG, bottom row that weak-to-strong rule.
+The workflows that need downloaded models (01-07) get title cards (make_workflows.CARDS): the title, the CoRe² stages
+they run and the files they need; `--cards` draws only those (no ComfyUI needed).
 """
 from __future__ import annotations
 
@@ -92,13 +94,54 @@ def _scenes_thumbnail(out: Path, w2s) -> None:
     _grid([list(cfg), list(sharp)]).save(out / "10_toy_scenes_collect_reflect_refine.jpg", quality=88)
 
 
+def title_card(name: str, size=(512, 384)):
+    """A picture for a workflow that cannot be rendered here: its title, the Collect → Reflect → Refine chain with
+    its own stages lit, a subtitle and the model files it loads."""
+    import json
+
+    from PIL import Image, ImageDraw
+
+    from core2.loss_plot import draw_text
+    from tools.make_workflows import CARDS, MODEL_FILES
+
+    title, stages, sub = CARDS[name]
+    wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
+    files = sorted({m["name"] for n in wf["nodes"] for m in n.get("properties", {}).get("models", [])})
+    img = Image.new("RGB", size, (32, 36, 48))
+    d = ImageDraw.Draw(img)
+    draw_text(d, (24, 22), f"CoRe²  {name[:2]}", (150, 160, 190), 22)
+    draw_text(d, (24, 62), title, (255, 255, 255), 30)
+    draw_text(d, (24, 110), sub, (200, 205, 220), 20)
+    x = 24
+    for stage in ("Collect", "Reflect", "Refine"):
+        lit = stage in stages
+        d.rounded_rectangle([x, 170, x + 140, 226], 10, fill=(70, 130, 220) if lit else (55, 60, 75))
+        draw_text(d, (x + 22, 184), stage, (255, 255, 255) if lit else (140, 145, 160), 22)
+        x += 156
+    for k, f in enumerate([f for f in files if f in MODEL_FILES][:4]):
+        draw_text(d, (24, 256 + 26 * k), f"needs {MODEL_FILES[f][1]}/{f}", (170, 200, 170), 17)
+    return img
+
+
+def title_cards(out: Path) -> None:
+    from tools.make_workflows import CARDS
+
+    for name in CARDS:
+        title_card(name).save(out / f"{name}.jpg", quality=88)
+
+
 def main() -> int:
+    if "--cards" in sys.argv[1:]:
+        title_cards(ROOT / "workflows")
+        print("title cards written to", ROOT / "workflows")
+        return 0
     from tools import comfy_env
 
     comfy = comfy_env.activate()
     from toy import world
 
     out = ROOT / "workflows"
+    title_cards(out)
     model = world.load_toy_model()
 
     def w2s(args):  # weak = cond; slow-step rule out = weak + w·(cfg − weak)

@@ -47,6 +47,7 @@ class Toy(comfy.supported_models_base.BASE):
     sampling_settings = {}  # ModelSamplingDiscrete with SD's schedule (scaled linear 0.00085..0.012, 1000 steps)
     memory_usage_factor = 1.0
     supported_inference_dtypes = [torch.float32]
+    native_latent_size = LATENT_SIZE  # trained at this latent size only (read by nodes/model_info.latent_size_limits)
 
     def model_type(self, state_dict, prefix=""):
         return comfy.model_base.ModelType.V_PREDICTION

@@ -45,6 +45,7 @@ class Scenes(comfy.supported_models.SD3):
     latent_format = ScenesLatent
     memory_usage_factor = 1.0
     supported_inference_dtypes = [torch.float32]
+    native_latent_size = LATENT_SIZE  # trained at this latent size only (read by nodes/model_info.latent_size_limits)
 
 
 def build() -> "comfy.model_base.SD3":
