@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import comfy.model_management
 import comfy.samplers
 import numpy as np
 import torch
@@ -17,6 +18,7 @@ import torch
 from ..core2 import fillins
 from ..core2 import grid as core2_grid
 from .refine import _core2_inputs, _factory
+from . import weak_memory
 from .sampling import run_ksampler
 
 GRID = "CORE2_GRID"
@@ -37,6 +39,16 @@ def _row(model, weak, w2s, slow, seed, steps, cfg, sampler_name, scheduler, posi
     seconds = time.perf_counter() - t0
     stats = made[-1].stats if made else None
     return out["samples"], (stats.model_passes if stats is not None else None), seconds
+
+
+def preload(model, weak) -> None:
+    """Load the MODEL (and a weak model ComfyUI manages) before the first row is timed, so that no row's seconds
+    include loading them (on a GPU a cold load takes seconds)."""
+    models = [model]
+    if weak_memory.supported(model):
+        wp = weak_memory.weak_patcher(weak, model)
+        models += [wp] if wp is not None else []
+    comfy.model_management.load_models_gpu(models)
 
 
 def settings_rows(include_cfg: bool, slow_list: list[int], w2s_list: list[float], cfg: float):
@@ -86,6 +98,7 @@ class CoRe2Compare:
         if any(s < 0 for _, _, _, s in rows if s is not None):
             raise ValueError(f"slow_steps: '{slow_steps}' has a negative value; use 0 (all fast) or more.")
         batch = int(latent_image["samples"].shape[0])
+        preload(model, weak_model)
         samples, captions, lines = [], [], []
         for label, weak, w2s, slow in rows:
             weak = weak_model if weak else fillins.CondOnlyFill()  # CFG row: all slow, w2s 1 = CFG; the weak model unused

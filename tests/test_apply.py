@@ -153,3 +153,37 @@ def test_a_weak_model_for_another_family_fails_before_sampling(tiny_sd15):
     with pytest.raises(ValueError, match="does not fit this MODEL"):
         _ksampler(_patched(tm, Sd3Weak(), 1.5, 3), tm, tm.empty_latent(1))
     assert tm.calls == []
+
+
+@pytest.mark.full_comfy
+def test_the_weak_model_is_loaded_with_the_model_by_comfyui(tiny_sd15):
+    from comfyui_core2.nodes import weak_memory
+    from test_refine import ParamWeak
+
+    tm = tiny_sd15
+    weak = ParamWeak()
+    _ksampler(_patched(tm, weak, 1.5, 1), tm, tm.empty_latent(1), steps=3, sampler="euler", scheduler="normal")
+    wp = weak_memory.weak_patcher(weak, tm.patcher)
+    assert weak.loaded_during_sampling and all(wp in loaded for loaded in weak.loaded_during_sampling)
+
+
+@pytest.mark.full_comfy
+def test_predict_noise_wrappers_added_later_are_named_in_a_warning(tiny_sd15, caplog):
+    import comfy.patcher_extension as pe
+
+    tm = tiny_sd15
+    seen = []
+
+    def my_cache_wrapper(executor, *args, **kwargs):
+        seen.append(1)
+        return executor(*args, **kwargs)
+
+    before = tm.patcher.clone()
+    before.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, "mine", my_cache_wrapper)
+    _ksampler(apply_mod.apply(before, AffineWeak(), 1.5, 1), tm, tm.empty_latent(1), steps=3, sampler="euler")
+    assert len(seen) == 3 and not any("not run on CoRe² steps" in r.getMessage() for r in caplog.records)
+    seen.clear()
+    after = _patched(tm, AffineWeak(), 1.5, 1)
+    after.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, "mine", my_cache_wrapper)
+    _ksampler(after, tm, tm.empty_latent(1), steps=3, sampler="euler")
+    assert seen == [] and any("not run on CoRe² steps: my_cache_wrapper" in r.getMessage() for r in caplog.records)

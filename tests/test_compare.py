@@ -71,3 +71,14 @@ def test_text_falls_back_where_the_font_has_no_superscript_two():
     assert grid.text(builtin, "CoRe² 3 slow") == "CoRe2 3 slow"
     f = grid.font(14)
     assert grid.text(f, "CoRe²") in ("CoRe²", "CoRe2") and not grid._missing(f, "C")
+
+
+def test_models_are_loaded_before_the_first_row_is_timed(tiny_sd15, monkeypatch):
+    import comfy.model_management as mm
+
+    calls = []
+    real = compare.run_ksampler
+    monkeypatch.setattr(mm, "load_models_gpu", lambda models, *a, **k: calls.append(("load", list(models))))
+    monkeypatch.setattr(compare, "run_ksampler", lambda *a, **k: (calls.append(("row",)), real(*a, **k))[1])
+    _compare(tiny_sd15, tiny_sd15.empty_latent(1), slow="1", w2s="1.5", steps=2)
+    assert calls[0][0] == "load" and calls[0][1][0] is tiny_sd15.patcher and calls[1] == ("row",)  # then sampling loads

@@ -3,6 +3,7 @@ nodes' INPUT_TYPES (and ComfyUI's built-ins); with a full ComfyUI (COMFYUI_DIR) 
 /object_info, the toy chain run through the HTTP API, and the README's install steps (git clone into custom_nodes)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -237,10 +238,11 @@ def test_server_offers_our_workflows_as_templates(server):
 
 @pytest.mark.full_comfy
 def test_toy_workflows_run_through_the_api(server, object_info):
-    """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained)."""
+    """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained: one labelled
+    grid picture, top row CFG, bottom row CoRe²)."""
     # 08: four CoRe² pictures, the last collected batch (batch_size 2), the loss curve
     # 10: the scenes world's chain (collect → reflect → CFG and CoRe² pictures, the loss curve)
-    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 8),
+    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 1),
                                 ("10_toy_scenes_collect_reflect_refine", 4 + 4 + 1)):
         api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
         hist = server.run_prompt(api, timeout=240)
@@ -249,6 +251,11 @@ def test_toy_workflows_run_through_the_api(server, object_info):
         for im in images[:2]:
             data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        if name == "09_toy_cfg_vs_core2":  # 2 rows (CFG, CoRe²) × 4 pictures of 128 px, with labels and captions
+            from PIL import Image
+
+            w, h = Image.open(io.BytesIO(data)).size
+            assert w > 4 * 128 + 100 and 2 * 128 < h < 3 * 128 + 60, (w, h)
     assert (server.base / "models" / "core2" / "toy_weak.safetensors").is_file()
     assert (server.base / "models" / "core2" / "scenes_weak.safetensors").is_file()
     assert (server.base / "output" / "core2_datasets" / "toy_demo" / "manifest.json").is_file()
