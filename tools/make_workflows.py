@@ -484,21 +484,22 @@ def wf_official_sdxl() -> Workflow:
 
 def wf_grid_sdxl() -> Workflow:
     wf = Workflow("07_cfg_vs_core2_sdxl", (
-        "CFG vs CoRe², side by side (SDXL).\n\nKSampler (plain CFG) and the CoRe² KSampler with the same seed, "
-        "steps, cfg and sampler, each shown in its own preview (CFG above, CoRe² below). Change "
-        "w2s_scale and slow_steps to see their effect."))
+        "CFG vs CoRe² settings in one labelled grid (SDXL).\n\nCoRe² Compare samples the same seed with plain CFG and "
+        "with CoRe² at slow_steps 10 and w2s_scale 1.5 and 2.5 (30 steps: 60 model passes for CFG, 40 for each CoRe² "
+        "row); CoRe² Grid Image draws one row per setting with the model passes and seconds under each picture. Type "
+        "more values into slow_steps or w2s_scale (e.g. \"0, 10, 30\") for more rows.\n\nThe weak model comes from "
+        "02_reflect (trained on this checkpoint)."))
     ck, pos, neg = _sdxl_base(wf)
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
     weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="my_sdxl_weak.safetensors", model=ck.out(0),
                   lora_index_mode="official")
-    k = wf.add("KSampler", (1200, 20), size=(320, 300), model=ck.out(0), seed=42, steps=30, cfg=6.0,
-               sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
-               latent_image=lat.out(0), denoise=1.0)
-    ks = _core2(wf, (1200, 360), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0))
-    d1 = wf.add("VAEDecode", (1580, 20), samples=k.out(0), vae=ck.out(2))
-    d2 = wf.add("VAEDecode", (1580, 360), samples=ks.out(0), vae=ck.out(2))
-    wf.add("PreviewImage", (1800, 20), size=(520, 560), title="CFG", images=d1.out(0))
-    wf.add("PreviewImage", (1800, 600), size=(520, 560), title="CoRe²", images=d2.out(0))
+    cmp = wf.add("CoRe2Compare", (1200, 20), size=(340, 420), model=ck.out(0), seed=42, steps=30, cfg=6.0,
+                 sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
+                 latent_image=lat.out(0), weak_model=weak.out(0), slow_steps="10", w2s_scale="1.5, 2.5",
+                 include_cfg=True)
+    dec = wf.add("VAEDecode", (1580, 20), samples=cmp.out("latent"), vae=ck.out(2))
+    gi = wf.add("CoRe2GridImage", (1580, 200), images=dec.out(0), grid=cmp.out("grid"))
+    wf.add("PreviewImage", (1860, 20), size=(620, 1200), title="CFG, then CoRe² settings", images=gi.out(0))
     return wf
 
 
