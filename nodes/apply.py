@@ -27,6 +27,7 @@ import comfy.samplers
 
 from . import weak_memory
 from .guider import CoRe2Guider
+from .refine import _core2_inputs
 
 try:  # ComfyUI with model wrappers
     import comfy.patcher_extension as _pe
@@ -164,8 +165,6 @@ class CoRe2Apply:
 
     @classmethod
     def INPUT_TYPES(cls):
-        from .refine import _core2_inputs
-
         core = _core2_inputs()
         return {"required": {"model": ("MODEL",), "weak_model": core["weak_model"], "w2s_scale": core["w2s_scale"],
                              "slow_steps": (core["slow_steps"][0], {**core["slow_steps"][1], "tooltip":

@@ -320,3 +320,27 @@ def test_official_sdxl_workflow_runs_cfg_against_a_zero_negative():
     neg, pos = source(ks, "negative"), source(ks, "positive")
     assert neg["type"] == "ConditioningZeroOut" and source(neg, "conditioning") is pos
     assert pos["type"] == "CLIPTextEncode"
+
+
+@pytest.mark.full_comfy
+def test_core2_apply_makes_comfyuis_own_ksampler_run_core2_in_the_server(server):
+    """A queued prompt: toy model → CoRe² Apply (training-free fill-in) → ComfyUI's KSampler; the server's log shows
+    the CoRe² run (3 slow + 5 fast steps: 11 passes)."""
+    api = {
+        "1": {"class_type": "CoRe2ToyModelLoader", "inputs": {"toy_model": "toy_t2i.safetensors"}},
+        "2": {"class_type": "CoRe2ToyTextEncode", "inputs": {"toy_text": ["1", 1], "text": "a red circle at the top"}},
+        "3": {"class_type": "CoRe2ToyTextEncode", "inputs": {"toy_text": ["1", 1], "text": ""}},
+        "4": {"class_type": "CoRe2ToyEmptyLatent", "inputs": {"batch_size": 1, "world": "shapes"}},
+        "5": {"class_type": "CoRe2LoadWeakModel", "inputs": {"weak_model_name": "(training-free) reuse last guidance"}},
+        "6": {"class_type": "CoRe2Apply", "inputs": {"model": ["1", 0], "weak_model": ["5", 0], "w2s_scale": 1.5,
+                                                     "slow_steps": 3}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["6", 0], "seed": 3, "steps": 8, "cfg": 5.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "positive": ["2", 0],
+                                                   "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "8": {"class_type": "CoRe2ToyDecode", "inputs": {"samples": ["7", 0], "upscale": 1}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+    hist = server.run_prompt(api)
+    assert [im for out in hist["outputs"].values() for im in out.get("images", [])]
+    line = "CoRe² (core): 8 steps (3 slow, 5 fast), 11 model passes vs 16 for CFG"
+    assert line in server.log(), server.log()[-3000:]
