@@ -13,8 +13,8 @@ CoRe². Two model wrappers do it (comfy.patcher_extension, ComfyUI 0.3.52 and ne
 
 So the method is the CoRe² samplers' own code, not a copy: with w2s_scale 1 and every step slow it is the guider's
 plain CFG, bit for bit. Guiders with guidance of their own (a predict_noise other than CFGGuider's: DualCFGGuider,
-PerpNeg, the CoRe² samplers themselves) or without a negative (BasicGuider) sample unchanged, with a warning. Other predict-noise
-wrappers registered after this one (LazyCache) are not run on CoRe² runs.
+PerpNeg, the CoRe² samplers themselves) or without a negative (BasicGuider) sample unchanged, with a warning. Other
+predict-noise wrappers registered after this one (LazyCache) are not run on CoRe² runs (a warning names them).
 """
 from __future__ import annotations
 
@@ -100,8 +100,9 @@ def make_wrappers(weak, w2s_scale: float, slow_steps: int):
         guider = executor.class_obj
         sigmas = _arg(args, kwargs, 3, "sigmas")
         if _own_guidance(guider):
-            log.warning("CoRe² Apply: %s computes its own guidance; it samples without CoRe² (use a CFGGuider, "
-                        "or a KSampler).", type(guider).__name__)
+            log.warning("CoRe² Apply: %s computes its own guidance; CoRe² Apply leaves it unchanged (it acts on "
+                        "CFGGuider: KSampler, KSampler (Advanced), SamplerCustomAdvanced with CFGGuider).",
+                        type(guider).__name__)
             return executor(*args, **kwargs)
         if "negative" not in guider.original_conds:
             log.warning("CoRe² Apply: %s has no negative conditioning (cond-only sampling, 1 pass per step): nothing "
@@ -117,7 +118,8 @@ def make_wrappers(weak, w2s_scale: float, slow_steps: int):
         core.original_conds = guider.original_conds
         core.set_cfg(guider.cfg)
         core.begin_run(sigmas, stop_frame=sys._getframe())
-        args, kwargs = core.with_step_callback(args, kwargs, index=5)  # outer_sample(noise, latent, sampler, sigmas, mask, callback, ...)
+        # outer_sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, ...)
+        args, kwargs = core.with_step_callback(args, kwargs, index=5)
         own = guider.model_options
         guider.model_options = comfy.model_patcher.create_model_options_clone(own)  # as EasyCache does
         guider.model_options.setdefault("transformer_options", {})[KEY] = core

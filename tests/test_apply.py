@@ -187,3 +187,15 @@ def test_predict_noise_wrappers_added_later_are_named_in_a_warning(tiny_sd15, ca
     after.add_wrapper_with_key(pe.WrappersMP.PREDICT_NOISE, "mine", my_cache_wrapper)
     _ksampler(after, tm, tm.empty_latent(1), steps=3, sampler="euler")
     assert seen == [] and any("not run on CoRe² steps: my_cache_wrapper" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.full_comfy
+def test_the_core2_ksampler_on_a_patched_model_keeps_its_own_settings(tiny_sd15, caplog):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    (ref,) = refine.CoRe2KSampler().sample(tm.patcher, 1, 4, 5.0, "euler", "normal", tm.positive, tm.negative,
+                                           {"samples": latent}, 1.0, AffineWeak(), 2.0, 1)
+    (got,) = refine.CoRe2KSampler().sample(_patched(tm, IdentityWeakModel(), 1.0, 4), 1, 4, 5.0, "euler", "normal",
+                                           tm.positive, tm.negative, {"samples": latent}, 1.0, AffineWeak(), 2.0, 1)
+    assert torch.equal(got["samples"], ref["samples"])
+    assert any("CoRe2Guider computes its own guidance" in r.getMessage() for r in caplog.records)
