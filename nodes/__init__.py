@@ -2,7 +2,7 @@
 import importlib
 import logging
 
-_MODULES = ["collect", "collect_batch", "reflect", "refine", "toy"]  # node modules, in menu order
+_MODULES = ["collect", "collect_batch", "reflect", "refine", "apply", "compare", "presets", "toy"]  # node modules, in menu order
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}

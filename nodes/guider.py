@@ -148,6 +148,21 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
     def sample(self, noise, latent_image, sampler, sigmas, *args, **kwargs):
         if torch.as_tensor(sigmas).numel() < 2:  # nothing to sample (denoise 0): what CFGGuider does, no checks
             return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        sampler = self.begin_run(sigmas, sampler, stop_frame=sys._getframe())
+        args, kwargs = self.with_step_callback(args, kwargs)
+        t0 = time.perf_counter()
+        own = self.model_patcher
+        self.model_patcher = weak_memory.attach(own, self.weak)  # ComfyUI loads and counts the weak model too
+        try:
+            return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
+        finally:
+            self.model_patcher = own
+            self.end_run(time.perf_counter() - t0)
+
+    def begin_run(self, sigmas, sampler=None, stop_frame=None):
+        """Check the settings and start one run's state (step map and tracker, counts, prompt contexts); return the
+        sampler to run (the zigzag loop for the zigzag methods). stop_frame: the frame that calls the sampler (the
+        step tracker searches no further up). Also used by CoRe² Apply (nodes/apply.py) on another guider's run."""
         schedule = self.schedule if self.schedule is not None else sigmas
         total = int(torch.as_tensor(schedule).numel()) - 1
         slow = self.validate(total)
@@ -162,29 +177,26 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
             sampler = self._zigzag_sampler(sampler)
         run = self.run_state
         run.reset(StepMap(schedule, slow))
-        run.steps.start(sigmas, stop_frame=sys._getframe())
-        args, kwargs = self._with_step_callback(args, kwargs)
+        run.steps.start(sigmas, stop_frame=stop_frame)
         if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
             self.weak.reset()
-        t0 = time.perf_counter()
-        own = self.model_patcher
-        self.model_patcher = weak_memory.attach(own, self.weak)  # ComfyUI loads and counts the weak model too
-        try:
-            return super().sample(noise, latent_image, sampler, sigmas, *args, **kwargs)
-        finally:
-            self.model_patcher = own
-            if run.stats.evaluations:
-                self.last_summary = run.stats.summary(time.perf_counter() - t0, self.weak.name if self.weak else "none",
-                                                      self.method)
-                log.info(self.last_summary)
-                NodeText().show(self.last_summary, final=True)  # on the sampler node running this guider
-            run.contexts = {}  # the prompt contexts are not needed after the run
+        return sampler
 
-    def _with_step_callback(self, args, kwargs):
-        """sample()'s arguments with the callback (CFGGuider.sample(..., denoise_mask, callback, ...)) wrapped so the
-        step tracker sees the sampler's per-step callbacks; one is passed even where the caller passed none."""
+    def end_run(self, seconds: float) -> None:
+        """Log the run's summary line, show it on the sampler node running this guider, drop its prompt contexts."""
+        run = self.run_state
+        if run.stats.evaluations:
+            self.last_summary = run.stats.summary(seconds, self.weak.name if self.weak else "none", self.method)
+            log.info(self.last_summary)
+            NodeText().show(self.last_summary, final=True)
+        run.contexts = {}
+
+    def with_step_callback(self, args, kwargs, index: int = 1):
+        """sample()'s arguments after sigmas (CFGGuider.sample(..., denoise_mask, callback, ...): the callback is
+        args[index]) with the callback wrapped so the step tracker sees the sampler's per-step callbacks; one is
+        passed even where the caller passed none."""
         args = list(args)
-        user = args[1] if len(args) > 1 else kwargs.get("callback")
+        user = args[index] if len(args) > index else kwargs.get("callback")
         tracker = self.run_state.steps
 
         def callback(*a, **k):
@@ -192,8 +204,8 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
             if user is not None:
                 return user(*a, **k)
 
-        if len(args) > 1:
-            args[1] = callback
+        if len(args) > index:
+            args[index] = callback
         else:
             kwargs["callback"] = callback
         return tuple(args), kwargs
@@ -303,6 +315,3 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         self.stats.record(step, "slow" if slow else "fast", passes, use_weak)
         return _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cfg, x, timestep, model_options)
 
-
-CoRe2Guider = CoRe2CFGGuider  # the guider's name before it was told apart from the node "CoRe2Guider"; kept for code
-# written against it (other branches of this pack): use CoRe2CFGGuider

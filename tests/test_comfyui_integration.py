@@ -15,7 +15,8 @@ def test_comfyui_loads_pack_and_registers_nodes():
     ok = asyncio.run(nodes.load_custom_node(str(ROOT))) if asyncio.iscoroutinefunction(nodes.load_custom_node) \
         else nodes.load_custom_node(str(ROOT))
     assert ok is not False
-    for node_id in ("CoRe2KSampler", "CoRe2KSamplerAdvanced", "CoRe2Guider"):
+    for node_id in ("CoRe2KSampler", "CoRe2KSamplerAdvanced", "CoRe2Guider", "CoRe2Apply", "CoRe2Compare",
+                    "CoRe2GridImage", "CoRe2OfficialPreset"):
         assert node_id in nodes.NODE_CLASS_MAPPINGS
         assert nodes.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("CoRe²")
 

@@ -3,6 +3,7 @@ nodes' INPUT_TYPES (and ComfyUI's built-ins); with a full ComfyUI (COMFYUI_DIR) 
 /object_info, the toy chain run through the HTTP API, and the README's install steps (git clone into custom_nodes)."""
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -238,10 +239,11 @@ def test_server_offers_our_workflows_as_templates(server):
 
 @pytest.mark.full_comfy
 def test_toy_workflows_run_through_the_api(server, object_info):
-    """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained)."""
+    """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained: one labelled
+    grid picture, top row CFG, bottom row CoRe²)."""
     # 08: four CoRe² pictures, the last collected batch (batch_size 2), the loss curve
     # 10: the scenes world's chain (collect → reflect → CFG and CoRe² pictures, the loss curve)
-    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 8),
+    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 1),
                                 ("10_toy_scenes_collect_reflect_refine", 4 + 4 + 1)):
         api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
         hist = server.run_prompt(api, timeout=240)
@@ -259,6 +261,11 @@ def test_toy_workflows_run_through_the_api(server, object_info):
         for im in images[:2]:
             data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        if name == "09_toy_cfg_vs_core2":  # 2 rows (CFG, CoRe²) × 4 pictures of 128 px, with labels and captions
+            from PIL import Image
+
+            w, h = Image.open(io.BytesIO(data)).size
+            assert w > 4 * 128 + 100 and 2 * 128 < h < 3 * 128 + 60, (w, h)
     assert (server.base / "models" / "core2" / "toy_weak.safetensors").is_file()
     assert (server.base / "models" / "core2" / "scenes_weak.safetensors").is_file()
     assert (server.base / "output" / "core2_datasets" / "toy_demo" / "manifest.json").is_file()
@@ -323,3 +330,27 @@ def test_official_sdxl_workflow_runs_cfg_against_a_zero_negative():
     neg, pos = source(ks, "negative"), source(ks, "positive")
     assert neg["type"] == "ConditioningZeroOut" and source(neg, "conditioning") is pos
     assert pos["type"] == "CLIPTextEncode"
+
+
+@pytest.mark.full_comfy
+def test_core2_apply_makes_comfyuis_own_ksampler_run_core2_in_the_server(server):
+    """A queued prompt: toy model → CoRe² Apply (training-free fill-in) → ComfyUI's KSampler; the server's log shows
+    the CoRe² run (3 slow + 5 fast steps: 11 passes)."""
+    api = {
+        "1": {"class_type": "CoRe2ToyModelLoader", "inputs": {"toy_model": "toy_t2i.safetensors"}},
+        "2": {"class_type": "CoRe2ToyTextEncode", "inputs": {"toy_text": ["1", 1], "text": "a red circle at the top"}},
+        "3": {"class_type": "CoRe2ToyTextEncode", "inputs": {"toy_text": ["1", 1], "text": ""}},
+        "4": {"class_type": "CoRe2ToyEmptyLatent", "inputs": {"batch_size": 1, "world": "shapes"}},
+        "5": {"class_type": "CoRe2LoadWeakModel", "inputs": {"weak_model_name": "(training-free) reuse last guidance"}},
+        "6": {"class_type": "CoRe2Apply", "inputs": {"model": ["1", 0], "weak_model": ["5", 0], "w2s_scale": 1.5,
+                                                     "slow_steps": 3}},
+        "7": {"class_type": "KSampler", "inputs": {"model": ["6", 0], "seed": 3, "steps": 8, "cfg": 5.0,
+                                                   "sampler_name": "euler", "scheduler": "normal", "positive": ["2", 0],
+                                                   "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "8": {"class_type": "CoRe2ToyDecode", "inputs": {"samples": ["7", 0], "upscale": 1}},
+        "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
+    }
+    hist = server.run_prompt(api)
+    assert [im for out in hist["outputs"].values() for im in out.get("images", [])]
+    line = "CoRe² (core): 8 steps (3 slow, 5 fast), 11 model passes vs 16 for CFG"
+    assert line in server.log(), server.log()[-3000:]

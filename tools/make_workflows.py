@@ -513,21 +513,22 @@ def wf_official_sdxl() -> Workflow:
 
 def wf_grid_sdxl() -> Workflow:
     wf = Workflow("07_cfg_vs_core2_sdxl", (
-        "CFG vs CoRe², side by side (SDXL).\n\nKSampler (plain CFG) and the CoRe² KSampler with the same seed, "
-        "steps, cfg and sampler, each shown in its own preview (CFG above, CoRe² below). Change "
-        "w2s_scale and slow_steps to see their effect."))
+        "CFG vs CoRe² settings in one labelled grid (SDXL).\n\nCoRe² Compare samples the same seed with plain CFG and "
+        "with CoRe² at slow_steps 10 and w2s_scale 1.5 and 2.5 (30 steps: 60 model passes for CFG, 40 for each CoRe² "
+        "row); CoRe² Grid Image draws one row per setting with the model passes and seconds under each picture. Type "
+        "more values into slow_steps or w2s_scale (e.g. \"0, 10, 30\") for more rows.\n\nThe weak model comes from "
+        "02_reflect (trained on this checkpoint)."))
     ck, pos, neg = _sdxl_base(wf)
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
     weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="my_sdxl_weak.safetensors", model=ck.out(0),
                   lora_index_mode="official")
-    k = wf.add("KSampler", (1200, 20), size=(320, 300), model=ck.out(0), seed=42, steps=30, cfg=6.0,
-               sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
-               latent_image=lat.out(0), denoise=1.0)
-    ks = _core2(wf, (1200, 360), ck.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0))
-    d1 = wf.add("VAEDecode", (1580, 20), samples=k.out(0), vae=ck.out(2))
-    d2 = wf.add("VAEDecode", (1580, 360), samples=ks.out(0), vae=ck.out(2))
-    wf.add("PreviewImage", (1800, 20), size=(520, 560), title="CFG", images=d1.out(0))
-    wf.add("PreviewImage", (1800, 600), size=(520, 560), title="CoRe²", images=d2.out(0))
+    cmp = wf.add("CoRe2Compare", (1200, 20), size=(340, 420), model=ck.out(0), seed=42, steps=30, cfg=6.0,
+                 sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
+                 latent_image=lat.out(0), weak_model=weak.out(0), slow_steps="10", w2s_scale="1.5, 2.5",
+                 include_cfg=True)
+    dec = wf.add("VAEDecode", (1580, 20), samples=cmp.out("latent"), vae=ck.out(2))
+    gi = wf.add("CoRe2GridImage", (1580, 200), images=dec.out(0), grid=cmp.out("grid"))
+    wf.add("PreviewImage", (1860, 20), size=(620, 1200), title="CFG, then CoRe² settings", images=gi.out(0))
     return wf
 
 
@@ -568,9 +569,10 @@ def wf_toy_chain() -> Workflow:
 
 def wf_toy_grid() -> Workflow:
     wf = Workflow("09_toy_cfg_vs_core2", (
-        "CFG vs CoRe² on the TOY WORLD (no downloads).\n\nKSampler (CFG, 20 model passes for 10 steps) and the "
-        "CoRe² KSampler (3 slow + 7 fast steps: 13 passes) from the same seed; CFG in the upper preview, CoRe² in "
-        "the lower one. "
+        "CFG vs CoRe² on the TOY WORLD (no downloads).\n\nCoRe² Compare samples the same seed with plain CFG (10 "
+        "steps: 20 model passes) and with CoRe² (3 slow + 7 fast steps: 13 passes); CoRe² Grid Image shows them in one "
+        "labelled picture: top row CFG, bottom row CoRe², the model passes and seconds under each picture. Type several "
+        "values into slow_steps or w2s_scale (e.g. \"0, 3, 10\") for one more row each.\n\n"
         "Needs models/core2/toy_weak.safetensors: run 08_toy_collect_reflect_refine once first."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
     pos = wf.add("CoRe2ToyTextEncode", (820, 20), title="Positive", toy_text=ld.out(1), text="a blue circle at the left")
@@ -578,14 +580,12 @@ def wf_toy_grid() -> Workflow:
     lat = wf.add("CoRe2ToyEmptyLatent", (820, 380), batch_size=4)
     weak = wf.add("CoRe2LoadWeakModel", (460, 160), weak_model_name="toy_weak.safetensors", model=ld.out(0),
                   lora_index_mode="official")
-    k = wf.add("KSampler", (1200, 20), size=(320, 300), model=ld.out(0), seed=0, steps=10, cfg=5.0, sampler_name="euler",
-               scheduler="normal", positive=pos.out(0), negative=neg.out(0), latent_image=lat.out(0), denoise=1.0)
-    ks = _core2(wf, (1200, 360), ld.out(0), pos.out(0), neg.out(0), lat.out(0), weak.out(0), seed=0, steps=10, cfg=5.0,
-                sampler_name="euler", scheduler="normal", slow_steps=3)
-    d1 = wf.add("CoRe2ToyDecode", (1580, 20), samples=k.out(0))
-    d2 = wf.add("CoRe2ToyDecode", (1580, 360), samples=ks.out(0))
-    wf.add("PreviewImage", (1800, 20), size=(420, 300), title="CFG", images=d1.out(0))
-    wf.add("PreviewImage", (1800, 360), size=(420, 300), title="CoRe²", images=d2.out(0))
+    cmp = wf.add("CoRe2Compare", (1200, 20), size=(340, 420), model=ld.out(0), seed=0, steps=10, cfg=5.0,
+                 sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
+                 latent_image=lat.out(0), weak_model=weak.out(0), slow_steps="3", w2s_scale="1.5", include_cfg=True)
+    dec = wf.add("CoRe2ToyDecode", (1580, 20), samples=cmp.out("latent"))
+    gi = wf.add("CoRe2GridImage", (1580, 200), images=dec.out(0), grid=cmp.out("grid"))
+    wf.add("PreviewImage", (1860, 20), size=(760, 420), title="Top row CFG, bottom row CoRe²", images=gi.out(0))
     return wf
 
 

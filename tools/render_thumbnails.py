@@ -5,9 +5,10 @@
 
 With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
 directory) runs 08_toy_collect_reflect_refine and then 09_toy_cfg_vs_core2 through its HTTP API, and the pictures
-of their final PreviewImage nodes are tiled (08: the four CoRe² KSampler pictures; 09: its two previews, top row
-CFG, bottom row CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and 09's bottom row uses the weak-to-strong
-rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak model. The scenes workflow's
+of their final PreviewImage nodes are used (08: the four CoRe² KSampler pictures, tiled; 09: its labelled grid from
+CoRe² Grid Image, top row CFG, bottom row CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and
+09's bottom row uses the weak-to-strong rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak
+model, drawn as a labelled grid the same way (core2/grid.py). The scenes workflow's
 thumbnail (10) is always drawn here, not by the server: top row CFG, bottom row that weak-to-strong rule.
 The workflows that need downloaded models (01-07) get title cards (make_workflows.CARDS): the title, the CoRe² stages
 they run and the files they need; `--cards` draws only those (no ComfyUI needed).
@@ -35,6 +36,15 @@ def _grid(rows, tile=TILE):
     arr = np.concatenate(tiles, axis=0)
     img = Image.fromarray(arr)
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+
+
+def _labelled(rows, labels):
+    """Rows of [H, W, 3] pictures as a grid with a label on each row (core2/grid.py, as CoRe² Grid Image draws)."""
+    import torch
+
+    from core2 import grid
+
+    return grid.draw(torch.stack([im for row in rows for im in row]).numpy(), grid.GridSpec(labels, len(rows[0])))
 
 
 def _final_preview_images(server, name: str, count: int = 1):
@@ -70,12 +80,11 @@ def _from_server(comfy_path: Path, out: Path) -> None:
         try:
             server.wait()
             chain = _final_preview_images(server, "08_toy_collect_reflect_refine")
-            grid = _final_preview_images(server, "09_toy_cfg_vs_core2", count=2)  # CFG, then CoRe²
+            (grid,) = _final_preview_images(server, "09_toy_cfg_vs_core2")  # one labelled grid: CFG, then CoRe²
         finally:
             server.stop()
     _grid([chain]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
-    half = len(grid) // 2
-    _grid([grid[:half], grid[half:]]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
+    _grid([[grid]], tile=1).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
 
 
 SCENE_PROMPTS = ["a small red triangle left of a big blue circle", "a big green square above a small yellow cross",
@@ -155,7 +164,8 @@ def main() -> int:
         cfg = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0)
         sharp = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0, model=model)
         _grid([list(cfg)]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
-        _grid([list(cfg), list(sharp)]).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
+        _labelled([list(cfg), list(sharp)], ["CFG", "weak = cond, w2s 1.5"]).save(out / "09_toy_cfg_vs_core2.jpg",
+                                                                                  quality=88)
     _scenes_thumbnail(out, w2s)
     # the Comfy Registry icon ([tool.comfy] Icon in pyproject.toml): 4×4 toy pictures, 256 px square
     icon_prompts = [f"a {c} {s} at the centre" for c, s in zip(["red", "green", "blue", "yellow", "magenta", "cyan", "red",

@@ -1,6 +1,32 @@
 """Warnings when a run differs from how the official weights were trained (docs/method.md §6)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class OfficialSettings:
+    """How the official weights were trained and are meant to be sampled (ComfyUI names), one owner for the numbers."""
+
+    label: str  # what a user picks (CoRe² Official Preset)
+    family: str  # the WeakModel family of the base model
+    prediction: str
+    steps: int
+    cfg: float
+    sampler: str
+    scheduler: str
+    shift: float | None  # ModelSamplingSD3 shift (flow models), None: the model's own sampling
+    negative: str  # what the official pipeline uses as the negative
+
+
+OFFICIAL = {
+    "sdxl": OfficialSettings("SDXL (official weights): 50 steps, ddim, ddim_uniform, cfg 5.5", "sdxl", "eps", 50, 5.5,
+                             "ddim", "ddim_uniform", None,
+                             "an all-zero negative: ConditioningZeroOut of the positive (workflow 06)"),
+    "sd35": OfficialSettings("SD3.5 Large (official weights): 28 steps, euler, simple, shift 3, cfg 3.5", "sd3", "flow",
+                             28, 3.5, "euler", "simple", 3.0, "the encoding of an empty negative prompt"),
+}
+
 # Schedulers (ComfyUI names) whose σ spacing matches the training schedule closely:
 # SDXL was trained on DDIM 50 "leading" steps (ComfyUI: sampler ddim + scheduler ddim_uniform; normal/sgm_uniform/simple
 # are close); SD3.5 on FlowMatch-Euler 28 steps with shift 3 (ComfyUI: euler + simple/normal/sgm_uniform, shift 3).

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..weak import PromptFeatures, StepInfo, WeakModel
+from .compat import OFFICIAL
 from .lora import set_active_lora
 from .net import PromptNet
 from .recipes import SVDInputs, inputs_for
@@ -14,11 +15,8 @@ from .steps import INDEX_MODES, TRAINING_SIGMAS, official_lora_index, sigma_near
 
 log = logging.getLogger(__name__)
 
-VARIANT_INFO = {
-    # variant: (WeakModel family, prediction, trained cfg, training steps, training sampler)
-    "sdxl": ("sdxl", "eps", 5.5, 50, "ddim"),
-    "sd35": ("sd3", "flow", 3.5, 28, "euler"),
-}
+# variant: (WeakModel family, prediction, trained cfg, training steps, training sampler)
+VARIANT_INFO = {v: (o.family, o.prediction, o.cfg, o.steps, o.sampler) for v, o in OFFICIAL.items()}
 
 
 def default_input_dtype(device) -> torch.dtype:
