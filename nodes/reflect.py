@@ -154,7 +154,7 @@ class CoRe2LoadWeakModel:
             "required": {"weak_model_name": (paths.list_weak_models() + list(fillins.FILLINS), {"tooltip":
                                              "A file in models/core2, or a training-free fill-in (no file)."})},
             "optional": {"model": ("MODEL", {"tooltip": "Optional: the base model, to check family, latent channels, "
-                                             "prediction type and (as a warning) the exact base weights."}),
+                                             "prediction type and (as a warning) the base model's architecture (its keys and shapes: a fine-tune or merge of the same model looks the same)."}),
                          "lora_index_mode": (["official", "sigma"], {"default": "official", **ADVANCED, "tooltip":
                                              "Official CoRe² weights only (ignored for other weak models): pick each "
                                              "step's LoRA by the fraction of steps done (official) or by the nearest "
@@ -200,16 +200,17 @@ class CoRe2LoadWeakModel:
 
 
 def base_model_warning(weak, model) -> str | None:
-    """A warning when the weak model was trained on other base weights of the same kind (e.g. a fine-tune)."""
+    """A warning when the weak model was trained on a base model of another architecture (identity()'s key_hash:
+    keys and shapes). A fine-tune or merge of the same model has the same keys and shapes and is not noticed."""
     meta = getattr(weak, "metadata", {}) or {}
     trained = (meta.get("base_model") or {}).get("key_hash")
     if not trained:
         return None
     now = model_info.identity(model)["key_hash"]
     if now != trained:
-        return (f"CoRe²: the weak model '{weak.name}' was trained on a different base model "
-                f"({(meta.get('base_model') or {}).get('name')} [{trained}], this MODEL is [{now}]). It will run, but a "
-                "fine-tune or merge may guide differently; collect and train on this model for the best match.")
+        return (f"CoRe²: the weak model '{weak.name}' was trained on a base model of another architecture "
+                f"({(meta.get('base_model') or {}).get('name')} [{trained}], this MODEL is [{now}]). It will run, but "
+                "it may guide badly; collect and train on this model for the best match.")
     return None
 
 

@@ -594,7 +594,7 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
     assert "matches the connected MODEL" in info and "steps 10/10" in info
     with pytest.raises(ValueError, match="sd3"):
         loader.load("node weak.safetensors", model=tiny("sd3").patcher)
-    # same kind of model, other weights (a fine-tune): a warning, not an error
+    # same family, another architecture fingerprint (keys and shapes): a warning, not an error
     from comfyui_core2.core2.weights_io import save_weak_model
 
     meta = read_metadata(saved)
@@ -603,7 +603,7 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
     if paths.folder_paths is not None and hasattr(paths.folder_paths, "filename_list_cache"):
         paths.folder_paths.filename_list_cache.clear()
     _, info = loader.load("finetune.safetensors", model=tiny("sdxl").patcher)
-    assert "warning" in info and "different base model" in info
+    assert "warning" in info and "another architecture" in info
 
 
 def test_dataset_choices_keep_the_override_entry(comfy_dirs):
