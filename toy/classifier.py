@@ -82,21 +82,13 @@ def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train(steps: int = 800, batch: int = 64, seed: int = 0, lr: float = 2e-3) -> AttributeClassifier:
     torch.manual_seed(seed)
-    net = AttributeClassifier()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for step in range(steps):
+
+    def batch_fn(gen):
         b = data.sample_batch(batch, gen)
-        logits = net(_augment(b.images, gen))
-        loss = sum(torch.nn.functional.cross_entropy(logits[a], b.labels[:, i]) for i, a in enumerate(data.ATTRIBUTES))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % 200 == 0:
-            log.info("classifier step %d/%d loss %.4f", step + 1, steps, float(loss.detach()))
-    return net.eval()
+        return _augment(b.images, gen), b.labels
+
+    return judge_files.fit(AttributeClassifier(), batch_fn, data.ATTRIBUTES, steps, lr, seed,
+                           lambda msg, *a: log.info("classifier " + msg, *a), every=200)
 
 
 def save(net: AttributeClassifier, path: Path) -> None:

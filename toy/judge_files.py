@@ -1,5 +1,5 @@
-"""Saving and loading the toy worlds' judges (the shapes classifier, the scenes reader): small nets as safetensors
-with a format tag, loaded once per path. Plain torch."""
+"""The toy worlds' judges (the shapes classifier, the scenes reader): their training loop, and saving and loading them
+as safetensors with a format tag, loaded once per path. Plain torch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,25 @@ from pathlib import Path
 import torch
 
 _CACHE: dict[tuple, torch.nn.Module] = {}
+
+
+def fit(net: torch.nn.Module, batch_fn, fields, steps: int, lr: float, seed: int, log, every: int) -> torch.nn.Module:
+    """Train a judge with one cross-entropy per field (Adam, one-cycle schedule): batch_fn(gen) -> (pictures,
+    [B, len(fields)] targets); logs every `every` steps. Returns the net in eval mode."""
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for step in range(steps):
+        images, target = batch_fn(gen)
+        logits = net(images)
+        loss = sum(torch.nn.functional.cross_entropy(logits[f], target[:, i]) for i, f in enumerate(fields))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if (step + 1) % every == 0:
+            log("step %d/%d loss %.4f", step + 1, steps, float(loss.detach()))
+    return net.eval()
 
 
 def save(net: torch.nn.Module, path: Path, fmt: str) -> None:

@@ -75,23 +75,13 @@ def _augment(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def train(steps: int = 2500, batch: int = 64, seed: int = 0, lr: float = 2e-3) -> SceneReader:
     torch.manual_seed(seed)
-    net = SceneReader()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    gen = torch.Generator().manual_seed(seed + 1)
-    for step in range(steps):
+
+    def batch_fn(gen):
         b = data.sample_batch(batch, gen)
-        target = data.canonical(b.labels)
-        logits = net(_augment(b.images, gen))
-        loss = sum(torch.nn.functional.cross_entropy(logits[f], target[:, i])
-                   for i, f in enumerate(data.PICTURE_FIELDS))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if (step + 1) % 250 == 0:
-            log.info("reader step %d/%d loss %.4f", step + 1, steps, float(loss.detach()))
-    return net.eval()
+        return _augment(b.images, gen), data.canonical(b.labels)
+
+    return judge_files.fit(SceneReader(), batch_fn, data.PICTURE_FIELDS, steps, lr, seed,
+                           lambda msg, *a: log.info("reader " + msg, *a), every=250)
 
 
 def save(net: SceneReader, path: Path) -> None:
