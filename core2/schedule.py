@@ -26,14 +26,31 @@ import time
 import torch
 
 
+PLACEMENTS = ("first", "spread")
+
+
+def slow_step_set(total: int, slow_steps: int, placement: str = "first") -> frozenset:
+    """Which of `total` steps run slow. first: steps 0 … k−1 (the official CoRe²: guidance where the picture's layout
+    is decided). spread: k steps evenly spaced from step 0 (0, total/k, 2·total/k, …), so that fast steps never
+    run far from a measured CFG step (what the reuse fill-in and a weak model that drifts want)."""
+    k = max(0, min(int(slow_steps), int(total)))
+    if placement == "first":
+        return frozenset(range(k))
+    if placement == "spread":
+        return frozenset((j * total) // k for j in range(k))
+    raise ValueError(f"CoRe²: unknown slow-step placement {placement!r}; use one of {', '.join(PLACEMENTS)}.")
+
+
 class StepMap:
-    def __init__(self, schedule: torch.Tensor, slow_steps: int, rtol: float = 1e-4):
+    def __init__(self, schedule: torch.Tensor, slow_steps: int, rtol: float = 1e-4, placement: str = "first"):
         s = torch.as_tensor(schedule, dtype=torch.float64).flatten().cpu()
         if s.numel() < 2:
             raise ValueError("a sampling schedule needs at least two σ values")
         self.schedule = s
         self.total = s.numel() - 1
         self.slow_steps = int(slow_steps)
+        self.placement = placement
+        self.slow = slow_step_set(self.total, self.slow_steps, placement)
         self.rtol = rtol
 
     def index(self, sigma) -> int:
@@ -44,7 +61,7 @@ class StepMap:
         return int(above[-1]) if above.numel() else 0
 
     def is_slow(self, step_index: int) -> bool:
-        return step_index < self.slow_steps
+        return step_index in self.slow
 
     def position(self, window) -> int:
         """Where a run's σ list (a KSamplerAdvanced window of the schedule) starts in the schedule."""

@@ -206,6 +206,7 @@ class Method:
     method: str = "core"
     note: str = ""
     role: str = ""  # what the row stands for in a comparison (the benchmark's checks find rows by budget and role)
+    placement: str = "first"  # which steps are slow (core2/schedule.py slow_step_set)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -253,7 +254,8 @@ def sample(base_model, m: Method, weak, prompts: list[str], seed: int,
 
             weak = fillins.make(FILL_KINDS[m.kind])
         (res,) = refine.CoRe2KSampler().sample(counter.model, seed, m.steps, m.cfg, sampler, scheduler, pos, neg,
-                                               {"samples": latent}, 1.0, weak, m.w2s_scale, m.slow_steps, m.method)
+                                               {"samples": latent}, 1.0, weak, m.w2s_scale, m.slow_steps, m.method,
+                                               slow_placement=m.placement)
         out = res["samples"]
     seconds = time.perf_counter() - t0
     return world.decode(out), counter.rows / len(prompts), seconds

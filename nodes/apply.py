@@ -27,7 +27,8 @@ import comfy.samplers
 
 from . import weak_memory
 from .guider import CoRe2CFGGuider
-from .refine import _core2_inputs
+from ..core2.schedule import slow_step_set
+from .refine import OPTIONAL, _core2_inputs
 
 try:  # ComfyUI with model wrappers
     import comfy.patcher_extension as _pe
@@ -93,7 +94,7 @@ def _later_predict_wrappers(guider) -> list[str]:
     return names[mine[-1] + 1:] if mine else []
 
 
-def make_wrappers(weak, w2s_scale: float, slow_steps: int):
+def make_wrappers(weak, w2s_scale: float, slow_steps: int, slow_placement: str = "first"):
     """The OUTER_SAMPLE and PREDICT_NOISE wrappers of one CoRe² Apply node (module doc)."""
 
     def core2_apply_outer_sample(executor, *args, **kwargs):
@@ -114,7 +115,7 @@ def make_wrappers(weak, w2s_scale: float, slow_steps: int):
         if later:
             log.warning("CoRe² Apply: predict-noise wrappers added after it are not run on CoRe² steps: %s. Put "
                         "CoRe² Apply last in the MODEL chain.", ", ".join(later))
-        core = CoRe2CFGGuider(guider.model_patcher, weak, w2s_scale, slow_steps)
+        core = CoRe2CFGGuider(guider.model_patcher, weak, w2s_scale, slow_steps, slow_placement=slow_placement)
         core.original_conds = guider.original_conds
         core.set_cfg(guider.cfg)
         core.begin_run(sigmas, stop_frame=sys._getframe())
@@ -142,7 +143,7 @@ def make_wrappers(weak, w2s_scale: float, slow_steps: int):
     return core2_apply_outer_sample, core2_apply_predict_noise
 
 
-def apply(model, weak, w2s_scale: float, slow_steps: int):
+def apply(model, weak, w2s_scale: float, slow_steps: int, slow_placement: str = "first"):
     """A clone of `model` that samples with CoRe² (refused, before any work, on a ComfyUI without the hooks)."""
     check_supported(model)
     if weak is None:
@@ -150,10 +151,11 @@ def apply(model, weak, w2s_scale: float, slow_steps: int):
                          "need no file).")
     if slow_steps < 0:
         raise ValueError(f"CoRe² Apply: slow_steps is {slow_steps}; use 0 (all fast) or more.")
+    slow_step_set(1, 0, slow_placement)  # an unknown placement fails here
     m = weak_memory.attach(model, weak)  # ComfyUI loads and counts the weak model with the MODEL
     if m is model:
         m = model.clone()
-    outer, predict = make_wrappers(weak, w2s_scale, slow_steps)
+    outer, predict = make_wrappers(weak, w2s_scale, slow_steps, slow_placement)
     m.add_wrapper_with_key(_pe.WrappersMP.OUTER_SAMPLE, KEY, outer)
     m.add_wrapper_with_key(_pe.WrappersMP.PREDICT_NOISE, KEY, predict)
     return m
@@ -173,15 +175,16 @@ class CoRe2Apply:
                                             "How many of the first steps of each sampling run go slow (cond + uncond: "
                                             "2 model passes); the rest run fast (1 pass). Steps are those of the σ list "
                                             "the sampler runs (a KSampler (Advanced) window counts from its own "
-                                            "start). 0 = fastest; ≥ steps: all slow (with w2s_scale 1: plain CFG)."})}}
+                                            "start). 0 = fastest; ≥ steps: all slow (with w2s_scale 1: plain CFG)."})},
+                "optional": {"slow_placement": OPTIONAL["optional"]["slow_placement"]}}
 
     RETURN_TYPES = ("MODEL",)
     OUTPUT_TOOLTIPS = ("The MODEL, patched: connect it to any sampler.",)
     FUNCTION = "apply"
     CATEGORY = CATEGORY
 
-    def apply(self, model, weak_model, w2s_scale, slow_steps):
-        return (apply(model, weak_model, w2s_scale, slow_steps),)
+    def apply(self, model, weak_model, w2s_scale, slow_steps, slow_placement="first"):
+        return (apply(model, weak_model, w2s_scale, slow_steps, slow_placement),)
 
 
 NODE_CLASS_MAPPINGS = {"CoRe2Apply": CoRe2Apply}

@@ -30,7 +30,7 @@ import comfy.samplers
 import torch
 
 from ..core2 import guidance
-from ..core2.schedule import RunStats, StepMap, StepTracker
+from ..core2.schedule import RunStats, StepMap, StepTracker, slow_step_set
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
@@ -87,8 +87,9 @@ class RunState:
 class CoRe2CFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
-                 inv_cfg: float = 0.5, denoise: float = 1.0):
-        """slow_steps: how many of the first schedule steps run slow (None: all). schedule: the full σ schedule the
+                 inv_cfg: float = 0.5, denoise: float = 1.0, slow_placement: str = "first"):
+        """slow_steps: how many schedule steps run slow (None: all); slow_placement: which ones (core2/schedule.py
+        slow_step_set: "first" or "spread"). schedule: the full σ schedule the
         steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
         METHODS; zigzag_steps: how many of the first steps zigzag (None: all but the last); inv_cfg: the CFG scale of
         the z-sampling inversion. denoise: KSampler's denoise, < 1 when the schedule is the tail of a longer one (the weak
@@ -101,6 +102,8 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         self.weak = weak
         self.w2s_scale = float(w2s_scale)
         self.slow_steps = slow_steps
+        slow_step_set(1, 0, slow_placement)  # an unknown placement fails here, before any work
+        self.slow_placement = slow_placement
         self.schedule = schedule
         self.method = method
         self.zigzag_steps = zigzag_steps
@@ -176,7 +179,7 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
         run = self.run_state
-        run.reset(StepMap(schedule, slow))
+        run.reset(StepMap(schedule, slow, placement=self.slow_placement))
         run.steps.start(sigmas, stop_frame=stop_frame)
         if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
             self.weak.reset()

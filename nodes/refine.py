@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import comfy.samplers
 
+from ..core2.schedule import PLACEMENTS
 from .guider import METHODS, CoRe2CFGGuider
 from .inputs import ADVANCED, with_tooltip
 from .sampling import run_ksampler
@@ -32,7 +33,11 @@ def _core2_inputs(slow_default=10):
 
 OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "max": 10.0, "step": 0.1, **ADVANCED,
                                                "tooltip": "z-sampling only (ignored by core and z-core): CFG scale of "
-                                                          "the inversion pass (official default 0.5)."})}}
+                                                          "the inversion pass (official default 0.5)."}),
+                           "slow_placement": (list(PLACEMENTS), {"default": "first", "tooltip":
+                               "Which steps run slow. first: the first slow_steps steps (official CoRe²). spread: "
+                               "slow_steps steps evenly spaced from the first, so fast steps never run far from a "
+                               "measured CFG step (try it with the training-free 'reuse' fill-in)."})}}
 
 
 def _ksampler_inputs(names: list, specs: dict) -> dict:
@@ -55,18 +60,20 @@ _SPECS = _specs()
 
 
 def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None,
-            denoise=1.0):
+            denoise=1.0, slow_placement="first"):
     g = CoRe2CFGGuider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
-                    zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg, denoise=denoise)
+                       zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg, denoise=denoise,
+                       slow_placement=slow_placement)
     g.scheduler_name = scheduler
     return g
 
 
-def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise=1.0):
+def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise=1.0,
+             slow_placement="first"):
     """make(model, schedule) -> guider for run_ksampler. slow_steps is checked against the schedule the sampler
     really runs (a scheduler may give fewer or more σ than `steps`), by the guider."""
     return lambda m, schedule: _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule,
-                                       scheduler, denoise)
+                                       scheduler, denoise, slow_placement)
 
 
 class CoRe2KSampler:
@@ -86,8 +93,9 @@ class CoRe2KSampler:
     CATEGORY = CATEGORY
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5):
-        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise)
+               weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5, slow_placement="first"):
+        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise,
+                        slow_placement)
         return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, denoise=denoise),)
 
@@ -115,8 +123,9 @@ class CoRe2KSamplerAdvanced:
 
     def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                latent_image, start_at_step, end_at_step, return_with_leftover_noise, weak_model, w2s_scale, slow_steps,
-               method="core", zigzag_steps=-1, inv_cfg=0.5):
-        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg)
+               method="core", zigzag_steps=-1, inv_cfg=0.5, slow_placement="first"):
+        make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg,
+                        slow_placement=slow_placement)
         return (run_ksampler(make, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                              latent_image, disable_noise=add_noise == "disable", start_step=start_at_step,
                              last_step=end_at_step, force_full_denoise=return_with_leftover_noise != "enable"),)
@@ -138,8 +147,9 @@ class CoRe2GuiderNode:
     CATEGORY = CATEGORY
 
     def get_guider(self, model, positive, negative, cfg, weak_model, w2s_scale, slow_steps, method="core",
-                   zigzag_steps=-1, inv_cfg=0.5):
-        guider = _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg)
+                   zigzag_steps=-1, inv_cfg=0.5, slow_placement="first"):
+        guider = _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg,
+                         slow_placement=slow_placement)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)
         return (guider,)

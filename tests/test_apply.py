@@ -199,3 +199,15 @@ def test_the_core2_ksampler_on_a_patched_model_keeps_its_own_settings(tiny_sd15,
                                            tm.positive, tm.negative, {"samples": latent}, 1.0, AffineWeak(), 2.0, 1)
     assert torch.equal(got["samples"], ref["samples"])
     assert any("CoRe2CFGGuider computes its own guidance" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.full_comfy
+def test_apply_spreads_its_slow_steps_when_asked(tiny_sd15):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    (m,) = apply_mod.CoRe2Apply().apply(tm.patcher, IdentityWeakModel(), 1.5, 4, slow_placement="spread")
+    tm.reset_calls()
+    _ksampler(m, tm, latent, steps=20, sampler="euler", scheduler="normal")
+    assert tm.calls == [2 if i % 5 == 0 else 1 for i in range(20)]
+    with pytest.raises(ValueError, match="placement"):
+        apply_mod.CoRe2Apply().apply(tm.patcher, IdentityWeakModel(), 1.5, 4, slow_placement="middle")

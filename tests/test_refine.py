@@ -461,3 +461,46 @@ def test_fast_steps_with_a_pre_cfg_function_that_changes_nothing_equal_plain_fas
     same = core2(tm, latent, 2, 5, 5.0, "euler", "normal", AffineWeak(), 1.5, 2,
                  model=_with_pre_cfg(tm, lambda args: args["conds_out"]))
     assert (same - plain).abs().max() <= 1e-5 * plain.abs().max()
+
+
+def test_slow_step_placements():
+    from comfyui_core2.core2.schedule import slow_step_set
+
+    assert slow_step_set(20, 4, "first") == {0, 1, 2, 3}
+    assert slow_step_set(20, 4, "spread") == {0, 5, 10, 15}
+    assert slow_step_set(10, 3, "spread") == {0, 3, 6}
+    assert slow_step_set(6, 9, "spread") == slow_step_set(6, 9, "first") == set(range(6))
+    assert slow_step_set(6, 0, "spread") == frozenset()
+    with pytest.raises(ValueError, match="first, spread"):
+        slow_step_set(6, 2, "last")
+
+
+def test_spread_placement_runs_its_slow_steps_where_it_says(tiny_sd15, caplog):
+    """20 steps, 4 slow, spread: steps 0, 5, 10, 15 take cond + uncond, the others one pass; the log counts the same
+    passes as the first-k placement; an unknown placement is refused before sampling."""
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    node = refine.CoRe2KSampler()
+    tm.reset_calls()
+    with caplog.at_level(logging.INFO, logger="comfyui-core2"):
+        node.sample(tm.patcher, 0, 20, 6.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
+                    IdentityWeakModel(), 1.5, 4, slow_placement="spread")
+    assert tm.calls == [2 if i % 5 == 0 else 1 for i in range(20)]
+    line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CoRe² (core):")][-1]
+    assert "20 steps (4 slow, 16 fast)" in line and "24 model passes vs 40 for CFG" in line
+    tm.reset_calls()
+    with pytest.raises(ValueError, match="placement"):
+        node.sample(tm.patcher, 0, 20, 6.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
+                    IdentityWeakModel(), 1.5, 4, slow_placement="middle")
+    assert tm.calls == []
+
+
+@pytest.mark.parametrize("placement", ["first", "spread"])
+def test_all_slow_w1_equals_cfg_whatever_the_placement(tiny_sd15, placement):
+    tm = tiny_sd15
+    latent = tm.empty_latent(1)
+    ref = reference(tm, latent, 3, 8, 5.0, "euler", "normal")
+    node = refine.CoRe2KSampler()
+    (out,) = node.sample(tm.patcher, 3, 8, 5.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
+                         IdentityWeakModel(), 1.0, 8, slow_placement=placement)
+    assert torch.equal(out["samples"], ref)
