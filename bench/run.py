@@ -76,6 +76,24 @@ def fillin_methods(n: int, cfg: float) -> list:
                    role=f"{kind} {plan}") for plan, steps, slow in plans for kind in FILL_KINDS]
 
 
+def placement_methods(n: int, cfg: float, w2s: float) -> list:
+    """The mixed and lean CoRe² rows of budget n and the CFG-reuse fill-in at their passes, with their slow steps
+    spread over the run instead of first (core2/schedule.py slow_step_set); only where there are 2+ slow steps
+    (one slow step is step 0 either way)."""
+    from demo.pipeline import Method
+
+    m_steps, m_slow = equal_pass_mixed(n)
+    plans = [p for p in [("mixed", m_steps, m_slow), ("lean", n, lean_slow(n))] if p[2] >= 2]
+    rows = []
+    for plan, steps, slow in plans:
+        rows += [Method(f"CoRe², {steps} steps, {slow} slow spread", "core2", cfg, steps, slow, w2s,
+                        note="slow steps spread", role=f"{plan} spread", placement="spread"),
+                 Method(f"cfg-reuse, {steps} steps, {slow} slow spread", "cfg-reuse", cfg, steps, slow,
+                        1.0, note="training-free, slow steps spread", role=f"cfg-reuse {plan} spread",
+                        placement="spread")]
+    return rows
+
+
 def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) -> list[tuple[int, object]]:
     """(budget n, Method) rows per step count n: CFG at n and at n/2 steps; CoRe² all-fast at n steps and mixed
     at n passes (both equal passes to CFG at n/2 steps); CoRe² lean (≤ 0.6× CFG's passes), half-slow and all-slow
@@ -97,6 +115,7 @@ def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) ->
             rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes",
                                    role="lean")))
         rows += [(n, m) for m in fillin_methods(n, cfg)]
+        rows += [(n, m) for m in placement_methods(n, cfg, w2s)]
         rows += [(n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s, role="half-slow")),
                  (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s, role="all-slow"))]
     n = max(budgets)
@@ -115,7 +134,7 @@ def by_role(rows: list[dict]) -> dict[tuple[int, str], dict]:
 
 def _sampling_key(m) -> tuple:
     """What sampling a Method does (two rows with the same key are the same samples)."""
-    return m.kind, m.cfg, m.steps, m.slow_steps, m.w2s_scale, m.method
+    return m.kind, m.cfg, m.steps, m.slow_steps, m.w2s_scale, m.method, m.placement
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -213,7 +232,7 @@ def fillin_checks(rows: list[dict], samples: int) -> dict:
         if r["kind"] != "core2" or r["method"] != "core":
             continue
         same = [f for f in rows if f["kind"] not in ("cfg", "core2") and f["steps"] == r["steps"]
-                and f["slow_steps"] == r["slow_steps"]]
+                and f["slow_steps"] == r["slow_steps"] and f.get("placement", "first") == r.get("placement", "first")]
         if not same:
             continue
         a = r["accuracy"]["mean"]

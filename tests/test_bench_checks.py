@@ -81,9 +81,24 @@ def test_fillin_rows_sit_at_the_trained_rows_passes_and_are_compared():
             r["accuracy"]["mean"] = 0.95
         elif r["note"] == "training-free":
             r["accuracy"]["mean"] = 0.80
+        elif r["note"].startswith("training-free"):  # the spread reuse rows
+            r["accuracy"]["mean"] = 0.90
     checks = bench.fillin_checks(rows, 480)
-    assert set(checks) == {"CoRe², 8 steps, 2 slow", "CoRe², 10 steps, 2 slow"}
-    assert all(v > 3 for c in checks.values() for v in c.values()) and all(len(c) == 2 for c in checks.values())
+    first = {"CoRe², 8 steps, 2 slow", "CoRe², 10 steps, 2 slow"}
+    assert set(checks) == first | {n + " spread" for n in first}
+    assert all(v > 3 for n in first for v in checks[n].values()) and all(len(checks[n]) == 2 for n in first)
+    # a spread row is compared with the reuse fill-in spread the same way, not with the first-k fill-ins
+    assert all(set(checks[n + " spread"]) == {"cfg-reuse"} for n in first)
+    assert all(0 < checks[n + " spread"]["cfg-reuse"] < checks[n]["cfg-reuse"] for n in first)
+
+
+def test_spread_rows_are_sampled_apart_from_first_rows():
+    planned = bench.quality_methods([4, 10], 5.0, 1.5, zigzag=False)
+    spread = [m for n, m in planned if m.placement == "spread"]
+    assert {(m.kind, m.steps, m.slow_steps) for m in spread} == {("core2", 8, 2), ("cfg-reuse", 8, 2),
+                                                                  ("core2", 10, 2), ("cfg-reuse", 10, 2)}
+    first_keys = {bench._sampling_key(m) for _, m in planned if m.placement == "first"}
+    assert not first_keys & {bench._sampling_key(m) for m in spread}  # a spread row is never deduplicated into a first-k row
 
 
 def test_headroom_checks_read_steps_guidance_and_overguidance():
