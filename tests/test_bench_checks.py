@@ -156,3 +156,17 @@ def test_collect_overhead_comes_back_as_json(monkeypatch):
     res = bench.collect_overhead(3)
     assert res["cases"] == {"sd15-32": {"plain_s": 1.25, "recorded_s": 1.5, "overhead_pct": 20.0}}
     assert res["reps"] == 3 and "--reps 3" in res["command"] and "--json" not in res["command"]
+
+
+def test_scaling_table_lists_each_dataset_size_with_its_rows():
+    from bench import scaling
+
+    roles = [m.role for m in scaling.methods(5.0, 1.5)]
+    assert roles == ["cfg", "cfg-half", "all-fast", "mixed"]
+    row = lambda role, acc: {"role": role, "accuracy": {"mean": acc}, "accuracy_se": 0.01}  # noqa: E731
+    sizes = [{"trajectories": n, "val_rel_err": err, "prep_seconds": 60.0,
+              "rows": [row("cfg", 0.97), row("cfg-half", 0.96), row("all-fast", fast), row("mixed", 0.95)]}
+             for n, err, fast in ((120, 1.02, 0.70), (1920, 0.65, 0.94))]
+    md = scaling.table({"train_steps": 2000, "samples": 240, "sizes": sizes})
+    lines = [ln for ln in md.splitlines() if ln.startswith("| 120 ") or ln.startswith("| 1920 ")]
+    assert len(lines) == 2 and "1.020" in lines[0] and "0.700 ± 0.010" in lines[0] and "0.940 ± 0.010" in lines[1]
