@@ -70,6 +70,21 @@ def trajectory_seed(seed: int, pid: str, j: int) -> int:
     return (int(seed) + int(pid[:12], 16) + int(j)) % 2**64
 
 
+def shard_of(pid: str, j0: int, count: int) -> int:
+    """Which of `count` shards collects the sampling call of prompt `pid` starting at trajectory j0: a hash, the same
+    on every machine, so N servers given shards 0..N−1 together collect exactly what one server would (each pair
+    still gets trajectory_seed's seed, hence the same trajectory)."""
+    if count <= 1:
+        return 0
+    return int(hashlib.sha256(f"{pid}|{int(j0)}".encode()).hexdigest()[:12], 16) % int(count)
+
+
+def check_shard(index: int, count: int) -> None:
+    if int(count) < 1 or not 0 <= int(index) < int(count):
+        raise ValueError(f"CoRe² Collect Batch: shard_index {index} of shard_count {count} does not exist: use "
+                         f"shard_count = the number of servers (≥ 1) and shard_index 0 … shard_count − 1, one per server.")
+
+
 def _feature_bytes(f: PromptFeatures | None) -> bytes:
     if f is None:
         return b"none"

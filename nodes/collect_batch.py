@@ -42,6 +42,7 @@ class BatchResult:
     skipped: list  # "text|seed|row" of the trajectories already in the dataset
     latent: torch.Tensor | None  # the last sampled latent
     evaluations: int
+    other_shards: int = 0  # trajectories left to the other shards
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Plan:
     header: dict  # the dataset header of this run (latent_hw included)
     todo: list
     skipped: list
+    other_shards: int = 0  # trajectories that belong to other shards (not sampled here)
 
     @property
     def n_todo(self) -> int:
@@ -100,14 +102,15 @@ def _check_settings(model, prompts, cfg, steps, seeds_per_prompt, batch_size, sa
 
 
 def plan_batch(model, prompts, negative_prompt, *, seeds_per_prompt, seed, width, height, dataset_name,
-               batch_size) -> Plan:
-    """Which sampling calls are still to run: (prompt, seed) pairs whose items are listed and intact are skipped."""
+               batch_size, shard: tuple[int, int] = (0, 1)) -> Plan:
+    """Which sampling calls are still to run: (prompt, seed) pairs whose items are listed and intact are skipped;
+    shard = (index, count): only the calls ds.shard_of gives to this shard."""
     folder = dataset_folder(dataset_name)
     down = model_info.latent_downscale(model)
     header = {**model_header(model), "latent_hw": [height // down, width // down]}
     check_dataset_compatible(folder, header)
     neg_text = negative_prompt or ""
-    todo, skipped = [], []
+    todo, skipped, others = [], [], 0
     with folder_lock(folder):
         done_keys = ds.intact_keys(folder)  # listed items whose files are intact: damaged ones are collected again
     for text in prompts:
@@ -115,26 +118,32 @@ def plan_batch(model, prompts, negative_prompt, *, seeds_per_prompt, seed, width
         for j0 in range(0, seeds_per_prompt, batch_size):
             s = ds.trajectory_seed(seed, pid, j0)
             rows = min(batch_size, seeds_per_prompt - j0)
+            if ds.shard_of(pid, j0, shard[1]) != shard[0]:
+                others += rows
+                continue
             done = [b for b in range(rows) if ds.item_key(pid, s, b) in done_keys]
             if len(done) == rows:
                 skipped.extend(f"{text}|{s}|{b}" for b in done)
             else:  # a call records all its rows; rows already there are kept (first recording wins)
                 todo.append((text, s, rows))
-    return Plan(folder, header, todo, skipped)
+    return Plan(folder, header, todo, skipped, others)
 
 
 def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Callable[[str], list], *, seeds_per_prompt: int,
                   seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
                   dataset_name: str, store_x: bool, on_item_done: Callable | None = None, batch_size: int = 1,
-                  text: NodeText | None = None) -> BatchResult:
+                  text: NodeText | None = None, shard_index: int = 0, shard_count: int = 1) -> BatchResult:
     """Sample every (prompt, seed) pair not yet in the dataset with recording on. encode(text) -> CONDITIONING.
 
     batch_size trajectories of one prompt run together as the rows of one latent batch (faster, more memory):
     the j-th trajectory of a prompt is row j % batch_size of the call seeded with ds.trajectory_seed(seed, pid, j0),
-    j0 = j − j % batch_size. text: where to show progress on the node."""
+    j0 = j − j % batch_size. text: where to show progress on the node. shard_index / shard_count: collect only this
+    shard's part (ds.shard_of), e.g. one shard per ComfyUI server writing into one dataset on a shared folder."""
     _check_settings(model, prompts, cfg, steps, seeds_per_prompt, batch_size, sampler_name, scheduler, width, height)
+    ds.check_shard(shard_index, shard_count)
     plan = plan_batch(model, prompts, negative_prompt, seeds_per_prompt=seeds_per_prompt, seed=seed, width=width,
-                      height=height, dataset_name=dataset_name, batch_size=batch_size)
+                      height=height, dataset_name=dataset_name, batch_size=batch_size,
+                      shard=(int(shard_index), int(shard_count)))
     h, w = plan.header["latent_hw"]
     evals_per_step = 2 if sampler_name in _TWO_EVAL else 1
     need = ds.estimate_dataset_bytes(plan.n_todo, steps * evals_per_step, plan.header["latent_channels"], h, w,
@@ -143,7 +152,7 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     if plan.skipped:
         log.info("CoRe² Collect Batch: %d of %d trajectories are already in '%s'; collecting the other %d.",
                  len(plan.skipped), len(plan.skipped) + plan.n_todo, plan.folder.name, plan.n_todo)
-    result = BatchResult(plan.folder, [], list(plan.skipped), None, 0)
+    result = BatchResult(plan.folder, [], list(plan.skipped), None, 0, plan.other_shards)
     if not plan.todo:
         return result
     plan.folder.mkdir(parents=True, exist_ok=True)
@@ -247,10 +256,12 @@ def latent_preview_image(model, latent: torch.Tensor, scale: int = 8) -> torch.T
 
 def batch_report(res: BatchResult) -> str:
     """The text the node shows when it is done."""
+    shards = f" ({res.other_shards} left to the other shards)" if res.other_shards else ""
     if not res.written and res.skipped:
-        return (f"nothing new: all {len(res.skipped)} trajectories are already in {res.folder.name} (raise "
-                "seeds_per_prompt, add prompts or change seed to collect more)")
-    return f"{len(res.written)} new, {len(res.skipped)} already present in {res.folder.name}"
+        mine = " of this shard" if shards else ""
+        return (f"nothing new: all {len(res.skipped)} trajectories{mine} are already in {res.folder.name}{shards} "
+                "(raise seeds_per_prompt, add prompts or change seed to collect more)")
+    return f"{len(res.written)} new, {len(res.skipped)} already present in {res.folder.name}{shards}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,6 +318,12 @@ class CoRe2CollectBatch:
                                "Trajectories of one prompt sampled together as one latent batch: faster (about 2x at 4 "
                                "on small models), needs batch_size times the memory. Changing it later samples new "
                                "noises rather than resuming the old ones."}),
+                "shard_index": ("INT", {"default": 0, "min": 0, "max": 4095, "tooltip":
+                                "Several servers, one dataset: queue the same workflow on each with its own "
+                                "shard_index (0 … shard_count − 1) and a shared output folder; together they collect "
+                                "exactly what one server would. 0 with shard_count 1: everything here."}),
+                "shard_count": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip":
+                                "How many servers share this collection (1: this one collects everything)."}),
             },
             **HIDDEN,
         }
@@ -326,14 +343,15 @@ class CoRe2CollectBatch:
         return h.hexdigest()
 
     def collect(self, model, clip, prompts, prompts_file, negative_prompt, seeds_per_prompt, seed, steps, cfg, sampler_name,
-                scheduler, width, height, dataset_name, store_x, vae=None, batch_size=1, unique_id=None):
+                scheduler, width, height, dataset_name, store_x, vae=None, batch_size=1, shard_index=0, shard_count=1,
+                unique_id=None):
         items = parse_prompt_lines(prompts)
         if prompts_file and prompts_file != self.NONE_FILE:
             items += [p for p in read_prompt_file(prompts_file) if p not in items]
         res = collect_batch(model, items, negative_prompt, lambda t: encode_text(clip, t), seeds_per_prompt=seeds_per_prompt,
                             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, width=width,
                             height=height, dataset_name=dataset_name, store_x=store_x, batch_size=int(batch_size),
-                            text=NodeText(unique_id))
+                            text=NodeText(unique_id), shard_index=int(shard_index), shard_count=int(shard_count))
         if res.latent is None:
             image = torch.zeros(1, height, width, 3)
         elif vae is not None:

@@ -461,3 +461,33 @@ def test_recorded_step_index_is_the_guiders_step_map():
         assert step_index(window, sigma, 99) == m.index(sigma)
     assert step_index(window, 0.4, 99) == 3 and step_index(window, 7.0, 99) == 1
     assert step_index(None, 3.0, 5) == 5 and step_index([3.0], 3.0, 5) == 0
+
+
+def test_shards_together_collect_exactly_what_one_run_collects(tiny_sd15, dirs):
+    """Issue 20: three shards into one dataset = one unsharded run: the same items, bit-identical tensors; each shard
+    samples only its own part, and a bad shard is refused before any work."""
+    from safetensors.torch import load_file
+
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.nodes import collect_batch
+
+    tm = tiny_sd15
+    conds, prompts = _conds3(tm), ["a red fox", "a blue car", "a green tree"]
+    whole = _batch(collect_batch, tm.patcher, conds, "whole", prompts=prompts, seeds_per_prompt=4)
+    written, calls = [], []
+    for i in range(3):
+        tm.reset_calls()
+        res = _batch(collect_batch, tm.patcher, conds, "sharded", prompts=prompts, seeds_per_prompt=4, shard_index=i,
+                     shard_count=3)
+        written += res.written
+        calls.append(len(tm.calls) // STEPS)
+        assert res.other_shards == 12 - len(res.written) - len(res.skipped)
+        assert "left to the other shards" in collect_batch.batch_report(res)
+    assert sorted(written) == sorted(whole.written) and sum(calls) == 12 and max(calls) < 12
+    a, b = ds.DatasetReader(whole.folder), ds.DatasetReader(res.folder)
+    assert sorted(it["key"] for it in a.items) == sorted(it["key"] for it in b.items)
+    for it in a.items:
+        ta, tb = load_file(str(whole.folder / it["shard"])), load_file(str(res.folder / it["shard"]))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    with pytest.raises(ValueError, match="shard_index 3 of shard_count 3"):
+        _batch(collect_batch, tm.patcher, conds, "sharded", prompts=prompts, shard_index=3, shard_count=3)
