@@ -61,6 +61,15 @@ def item_key(pid: str, seed: int, batch_index: int = 0) -> str:
     return f"{pid}-{int(seed)}-{int(batch_index)}"
 
 
+def _check_pid(pid) -> str:
+    """A prompt id as prompt_id() makes them (16 hex digits): names of files are built from it, so a manifest from
+    elsewhere cannot name a path."""
+    if not (isinstance(pid, str) and len(pid) == 16 and all(c in "0123456789abcdef" for c in pid)):
+        raise DatasetError(f"CoRe²: {pid!r} is not a CoRe² prompt id (16 hex digits); the dataset's manifest is damaged "
+                           "or was not written by CoRe² Collect.")
+    return pid
+
+
 def trajectory_seed(seed: int, pid: str, j: int) -> int:
     """The noise seed of the j-th trajectory of a prompt: seed + a per-prompt offset (from the prompt id) + j.
 
@@ -483,6 +492,33 @@ class DatasetWriter:
         self._keys.add(key)
         self._intact_cache[key] = True
         return key
+
+
+    # --- copying from another dataset (core2/dataset_merge.py) ----------------------------------------------
+    def copy_prompt(self, pid: str, entry: dict, data: bytes) -> bool:
+        """Add a prompt file of another dataset (checked by its reader) unless this one has it; True when added."""
+        _check_pid(pid)
+        if pid in self.manifest["prompts"]:
+            return False
+        entry = {**entry, "file": f"prompt-{pid}.safetensors"}
+        self._put(entry["file"], data, lambda: self._update_manifest(lambda m: m["prompts"].update({pid: entry})))
+        return True
+
+    def copy_trajectory(self, entry: dict, data: bytes) -> bool:
+        """Add a trajectory file of another dataset (checked by its reader) unless an intact copy of its key is
+        here already; True when added."""
+        key = item_key(_check_pid(entry["prompt_id"]), entry["seed"], entry["batch_index"])
+        if entry["prompt_id"] not in self.manifest["prompts"]:
+            raise DatasetError(f"CoRe²: trajectory {key} names prompt {entry['prompt_id']}, which was not copied first")
+        if key in self._keys and self._intact(key):
+            return False
+        entry = {**entry, "key": key, "shard": f"traj-{key}.safetensors"}
+        self._put(entry["shard"], data, lambda: _append_line(self.folder / ITEMS_LOG, entry))
+        self.manifest["items"].append(entry)
+        self._entry[key] = entry
+        self._keys.add(key)
+        self._intact_cache[key] = True
+        return True
 
 
 class DatasetReader:

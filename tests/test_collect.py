@@ -491,3 +491,49 @@ def test_shards_together_collect_exactly_what_one_run_collects(tiny_sd15, dirs):
         assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     with pytest.raises(ValueError, match="shard_index 3 of shard_count 3"):
         _batch(collect_batch, tm.patcher, conds, "sharded", prompts=prompts, shard_index=3, shard_count=3)
+
+
+def test_per_machine_datasets_merge_into_what_one_run_collects(tiny_sd15, dirs, tmp_path):
+    """Issue 20, machines without a shared lock: each shard into its own dataset, then `python -m core2.dataset_merge`
+    joins them: the same items and bit-identical tensors as one unsharded run; merging again adds nothing; a damaged
+    source item is left out and named; a source from another model is refused before anything is copied."""
+    from safetensors.torch import load_file
+
+    from comfyui_core2.core2 import dataset as ds, dataset_merge
+    from comfyui_core2.nodes import collect_batch
+
+    tm = tiny_sd15
+    conds, prompts = _conds3(tm), ["a red fox", "a blue car", "a green tree"]
+    whole = _batch(collect_batch, tm.patcher, conds, "whole", prompts=prompts, seeds_per_prompt=3)
+    parts = [_batch(collect_batch, tm.patcher, conds, f"part{i}", prompts=prompts, seeds_per_prompt=3, shard_index=i,
+                    shard_count=2).folder for i in range(2)]
+    dest = tmp_path / "merged"
+    report = dataset_merge.merge(dest, parts)
+    assert sum(v["trajectories"] for v in report.values()) == 9
+    a, b = ds.DatasetReader(whole.folder), ds.DatasetReader(dest)
+    assert sorted(it["key"] for it in a.items) == sorted(it["key"] for it in b.items)
+    for it in a.items:
+        ta, tb = load_file(str(whole.folder / it["shard"])), load_file(str(dest / it["shard"]))
+        assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert sum(v["trajectories"] for v in dataset_merge.merge(dest, parts).values()) == 0  # nothing new
+    # a damaged source item: left out, counted; the rest still merges
+    victim = sorted(parts[0].glob("traj-*.safetensors"))[0]
+    victim.write_bytes(b"not a safetensors file")
+    fresh = dataset_merge.merge(tmp_path / "merged2", parts)
+    assert fresh[str(parts[0])]["damaged_left_out"] == 1
+    assert sum(v["trajectories"] for v in fresh.values()) == 8
+    # another model's dataset: refused, nothing written
+    other = _batch(collect_batch, tiny_sd15.patcher, conds, "other", prompts=prompts[:1], seeds_per_prompt=1, size=64)
+    with pytest.raises(ValueError):
+        dataset_merge.merge(tmp_path / "merged3", [parts[1], other.folder])
+    assert not (tmp_path / "merged3").exists()  # refused before the destination was made
+
+
+def test_merge_refuses_a_manifest_that_names_paths(tmp_path):
+    from comfyui_core2.core2 import dataset as ds
+
+    w = ds.DatasetWriter(tmp_path / "d", {k: 1 for k in ds.MUST_MATCH})
+    with pytest.raises(ds.DatasetError, match="not a CoRe² prompt id"):
+        w.copy_prompt("../../evil", {"file": "x"}, b"")
+    with pytest.raises(ds.DatasetError, match="not a CoRe² prompt id"):
+        w.copy_trajectory({"prompt_id": "../x", "seed": 1, "batch_index": 0}, b"")
