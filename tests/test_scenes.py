@@ -87,7 +87,7 @@ def test_a_shapes_file_is_not_read_as_scenes(tmp_path):
         scenes_model.check_metadata({"format": "core2-toy-t2i"}, "x.safetensors")
     bad = tmp_path / "odd.safetensors"
     save_file({"w": torch.zeros(1)}, str(bad), metadata={"format": "core2-toy-scenes", "vocab": "[]"})
-    with pytest.raises(ValueError, match="another vocabulary or MMDiT layout"):
+    with pytest.raises(ValueError, match="another vocabulary, text encoder or MMDiT layout"):
         world.load(bad)
 
 
@@ -143,3 +143,39 @@ def test_training_continues_from_the_shipped_weights(tmp_path):
     assert loss == loss and loss < 1.0  # finite, and far below an untrained model's ~1.3
     trainer.save()
     assert world.load(out).spec.name == "scenes" and trainer.ckpt.is_file()
+
+
+def test_the_text_context_layer_starts_as_the_identity():
+    """A context layer added to a trained encoder changes nothing until it is trained (warm starts rely on it)."""
+    from comfyui_core2.toy import text as toy_text
+
+    torch.manual_seed(0)
+    enc = text.encoder()
+    assert len(enc.context) == text.CONTEXT_LAYERS >= 1
+    ids = toy_text.tokenize_batch(["a small red triangle left of a big blue circle", ""], text.VOCAB, text.SYNONYMS)
+    plain = toy_text.ToyTextEncoder(vocab=text.VOCAB, synonyms=text.SYNONYMS)
+    plain.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("context.")})
+    (tokens, pooled), (plain_tokens, plain_pooled) = enc(ids), plain(ids)
+    assert torch.allclose(tokens, plain_tokens, atol=1e-6) and torch.allclose(pooled, plain_pooled, atol=1e-6)
+    # seven words in fixed places: the second object starts at the same token whatever the relation
+    for rel in data.RELATIONS:
+        words = toy_text.words(f"a small red triangle {rel} a big blue circle", text.SYNONYMS)
+        assert len(words) == 7 and words[4:] == ["big", "blue", "circle"], words
+
+
+def test_an_older_scenes_file_is_refused_but_training_continues_from_it(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from comfyui_core2.toy.scenes import model as scenes_model, train as scenes_train
+
+    with safe_open(str(SCENES.weights), "pt") as f:
+        meta = dict(f.metadata())
+    old = tmp_path / "v1.safetensors"
+    sd = {k: v for k, v in load_file(str(SCENES.weights)).items() if ".context." not in k}
+    save_file(sd, str(old), metadata=meta | {"version": "1"})
+    with pytest.raises(ValueError, match="retrain it"):
+        world.load(old)
+    trainer = scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "new.safetensors")
+    trainer.warm_start(old)
+    assert torch.equal(trainer.encoder.word.weight.half(), sd[scenes_model.TEXT_PREFIX + "word.weight"])

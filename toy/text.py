@@ -44,10 +44,11 @@ def tokenize_batch(prompts: list[str], vocab: tuple = VOCAB, synonyms: dict | No
 
 
 class ToyTextEncoder(torch.nn.Module):
-    """Word embedding + position embedding + LayerNorm; pooled = mean over the prompt's words (padding if empty)."""
+    """Word embedding + position embedding + LayerNorm, then `context_layers` small transformer layers (each word sees
+    the others, as in CLIP/T5; 0 for the shapes world); pooled = mean over the prompt's words (padding if empty)."""
 
     def __init__(self, width: int = WIDTH, max_tokens: int = MAX_TOKENS, vocab: tuple = VOCAB,
-                 synonyms: dict | None = None):
+                 synonyms: dict | None = None, context_layers: int = 0):
         """vocab: the world's words (PAD first, UNK second); synonyms: words read as others ('' drops a word)."""
         super().__init__()
         if vocab[:2] != (PAD, UNK):
@@ -58,9 +59,12 @@ class ToyTextEncoder(torch.nn.Module):
         self.norm = torch.nn.LayerNorm(width)
         torch.nn.init.normal_(self.word.weight, std=1.0)
         torch.nn.init.normal_(self.position, std=0.2)
+        self.context = torch.nn.ModuleList(_context_layer(width) for _ in range(context_layers))
 
     def forward(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.norm(self.word(ids) + self.position[None, : ids.shape[1]])
+        for layer in self.context:
+            tokens = layer(tokens)
         used = (ids != 0)  # <pad> is id 0 in every vocabulary
         used = used.float()[..., None]
         used = torch.where(used.sum(1, keepdim=True) > 0, used, torch.ones_like(used))  # empty prompt: mean of pads
@@ -73,3 +77,14 @@ class ToyTextEncoder(torch.nn.Module):
             prompts = [prompts]
         p = next(self.parameters())
         return self(tokenize_batch(prompts, self.vocab, self.synonyms).to(p.device))
+
+
+def _context_layer(width: int) -> torch.nn.Module:
+    """A pre-norm transformer layer that starts as the identity (zero output projections), so that it can be added
+    to a trained encoder without changing what it says."""
+    layer = torch.nn.TransformerEncoderLayer(width, nhead=4, dim_feedforward=2 * width, dropout=0.0,
+                                             batch_first=True, norm_first=True)
+    for proj in (layer.self_attn.out_proj, layer.linear2):
+        torch.nn.init.zeros_(proj.weight)
+        torch.nn.init.zeros_(proj.bias)
+    return layer

@@ -30,6 +30,7 @@ MMDIT_CONFIG = dict(
     qk_norm=None, x_block_self_attn_layers=[],
 )
 FORMAT = "core2-toy-scenes"
+VERSION = "2"  # 2: seven-word prompts and a context layer in the text encoder (toy/scenes/text.py)
 
 
 class ScenesLatent(ToyLatent):
@@ -84,16 +85,18 @@ def initialise(base, seed: int) -> None:
 
 
 def metadata() -> dict:
-    return {"format": FORMAT, "version": "1", "mmdit_config": json.dumps(MMDIT_CONFIG), "shift": str(SHIFT),
+    return {"format": FORMAT, "version": VERSION, "mmdit_config": json.dumps(MMDIT_CONFIG), "shift": str(SHIFT),
             "vocab": json.dumps(list(text.VOCAB)), "width": str(toy_text.WIDTH)}
 
 
-def check_metadata(meta: dict | None, path) -> None:
+def check_metadata(meta: dict | None, path, any_version: bool = False) -> None:
+    """Refuses a file this code cannot run; any_version: only the format and layout (a warm start may change the rest)."""
     meta = meta or {}
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a CoRe² scenes-world model (its metadata has no format={FORMAT}). "
                          "Use the file made by `python -m toy.scenes.train`.")
     if (json.loads(meta.get("vocab", "[]")) != list(text.VOCAB)
+            or (meta.get("version") != VERSION and not any_version)
             or json.loads(meta.get("mmdit_config", "{}")) != json.loads(json.dumps(MMDIT_CONFIG))):
-        raise ValueError(f"{path} was trained with another vocabulary or MMDiT layout than this code; "
+        raise ValueError(f"{path} was trained with another vocabulary, text encoder or MMDiT layout than this code; "
                          "retrain it with `python -m toy.scenes.train` from this version of the pack.")

@@ -86,12 +86,15 @@ class Trainer:
         sd.update({model.TEXT_PREFIX + k: v for k, v in self.encoder.state_dict().items()})
         return sd
 
-    def _load_weights(self, sd: dict) -> None:
+    def _load_weights(self, sd: dict, strict: bool = True) -> None:
+        """strict=False: text-encoder layers the file lacks (an older version) keep their identity init."""
         from . import model
 
         unet, txt = model.split_state_dict(sd)
         self.net.load_state_dict(unet)
-        self.encoder.load_state_dict(txt)
+        missing, unexpected = self.encoder.load_state_dict(txt, strict=strict)
+        if missing or unexpected:
+            log.info("text encoder: %d new tensors start fresh, %d dropped", len(missing), len(unexpected))
 
     def resume(self) -> None:
         if not self.ckpt.is_file():
@@ -116,8 +119,8 @@ class Trainer:
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        model.check_metadata(meta, path)
-        self._load_weights({k: v.float() for k, v in load_file(str(path)).items()})
+        model.check_metadata(meta, path, any_version=True)
+        self._load_weights({k: v.float() for k, v in load_file(str(path)).items()}, strict=False)
         self.ema = {k: v.detach().clone() for k, v in self._state().items()}
         self.step = int(meta.get("trained_steps", 0))
         log.info("warm start from %s at step %d (fresh optimiser)", path, self.step)
