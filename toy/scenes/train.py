@@ -10,9 +10,10 @@ one (imperfect captions, as real data has). A checkpoint (<out>.ckpt.pt: weights
 written every --save-every steps and the run resumes from it; the weights file is rewritten from the EMA each time.
 Without a checkpoint, --init-from continues from a weights file (the shipped one): its EMA weights, a new optimiser.
 
-The shipped weights: `--steps 8000 --lr 6e-4` (other settings default), stopped early; the file's metadata
-`trained_steps` says where. To train further: `python -m toy.scenes.train --init-from toy/weights/scenes_t2i.safetensors
---out /tmp/scenes_t2i.safetensors --lr 6e-4 --steps 12000`.
+The shipped weights: `--lr 6e-4` (other settings default), 6250 steps with the version-1 text encoder, then
+continued with `--init-from` to 13000 (the file's metadata `trained_steps` says where). To train further:
+`python -m toy.scenes.train --init-from toy/weights/scenes_t2i.safetensors --out /tmp/scenes_t2i.safetensors
+--lr 6e-4 --steps 20000`.
 """
 from __future__ import annotations
 
