@@ -65,15 +65,19 @@ def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0
     return rows
 
 
+def _plans(n: int) -> list[tuple[str, int, int]]:
+    """(plan, steps, slow steps) of budget n's CoRe² rows with slow steps: mixed (n passes) and lean (≤ 0.6×)."""
+    m_steps, m_slow = equal_pass_mixed(n)
+    return [("mixed", m_steps, m_slow)] + ([("lean", n, lean_slow(n))] if lean_slow(n) else [])
+
+
 def fillin_methods(n: int, cfg: float) -> list:
     """The training-free fill-ins at the passes of budget n's mixed and lean CoRe² rows (same steps, same slow
     steps; slow steps plain CFG): scheduled CFG (cond only after the slow steps) and CFG reuse."""
     from demo.pipeline import FILL_KINDS, Method
 
-    m_steps, m_slow = equal_pass_mixed(n)
-    plans = [("mixed", m_steps, m_slow)] + ([("lean", n, lean_slow(n))] if lean_slow(n) else [])
     return [Method(f"{kind}, {steps} steps, {slow} slow", kind, cfg, steps, slow, 1.0, note="training-free",
-                   role=f"{kind} {plan}") for plan, steps, slow in plans for kind in FILL_KINDS]
+                   role=f"{kind} {plan}") for plan, steps, slow in _plans(n) for kind in FILL_KINDS]
 
 
 def placement_methods(n: int, cfg: float, w2s: float) -> list:
@@ -82,10 +86,8 @@ def placement_methods(n: int, cfg: float, w2s: float) -> list:
     (one slow step is step 0 either way)."""
     from demo.pipeline import Method
 
-    m_steps, m_slow = equal_pass_mixed(n)
-    plans = [p for p in [("mixed", m_steps, m_slow), ("lean", n, lean_slow(n))] if p[2] >= 2]
     rows = []
-    for plan, steps, slow in plans:
+    for plan, steps, slow in [p for p in _plans(n) if p[2] >= 2]:
         rows += [Method(f"CoRe², {steps} steps, {slow} slow spread", "core2", cfg, steps, slow, w2s,
                         note="slow steps spread", role=f"{plan} spread", placement="spread"),
                  Method(f"cfg-reuse, {steps} steps, {slow} slow spread", "cfg-reuse", cfg, steps, slow,

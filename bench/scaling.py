@@ -16,18 +16,17 @@ import logging
 import time
 from pathlib import Path
 
-from .run import RESULTS, ROOT, accuracy_se
+from .run import RESULTS, ROOT, accuracy_se, quality_methods
 
 log = logging.getLogger("bench.scaling")
 
 
-def methods(cfg: float, w2s: float) -> list:
-    from demo.pipeline import Method
+ROLES = ("cfg", "cfg-half", "all-fast", "mixed")
 
-    return [Method("CFG, 20 steps", "cfg", cfg, 20, role="cfg"),
-            Method("CFG, 10 steps", "cfg", cfg, 10, role="cfg-half"),
-            Method("CoRe², 20 steps, all-fast", "core2", cfg, 20, 0, 1.0, role="all-fast"),
-            Method("CoRe², 16 steps, 4 slow", "core2", cfg, 16, 4, w2s, role="mixed")]
+
+def methods(cfg: float, w2s: float) -> list:
+    """The benchmark's rows of budget 20 (bench/run.py quality_methods) that the curve needs."""
+    return [m for _, m in quality_methods([20], cfg, w2s, zigzag=False) if m.role in ROLES]
 
 
 def measure_size(args, seeds: int) -> dict:

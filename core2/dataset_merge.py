@@ -28,8 +28,9 @@ def merge(dest: str | Path, sources: list) -> dict:
     writer = DatasetWriter(dest, readers[0].header)
     report = {}
     for r in readers:
+        used = set(r.prompt_ids())  # prompts of intact items only
         prompts = sum(writer.copy_prompt(pid, e, read_regular(r.folder, e["file"], "prompt file"))
-                      for pid, e in r.manifest["prompts"].items() if pid in set(r.prompt_ids()))
+                      for pid, e in r.manifest["prompts"].items() if pid in used)
         items = sum(writer.copy_trajectory(it, read_regular(r.folder, it["shard"], "trajectory")) for it in r.items)
         for run in r.manifest.get("runs", []):
             writer.note_run(run)

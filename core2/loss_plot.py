@@ -1,13 +1,13 @@
 """A loss-curve picture drawn with PIL (no matplotlib): training loss and validation score against steps, log scale.
-
-Text uses PIL's own font (no system fonts needed). It has no '²' and few other symbols, so _text draws '²' as a
-small raised '2' and spells out the rest (ASCII_FOR)."""
+Text is drawn by core2/pictext.py (a '²' the font lacks comes out as a raised '2')."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from .pictext import draw_text
 
 TRAIN = (70, 130, 220)
 TRAIN_SMOOTH = (20, 60, 170)
@@ -16,29 +16,6 @@ REF = (120, 120, 120)
 
 
 FONT_SIZE = 15
-ASCII_FOR = str.maketrans({"→": "->", "≥": ">=", "≤": "<=", "×": "x", "σ": "sigma", "—": "-", "–": "-", "…": "..."})
-
-
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)  # Pillow ≥ 10.1 with FreeType: a scalable font
-    except TypeError:  # older Pillow: the small bitmap font
-        return ImageFont.load_default()
-
-
-def _text(d: ImageDraw.ImageDraw, xy, text: str, fill, size: int = FONT_SIZE) -> None:
-    """d.text with '²' drawn as a raised small '2' and other symbols the font lacks spelled in ASCII."""
-    font, small = _font(size), _font(max(8, size * 2 // 3))
-    x, y = xy
-    for k, part in enumerate(text.translate(ASCII_FOR).split("²")):
-        if k:
-            d.text((x, y - size // 5), "2", fill=fill, font=small)
-            x += d.textlength("2", font=small)
-        d.text((x, y), part, fill=fill, font=font)
-        x += d.textlength(part, font=font)
-
-
-draw_text = _text  # for other pictures (the workflows' title cards)
 
 
 def _smooth(values, k):
@@ -62,9 +39,9 @@ def draw(train: list, val: list, width: int = 768, height: int = 432, title: str
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
     left, right, top, bottom = 60, width - 20, 30 + (22 if verdict else 0), height - 40
-    _text(d, (left, 6), title, (0, 0, 0), FONT_SIZE + 2)
+    draw_text(d, (left, 6), title, (0, 0, 0), FONT_SIZE + 2)
     if verdict:
-        _text(d, (left, 28), verdict, (150, 30, 30) if "no better" in verdict or "barely" in verdict else (20, 110, 40))
+        draw_text(d, (left, 28), verdict, (150, 30, 30) if "no better" in verdict or "barely" in verdict else (20, 110, 40))
     pts = [(s, v) for s, v in train if v is not None and math.isfinite(v) and v > 0]
     vpts = [(s, v) for s, v in val if v is not None and math.isfinite(v) and v > 0]
     allv = [v for _, v in pts + vpts] + [1.0]
@@ -86,11 +63,11 @@ def draw(train: list, val: list, width: int = 768, height: int = 432, title: str
             if lo <= math.log10(v) <= hi:
                 _, y = xy(smin, v)
                 d.line([left, y, right, y], fill=(230, 230, 230))
-                _text(d, (4, y - 8), f"{v:g}", (0, 0, 0), FONT_SIZE - 2)
+                draw_text(d, (4, y - 8), f"{v:g}", (0, 0, 0), FONT_SIZE - 2)
     for frac in (0, 0.25, 0.5, 0.75, 1.0):
         s = smin + frac * (smax - smin)
         x, _ = xy(s, 10 ** lo)
-        _text(d, (x - 10, bottom + 4), f"{int(s)}", (0, 0, 0), FONT_SIZE - 2)
+        draw_text(d, (x - 10, bottom + 4), f"{int(s)}", (0, 0, 0), FONT_SIZE - 2)
     _, y1 = xy(smin, 1.0)
     d.line([left, y1, right, y1], fill=REF, width=1)
     if len(pts) > 1:
@@ -104,10 +81,10 @@ def draw(train: list, val: list, width: int = 768, height: int = 432, title: str
             x, y = xy(s, v)
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=VAL)
     d.rectangle([right - 336, top + 3, right - 3, top + 62], fill=(255, 255, 255), outline=(210, 210, 210))
-    _text(d, (right - 330, top + 6), "train loss", TRAIN_SMOOTH)
-    _text(d, (right - 330, top + 24), val_label, VAL)
-    _text(d, (right - 330, top + 42), "1.0 = cfg 1 (no weak model)", REF)
-    _text(d, (left + (right - left) // 2 - 15, height - 20), "step", (0, 0, 0))
+    draw_text(d, (right - 330, top + 6), "train loss", TRAIN_SMOOTH)
+    draw_text(d, (right - 330, top + 24), val_label, VAL)
+    draw_text(d, (right - 330, top + 42), "1.0 = cfg 1 (no weak model)", REF)
+    draw_text(d, (left + (right - left) // 2 - 15, height - 20), "step", (0, 0, 0))
     return img
 
 

@@ -29,16 +29,20 @@ import torch
 PLACEMENTS = ("first", "spread")
 
 
+def check_placement(placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise ValueError(f"CoRe²: unknown slow-step placement {placement!r}; use one of {', '.join(PLACEMENTS)}.")
+    return placement
+
+
 def slow_step_set(total: int, slow_steps: int, placement: str = "first") -> frozenset:
     """Which of `total` steps run slow. first: steps 0 … k−1 (the official CoRe²: guidance where the picture's layout
     is decided). spread: k steps evenly spaced from step 0 (0, total/k, 2·total/k, …), so that fast steps never
     run far from a measured CFG step (what the reuse fill-in and a weak model that drifts want)."""
     k = max(0, min(int(slow_steps), int(total)))
-    if placement == "first":
+    if check_placement(placement) == "first":
         return frozenset(range(k))
-    if placement == "spread":
-        return frozenset((j * total) // k for j in range(k))
-    raise ValueError(f"CoRe²: unknown slow-step placement {placement!r}; use one of {', '.join(PLACEMENTS)}.")
+    return frozenset((j * total) // k for j in range(k))
 
 
 class StepMap:

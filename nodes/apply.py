@@ -27,7 +27,7 @@ import comfy.samplers
 
 from . import weak_memory
 from .guider import CoRe2CFGGuider
-from ..core2.schedule import slow_step_set
+from ..core2.schedule import check_placement
 from .refine import OPTIONAL, _core2_inputs
 
 try:  # ComfyUI with model wrappers
@@ -151,7 +151,7 @@ def apply(model, weak, w2s_scale: float, slow_steps: int, slow_placement: str = 
                          "need no file).")
     if slow_steps < 0:
         raise ValueError(f"CoRe² Apply: slow_steps is {slow_steps}; use 0 (all fast) or more.")
-    slow_step_set(1, 0, slow_placement)  # an unknown placement fails here
+    check_placement(slow_placement)  # an unknown placement fails here, before any work
     m = weak_memory.attach(model, weak)  # ComfyUI loads and counts the weak model with the MODEL
     if m is model:
         m = model.clone()

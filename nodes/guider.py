@@ -30,7 +30,7 @@ import comfy.samplers
 import torch
 
 from ..core2 import guidance
-from ..core2.schedule import RunStats, StepMap, StepTracker, slow_step_set
+from ..core2.schedule import RunStats, StepMap, StepTracker, check_placement
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
@@ -102,8 +102,7 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         self.weak = weak
         self.w2s_scale = float(w2s_scale)
         self.slow_steps = slow_steps
-        slow_step_set(1, 0, slow_placement)  # an unknown placement fails here, before any work
-        self.slow_placement = slow_placement
+        self.slow_placement = check_placement(slow_placement)  # an unknown placement fails here, before any work
         self.schedule = schedule
         self.method = method
         self.zigzag_steps = zigzag_steps
@@ -317,4 +316,3 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         passes = 1 if not slow or uncond is None else 2
         self.stats.record(step, "slow" if slow else "fast", passes, use_weak)
         return _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cfg, x, timestep, model_options)
-

@@ -90,7 +90,7 @@ def test_ksampler_on_the_patched_model_equals_the_core2_ksampler(tiny_sd15, weak
 @pytest.mark.full_comfy
 def test_sampler_custom_advanced_with_cfg_guider_equals_the_core2_guider(tiny_sd3):
     from comfy_extras import nodes_custom_sampler as ncs
-    from testkit.node_helpers import run_node
+    from testkit.builtin_nodes import run_node
 
     tm = tiny_sd3
     latent = {"samples": tm.empty_latent(1)}
@@ -114,7 +114,7 @@ def test_sampler_custom_advanced_with_cfg_guider_equals_the_core2_guider(tiny_sd
 @pytest.mark.full_comfy
 def test_guiders_with_their_own_guidance_or_no_negative_sample_unchanged_with_a_warning(tiny_sd15, caplog):
     from comfy_extras import nodes_custom_sampler as ncs
-    from testkit.node_helpers import run_node
+    from testkit.builtin_nodes import run_node
 
     tm = tiny_sd15
     latent = {"samples": tm.empty_latent(1)}

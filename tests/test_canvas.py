@@ -57,23 +57,24 @@ def test_verdict_reads_the_held_out_error_not_the_mixed_score():
     assert not advice.no_better_than_cfg1(on_train) and advice.verdict(on_train).startswith("not checked on held-out")
 
 
-def test_loss_plot_draws_the_superscript_and_names_the_score():
-    from PIL import Image, ImageDraw
+def test_loss_plot_draws_the_superscript_and_names_the_score(monkeypatch):
+    from PIL import Image, ImageDraw, ImageFont
 
-    from comfyui_core2.core2 import loss_plot
+    from comfyui_core2.core2 import loss_plot, pictext
 
     def render(fn):
         img = Image.new("RGB", (200, 40), (255, 255, 255))
         fn(ImageDraw.Draw(img))
         return list(img.getdata())
 
-    font = loss_plot._font(loss_plot.FONT_SIZE)
-    ours = render(lambda d: loss_plot._text(d, (2, 10), "CoRe²", (0, 0, 0)))
+    # PIL's own font, which has no '²' (systems without a TrueType font get it)
+    monkeypatch.setattr(pictext, "font", lambda size: ImageFont.load_default(size=size))
+    font = pictext.font(loss_plot.FONT_SIZE)
+    assert pictext.missing(font, "²")
+    ours = render(lambda d: pictext.draw_text(d, (2, 10), "CoRe²", (0, 0, 0)))
     plain = render(lambda d: d.text((2, 10), "CoRe²", fill=(0, 0, 0), font=font))  # the font's own: a box for ²
-    bare = render(lambda d: loss_plot._text(d, (2, 10), "CoRe", (0, 0, 0)))
-    assert ours != plain and ours != bare
-    if font.getmask("²").getbbox() == font.getmask("\ue000").getbbox():  # the font has no '²' (PIL's own)
-        assert plain != bare
+    bare = render(lambda d: pictext.draw_text(d, (2, 10), "CoRe", (0, 0, 0)))
+    assert ours != plain and ours != bare and plain != bare
     img = loss_plot.draw([(1, 1.0), (2, 0.8)], [(2, 0.9)], val_label="validation score (mixed loss)",
                          verdict="no better than cfg 1 (held-out error 1.01)")
     assert img.size == (768, 432)

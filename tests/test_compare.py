@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import ImageFont
 
-from comfyui_core2.core2 import grid
+from comfyui_core2.core2 import grid, pictext
 from comfyui_core2.nodes import compare
 from test_refine import AffineWeak, core2, reference
 
@@ -67,10 +67,11 @@ def test_grid_image_lays_out_rows_labels_and_captions():
 
 def test_text_falls_back_where_the_font_has_no_superscript_two():
     builtin = ImageFont.load_default(size=14)  # PIL's own font (Aileron) has no '²': it would draw a box
-    assert grid._missing(builtin, "²") and not grid._missing(builtin, "2")
-    assert grid.text(builtin, "CoRe² 3 slow") == "CoRe2 3 slow"
-    f = grid.font(14)
-    assert grid.text(f, "CoRe²") in ("CoRe²", "CoRe2") and not grid._missing(f, "C")
+    assert pictext.missing(builtin, "²") and not pictext.missing(builtin, "2")
+    assert pictext._drawable(builtin, "CoRe² 3 slow → x") == ["CoRe", " 3 slow -> x"]  # raised 2 between the parts
+    f = pictext.font(14)
+    assert not pictext.missing(f, "C")
+    assert pictext.text_width("CoRe²", 14) > pictext.text_width("CoRe", 14) > 0
 
 
 def test_models_are_loaded_before_the_first_row_is_timed(tiny_sd15, monkeypatch):

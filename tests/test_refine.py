@@ -11,7 +11,7 @@ from comfyui_core2.core2.schedule import StepMap
 from comfyui_core2.core2.weak import IdentityWeakModel, WeakModel
 from comfyui_core2.nodes import refine
 from comfyui_core2.nodes.guider import CoRe2CFGGuider
-from testkit.node_helpers import run_node
+from testkit.builtin_nodes import run_node
 
 
 class AffineWeak(WeakModel):

@@ -110,7 +110,7 @@ def title_card(name: str, size=(512, 384)):
 
     from PIL import Image, ImageDraw
 
-    from core2.loss_plot import draw_text
+    from core2.pictext import draw_text
     from tools.make_workflows import CARDS, MODEL_FILES
 
     title, stages, sub = CARDS[name]
