@@ -165,13 +165,13 @@ def bench_config(args):
     dcfg = DemoConfig(dataset_name=f"{prefix}_bench", model_name=f"{prefix}_bench", world=args.world,
                       sampler_name=spec.defaults["sampler_name"], scheduler=spec.defaults["scheduler"],
                       cfg=spec.defaults["cfg"], **BENCH_DEFAULTS)
-    for k in ("seeds_per_prompt", "train_steps", "size", "prompts"):
+    for k in ("seeds_per_prompt", "train_steps", "size", "prompts", "memory"):
         v = getattr(args, k, None)
         if v is not None:
             setattr(dcfg, k, v)
     if args.quick:
         dcfg.seeds_per_prompt = min(dcfg.seeds_per_prompt, 2)
-    dcfg.model_name = f"{prefix}_bench_{dcfg.size}"
+    dcfg.model_name = f"{prefix}_bench_{dcfg.size}" + ("" if dcfg.memory else "_nomemory")
     return dcfg
 
 
@@ -538,6 +538,8 @@ def main(argv=None) -> None:
     ap.add_argument("--headroom", action=argparse.BooleanOptionalAction, default=None,
                     help="add CFG at 2n steps and a cfg sweep at n steps (default: on for scenes)")
     ap.add_argument("--prompts", type=int, default=None, help="prompts collected (default 120)")
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
+                    help="weak model with guidance memory (default on, as Reflect trains it)")
     ap.add_argument("--seed", type=int, default=700_000, help="first evaluation seed (never collected)")
     ap.add_argument("--batch", type=int, default=60)
     ap.add_argument("--no-zigzag", dest="zigzag", action="store_false", help="leave out the Z-Sampling / Z-CoRe² rows")

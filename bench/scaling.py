@@ -34,7 +34,7 @@ def measure_size(args, seeds: int) -> dict:
     from demo import pipeline
 
     dcfg = pipeline.DemoConfig(dataset_name=f"toy_scaling_{seeds}", model_name=f"toy_scaling_{seeds}_small",
-                               seeds_per_prompt=seeds, train_steps=args.train_steps)
+                               seeds_per_prompt=seeds, train_steps=args.train_steps, memory=args.memory)
     t0 = time.perf_counter()
     data = pipeline.collect(args.work, dcfg)
     weak, training = pipeline.train(args.work, dcfg, data["folder"])
@@ -69,6 +69,8 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[1, 4, 16],
                     help="seeds per prompt of each dataset (120 prompts each)")
     ap.add_argument("--train-steps", dest="train_steps", type=int, default=2000)
+    ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=False,
+                    help="weak models with guidance memory (the curve in bench/results/scaling.json is without)")
     ap.add_argument("--samples", type=int, default=240)
     ap.add_argument("--seed", type=int, default=700_000, help="first evaluation seed (never collected)")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_out" / "scaling")

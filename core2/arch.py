@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import guidance
-from .weak import PromptFeatures, StepInfo, WeakModel
+from .weak import GuidanceMemory, PromptFeatures, StepInfo, WeakModel
 
 ARCH = "core2.conv_film"
-ARCH_VERSION = 2  # 2: optional x_t input ("x_input"); version-1 files load as x_input = False
+ARCH_VERSION = 3  # 2: optional x_t input ("x_input"); 3: optional guidance memory ("memory"); older files load
+# with those off
 
 PRESETS = {
     "small": {"width": 64, "mults": [1, 2], "blocks": 1, "emb_dim": 256, "queries": 4},
@@ -35,16 +36,21 @@ SIZES = tuple(PRESETS)
 
 
 def make_config(size: str, latent_channels: int, token_dim: int, pooled_dim: int | None, family: str = "any",
-                prediction: str | None = None, x_input: bool = False, **overrides) -> dict:
+                prediction: str | None = None, x_input: bool = False, memory: bool = False, **overrides) -> dict:
     """A complete config for `size` ("small" | "medium" | "large"); keyword overrides win.
 
     x_input: the net also sees the noisy latent x_t (see ConvFiLMWeakModel.predict_uncond); needs datasets
-    collected with store_x, and x_t at inference (the CoRe² guider always passes it)."""
+    collected with store_x, and x_t at inference (the CoRe² guider always passes it).
+    memory: the net also sees the guidance difference measured on the run's most recent slow step (GuidanceMemory);
+    needs x_input."""
+    if memory and not x_input:
+        raise ValueError("CoRe²: a weak model with guidance memory needs x_t input (collect with store_x on).")
     if size not in PRESETS:
         raise ValueError(f"CoRe²: unknown weak-model size {size!r}; choose one of {', '.join(SIZES)}.")
     cfg = {"arch": ARCH, "arch_version": ARCH_VERSION, "size": size, "latent_channels": int(latent_channels),
            "token_dim": int(token_dim), "pooled_dim": int(pooled_dim or 0), "patch": 2, "fourier": 16,
-           "family": family, "prediction": prediction, "x_input": bool(x_input), **PRESETS[size]}
+           "family": family, "prediction": prediction, "x_input": bool(x_input), "memory": bool(memory),
+           **PRESETS[size]}
     cfg.update(overrides)
     return cfg
 
@@ -117,6 +123,10 @@ class ConvFiLMWeakModel(WeakModel):
         self.prediction = c.get("prediction")
         self.name = c.get("name", f"CoRe² conv-FiLM ({c['size']})")
         self.x_input = bool(c.get("x_input", False))
+        self.memory = self.remembers_guidance = bool(c.get("memory", False))
+        if self.memory and not self.x_input:
+            raise ValueError("CoRe²: a weak model with guidance memory needs x_t input (config x_input).")
+        self._observed: GuidanceMemory | None = None  # per run: the latest slow step's guidance (memory models)
         cin, w, e, p = c["latent_channels"], c["width"], c["emb_dim"], c["patch"]
         self.register_buffer("freqs", torch.exp(torch.linspace(math.log(0.25), math.log(16.0), c["fourier"])),
                              persistent=False)
@@ -125,9 +135,16 @@ class ConvFiLMWeakModel(WeakModel):
         self.null_negative = nn.Parameter(torch.zeros(e))  # stands in for an absent negative prompt
         self.ctx_mlp = nn.Sequential(nn.Linear(2 * e, e), nn.SiLU(), nn.Linear(e, e))
         self.emb_out = nn.Sequential(nn.SiLU(), nn.Linear(e, e))
+        if self.memory:  # σ of the remembered slow step, whether there is one, and how much of it to reuse
+            self.memory_sigma = nn.Linear(e, e)
+            self.memory_flag = nn.Parameter(torch.zeros(e))
+            self.memory_gate = nn.Linear(e, cin)
+            for t in (self.memory_sigma.weight, self.memory_sigma.bias, self.memory_gate.weight):
+                nn.init.zeros_(t)
+            nn.init.ones_(self.memory_gate.bias)  # starts as the reuse fill-in where a slow step was measured
 
         chans = [w * m for m in c["mults"]]
-        self.stem = nn.Conv2d(cin * (2 if self.x_input else 1), chans[0], p, stride=p)
+        self.stem = nn.Conv2d(cin * (1 + self.x_input + self.memory), chans[0], p, stride=p)
         self.down_blocks = nn.ModuleList()
         self.downsamples = nn.ModuleList()
         for i, ch in enumerate(chans):
@@ -206,15 +223,18 @@ class ConvFiLMWeakModel(WeakModel):
         return (sigma.float() ** 2 + 1.0).rsqrt().to(sigma.dtype)
 
     def predict_uncond(self, raw_cond: torch.Tensor, sigma: torch.Tensor, ctx: torch.Tensor,
-                       x: torch.Tensor | None = None) -> torch.Tensor:
+                       x: torch.Tensor | None = None, memory: GuidanceMemory | None = None) -> torch.Tensor:
         """r̂_u for a batch: raw_cond [B,C,H,W], sigma [B] (or scalar), ctx [B or 1, E] from prepare()/encode_prompts(),
-        x [B,C,H,W] the noisy latent x_t (required when the model was built with x_input).
+        x [B,C,H,W] the noisy latent x_t (required when the model was built with x_input), memory the run's latest
+        slow-step guidance (models built with memory; None: no slow step yet).
 
         Without x the net maps r_c to r̂_u directly. With x it works in x0 space: the conditional x0 prediction
         x0_c = x − σ·r_c and the scaled x_t go in, a correction Δ comes out, x̂0_u = x0_c + Δ and r̂_u = r_c − Δ/σ.
         That matters for ε-like outputs: at high σ, r_c is mostly the noise itself, so a net that sees only r_c has to
-        denoise it to find the guidance signal, and learns the collected noise seeds instead of the task."""
-        b, _, h, w = raw_cond.shape
+        denoise it to find the guidance signal, and learns the collected noise seeds instead of the task.
+        With memory, the reuse fill-in's correction σ·D (D = r_c − r_u at the remembered slow step) goes in too, and
+        Δ = net + gate·σ·D: at initialisation the model IS the reuse fill-in, and it learns what reuse gets wrong."""
+        b = raw_cond.shape[0]
         sigma = torch.as_tensor(sigma, device=raw_cond.device).reshape(-1)
         if sigma.numel() == 1 and b > 1:
             sigma = sigma.expand(b)
@@ -222,17 +242,37 @@ class ConvFiLMWeakModel(WeakModel):
             if b % ctx.shape[0]:
                 raise ValueError(f"prompt batch {ctx.shape[0]} does not divide latent batch {b}")
             ctx = ctx.repeat_interleave(b // ctx.shape[0], dim=0)
-        emb = self.emb_out(self.sigma_embedding(sigma) + ctx)
-        if self.x_input:
-            if x is None:
-                raise ValueError("CoRe²: this weak model needs the noisy latent x_t (it was trained with x_t input); "
-                                 "use it through the CoRe² sampler nodes, which pass it.")
-            s4 = sigma.to(raw_cond.dtype).view(-1, 1, 1, 1)
-            x = x.to(raw_cond.dtype)
-            x0c = x - s4 * raw_cond
-            inp = torch.cat([x0c, x * self._input_scale(sigma).to(raw_cond.dtype).view(-1, 1, 1, 1)], 1)
-        else:
-            inp = raw_cond
+        if self.memory and memory is None:
+            memory = GuidanceMemory.empty(raw_cond)
+        emb = self._embedding(sigma, ctx, memory)
+        if not self.x_input:
+            return raw_cond + self._net(raw_cond, emb)
+        if x is None:
+            raise ValueError("CoRe²: this weak model needs the noisy latent x_t (it was trained with x_t input); "
+                             "use it through the CoRe² sampler nodes, which pass it.")
+        s4 = sigma.to(raw_cond.dtype).view(-1, 1, 1, 1)
+        x = x.to(raw_cond.dtype)
+        inputs = [x - s4 * raw_cond, x * self._input_scale(sigma).to(raw_cond.dtype).view(-1, 1, 1, 1)]
+        if self.memory:
+            reuse = s4 * memory.delta.to(raw_cond) * memory.has.to(raw_cond).view(-1, 1, 1, 1)
+            inputs.append(reuse)
+        delta = self._net(torch.cat(inputs, 1), emb)
+        if self.memory:
+            delta = delta + self.memory_gate(emb).to(delta)[:, :, None, None] * reuse
+        return raw_cond - delta / s4.clamp_min(1e-4)
+
+    def _embedding(self, sigma: torch.Tensor, ctx: torch.Tensor, memory: GuidanceMemory | None) -> torch.Tensor:
+        """The vector every block is modulated with: σ, the prompts and (memory models) the remembered step's σ."""
+        e = self.sigma_embedding(sigma) + ctx
+        if self.memory:
+            has = memory.has.to(e.device).view(-1, 1).to(e.dtype)
+            mem_sigma = torch.as_tensor(memory.sigma, device=e.device).reshape(-1).expand(e.shape[0])
+            e = e + has * (self.memory_sigma(self.sigma_embedding(mem_sigma)) + self.memory_flag)
+        return self.emb_out(e)
+
+    def _net(self, inp: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The U-Net: inputs [B, C·k, H, W] (padded to a multiple of its stride) → a correction [B, C, H, W]."""
+        h, w = inp.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
         z = F.pad(inp, (0, pw, 0, ph), mode="replicate") if (ph or pw) else inp
@@ -249,10 +289,23 @@ class ConvFiLMWeakModel(WeakModel):
             z = torch.cat([z, skips.pop()], 1)
             for blk in blocks:
                 z = blk(z, emb)
-        delta = self.head(F.silu(self.out_norm(z)))[:, :, :h, :w]
-        if self.x_input:
-            return raw_cond - delta / s4.clamp_min(1e-4)
-        return raw_cond + delta
+        return self.head(F.silu(self.out_norm(z)))[:, :, :h, :w]
+
+    # --- per-run memory (the guider reports each slow step) ----------------------------------------------------
+    def reset(self) -> None:
+        self._observed = None
+
+    def observe_slow(self, raw_cond: torch.Tensor, raw_uncond: torch.Tensor, sigma, step) -> None:
+        if self.memory:
+            d = (raw_cond - raw_uncond).detach()
+            s = torch.as_tensor(sigma, device=d.device, dtype=d.dtype).reshape(-1).expand(d.shape[0])
+            self._observed = GuidanceMemory(d, s, torch.ones(d.shape[0], dtype=torch.bool, device=d.device))
+
+    def _memory_for(self, rc: torch.Tensor) -> GuidanceMemory | None:
+        m = self._observed
+        if not self.memory or m is None or m.delta.shape != rc.shape:
+            return None
+        return GuidanceMemory(m.delta.to(rc), m.sigma.to(rc), m.has.to(rc.device))
 
     def predict(self, raw_cond: torch.Tensor, sigma: torch.Tensor, cfg_scale: float, step: StepInfo, context) -> torch.Tensor:
         ref = self._param()
@@ -260,7 +313,7 @@ class ConvFiLMWeakModel(WeakModel):
         x = (step.extra or {}).get("x") if step is not None else None
         if x is not None:
             x = x.to(ref.device, ref.dtype)
-        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype), x)
+        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype), x, self._memory_for(rc))
         out = guidance.cfg(rc, ru, float(cfg_scale))
         return out.to(raw_cond.device, raw_cond.dtype)
 
@@ -284,6 +337,11 @@ def check_config(config) -> None:
         v = config.get(k)
         if type(v) is not int or not lo <= v <= hi:
             raise ValueError(f"CoRe²: weak-model config {k} = {v!r} is not an integer in [{lo}, {hi}]")
+    for k in ("x_input", "memory"):
+        if type(config.get(k, False)) is not bool:
+            raise ValueError(f"CoRe²: weak-model config {k} = {config[k]!r} is not true or false")
+    if config.get("memory") and not config.get("x_input"):
+        raise ValueError("CoRe²: the weak-model config has memory without x_input; the file is damaged.")
     mults = config.get("mults")
     if not isinstance(mults, list) or not 1 <= len(mults) <= MAX_MULTS \
             or not all(type(m) is int and 1 <= m <= MAX_MULT for m in mults):

@@ -639,11 +639,14 @@ class DatasetReader:
         """One stored column of an item's shard (e.g. "cfg" [S]), read in full."""
         return self._handle(item["shard"]).get_tensor(key)
 
-    def collate(self, picks: list) -> dict:
+    def collate(self, picks: list, memory_rows: list[int] | None = None) -> dict:
         """A batch from (item, row) picks: cond, uncond, sigma, cfg [B…] (float32; x [B…] only when every picked row
         stores it) and the features of the batch's UNIQUE prompts (pos_/neg_ tokens zero-padded to the longest,
         *_mask marking real tokens, pooled, has_neg [U…]) with prompt_index [B] into them, so a trainer encodes each
-        prompt once per batch."""
+        prompt once per batch.
+
+        memory_rows: per pick, an earlier row of the same trajectory to remember as the latest slow step (−1: none):
+        adds mem_delta = cond − uncond there [B…], mem_sigma [B] and mem_has [B] (see weak.GuidanceMemory)."""
         cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "x")}
         order: dict[str, int] = {}
         index = []
@@ -662,7 +665,19 @@ class DatasetReader:
         out.update(_stack_features("neg", [n for _, n in feats], like=feats[0][0]))
         out["has_neg"] = torch.tensor([n is not None for _, n in feats])
         out["prompt_index"] = torch.tensor(index)
+        if memory_rows is not None:
+            out.update(self._memory(picks, memory_rows, out["cond"]))
         return out
+
+    def _memory(self, picks: list, memory_rows: list[int], like: torch.Tensor) -> dict:
+        delta, sigma = torch.zeros_like(like), torch.ones(len(picks))
+        has = torch.tensor([s >= 0 for s in memory_rows])
+        for j, ((it, _), s) in enumerate(zip(picks, memory_rows)):
+            if s >= 0:
+                h = self._handle(it["shard"])
+                delta[j] = h.get_slice("cond")[s:s + 1][0].float() - h.get_slice("uncond")[s:s + 1][0].float()
+                sigma[j] = h.get_slice("sigma")[s:s + 1][0].float()
+        return {"mem_delta": delta, "mem_sigma": sigma, "mem_has": has}
 
 
 def _stack_features(prefix: str, feats: list, like: PromptFeatures | None = None) -> dict:

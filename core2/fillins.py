@@ -8,7 +8,8 @@ weak model has a floor to beat:
 * "reuse" (the CFG-cache idea): a fast step adds the guidance difference measured on the most recent slow step,
   r_c + (g − 1)·(r_c − r_u)|last slow step, in raw (ε / v) space. Before any slow step it falls back to cond only.
 
-The sampler tells a fill-in about each run (reset) and each slow step (observe_slow); trained weak models ignore both.
+The sampler tells a fill-in about each run (reset) and each slow step (observe_slow); weak models built with
+memory (arch.py) listen too, other trained models ignore both.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class ReuseFill(WeakModel):
     """Fast steps = cond + (g − 1)·(the last slow step's cond − uncond), in raw space."""
 
     name = "reuse last guidance (training-free)"
+    remembers_guidance = True
 
     def __init__(self):
         super().__init__()

@@ -26,7 +26,7 @@ import time
 import torch
 
 
-PLACEMENTS = ("first", "spread")
+PLACEMENTS = ("auto", "first", "spread")
 
 
 def check_placement(placement: str) -> str:
@@ -35,12 +35,23 @@ def check_placement(placement: str) -> str:
     return placement
 
 
+def resolve_placement(placement: str, weak) -> str:
+    """auto: spread for weak models that build on the latest slow step's measured guidance (weak.remembers_guidance:
+    the reuse fill-in, models trained with guidance memory), first for the others. Measured on the toy world (docs/
+    method.md §3): spread is better for the former, first for plain trained models."""
+    if check_placement(placement) != "auto":
+        return placement
+    return "spread" if getattr(weak, "remembers_guidance", False) else "first"
+
+
 def slow_step_set(total: int, slow_steps: int, placement: str = "first") -> frozenset:
     """Which of `total` steps run slow. first: steps 0 … k−1 (the official CoRe²: guidance where the picture's layout
     is decided). spread: k steps evenly spaced from step 0 (0, total/k, 2·total/k, …), so that fast steps never
     run far from a measured CFG step (what the reuse fill-in and a weak model that drifts want)."""
     k = max(0, min(int(slow_steps), int(total)))
-    if check_placement(placement) == "first":
+    if check_placement(placement) == "auto":
+        raise ValueError("CoRe²: resolve the 'auto' slow-step placement for the weak model first (resolve_placement).")
+    if placement == "first":
         return frozenset(range(k))
     return frozenset((j * total) // k for j in range(k))
 
@@ -195,11 +206,12 @@ class RunStats:
         saved = self.fast_evals / n * (1 - t_fast / t_slow)
         return f"{times}: about {saved:.0%} less time than CFG (estimated from these step times)"
 
-    def summary(self, seconds: float, weak_name: str, method: str = "core") -> str:
+    def summary(self, seconds: float, weak_name: str, method: str = "core", placement: str = "") -> str:
         saved = 1 - self.model_passes / self.cfg_passes if self.cfg_passes else 0.0
         zig = f", {self.invert_evals} zigzag inversions" if self.invert_evals else ""
         change = f"{saved:.0%} fewer passes" if saved >= 0 else f"{-saved:.0%} more passes"
-        return (f"CoRe² ({method}): {len(self.slow_steps | self.fast_steps)} steps ({len(self.slow_steps)} slow, "
+        where = ", spread out" if placement == "spread" and self.slow_steps and self.fast_steps else ""
+        return (f"CoRe² ({method}): {len(self.slow_steps | self.fast_steps)} steps ({len(self.slow_steps)} slow{where}, "
                 f"{len(self.fast_steps)} fast){zig}, {self.model_passes} model passes vs {self.cfg_passes} for CFG "
                 f"({change}), weak model '{weak_name}' {self.weak_calls} calls; measured {seconds:.2f} s: "
                 f"{self.time_note()}")

@@ -42,6 +42,7 @@ import torch
 from . import __version__, advice, guidance
 from .arch import SIZES, build, make_config
 from .dataset import DatasetError, DatasetReader, manifest_hash
+from .weak import GuidanceMemory
 from .files import atomic_write_bytes
 from .weights_io import read_metadata, save_weak_model
 
@@ -72,6 +73,7 @@ class TrainSettings:
     arch_overrides: dict = field(default_factory=dict)
     x_input: bool | None = None  # the net also sees x_t; None: when the dataset stores it (store_x)
     loss: str = "mixed"  # "mixed" | "relative" | "x0" (see the module docstring)
+    memory: bool = True  # the net also sees the latest slow step's measured guidance (arch.py; only with x_t input)
 
 
 class TrainingError(RuntimeError):
@@ -170,15 +172,30 @@ def _encode(model, b: dict):
     return ctx[b["prompt_index"]]
 
 
-_PER_ROW = ("cond", "uncond", "sigma", "cfg", "x", "prompt_index")
+_PER_ROW = ("cond", "uncond", "sigma", "cfg", "x", "prompt_index", "mem_delta", "mem_sigma", "mem_has")
+MEMORY_NONE = 0.25  # memory models: the share of training rows shown no slow step (all-fast runs, the first steps)
 
 
 def _predict(model, b: dict) -> torch.Tensor:
-    return model.predict_uncond(b["cond"], b["sigma"], _encode(model, b), b.get("x") if model.x_input else None)
+    memory = GuidanceMemory(b["mem_delta"], b["mem_sigma"], b["mem_has"]) if "mem_delta" in b else None
+    return model.predict_uncond(b["cond"], b["sigma"], _encode(model, b), b.get("x") if model.x_input else None,
+                                **({"memory": memory} if getattr(model, "memory", False) else {}))
+
+
+def memory_rows(picks: list, rng: random.Random) -> list[int]:
+    """For memory models: per (item, row) pick, the earlier row of its trajectory standing for the latest slow step,
+    uniform over the earlier steps, or −1 (no slow step yet) for a MEMORY_NONE share of rows and at the first step.
+    (Rows are the trajectory's steps in sampling order.)"""
+    return [-1 if r == 0 or rng.random() < MEMORY_NONE else rng.randrange(r) for _, r in picks]
+
+
+def _collate(reader: DatasetReader, picks: list, memory: bool, rng: random.Random) -> dict:
+    return reader.collate(picks, memory_rows(picks, rng) if memory else None)
 
 
 def _finite_rows(b: dict) -> torch.Tensor:
-    return torch.isfinite(b["cond"]).flatten(1).all(1) & torch.isfinite(b["uncond"]).flatten(1).all(1) & torch.isfinite(b["sigma"])
+    ok = torch.isfinite(b["cond"]).flatten(1).all(1) & torch.isfinite(b["uncond"]).flatten(1).all(1) & torch.isfinite(b["sigma"])
+    return ok & torch.isfinite(b["mem_delta"]).flatten(1).all(1) if "mem_delta" in b else ok
 
 
 def _take(b: dict, keep: torch.Tensor) -> dict:
@@ -228,14 +245,15 @@ def val_score(metrics: dict, kind: str) -> float | None:
     return {"relative": a, "x0": b}.get(kind, 0.5 * (a + b))
 
 
-def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, start_epoch: int):
+def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, start_epoch: int, memory: bool = False):
     rows = reader.rows(items)
     epoch = start_epoch
     while True:
         order = list(rows)
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        rng = random.Random(seed * 1_000_003 + epoch)
+        rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            yield reader.collate([(items[i], r) for i, r in order[start:start + batch_size]])
+            yield _collate(reader, [(items[i], r) for i, r in order[start:start + batch_size]], memory, rng)
         epoch += 1
 
 
@@ -260,10 +278,11 @@ def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int 
     was = model.training
     model.eval()
     rows = _val_rows(reader, items, max_rows)
+    memory, rng = bool(getattr(model, "memory", False)), random.Random(1)
     sig, gs, num, den = [], [], [], []
     per_g = {g: [0.0, 0.0] for g in EVAL_G}
     for start in range(0, len(rows), batch_size):
-        b = reader.collate([(items[i], r) for i, r in rows[start:start + batch_size]])
+        b = _collate(reader, [(items[i], r) for i, r in rows[start:start + batch_size]], memory, rng)
         keep = _finite_rows(b)
         if not keep.any():
             continue
@@ -510,6 +529,7 @@ def init_or_resume(data: TrainingData, out_path: Path, s: TrainSettings) -> Trai
     else:
         config = make_config(s.size, data.facts["latent_channels"], data.facts["token_dim"], data.facts["pooled_dim"],
                              family=data.facts["family"], prediction=data.facts["prediction"], x_input=data.x_input,
+                             memory=s.memory and data.x_input,
                              **s.arch_overrides)
         step, history = 0, {"train": [], "val": []}
     model = build(config).to(device)
@@ -590,7 +610,8 @@ def _run_metadata(data: TrainingData, s: TrainSettings, config: dict) -> dict:
             "latent_channels": facts["latent_channels"], "prediction": facts["prediction"], "pack_version": __version__,
             "training": {"steps": s.steps, "batch_size": s.batch_size, "lr": s.lr, "seed": s.seed,
                          "val_fraction": s.val_fraction, "size": config.get("size"), "validation_on": data.val_label,
-                         "x_input": bool(config.get("x_input", False)), "loss": s.loss,
+                         "x_input": bool(config.get("x_input", False)), "memory": bool(config.get("memory", False)),
+                         "loss": s.loss,
                          "train_prompts": len({it["prompt_id"] for it in data.train_items}),
                          "val_prompts": len({it["prompt_id"] for it in data.val_items})}}
 
@@ -602,7 +623,7 @@ def run_loop(run: TrainingRun, on_step: Callable | None = None, check_cancel: Ca
     s, data = run.settings, run.data
     rows_per_epoch = max(1, sum(it["n"] for it in data.train_items))
     batches = _infinite_batches(data.reader, data.train_items, s.batch_size, s.seed,
-                                run.step * s.batch_size // rows_per_epoch)
+                                run.step * s.batch_size // rows_per_epoch, bool(getattr(run.model, "memory", False)))
     run.t0 = time.time()
     try:
         while run.step < s.steps:
@@ -754,7 +775,8 @@ def _result(run: TrainingRun, final_meta: dict) -> TrainResult:
 
 def make_summary(out_path, config, n_params, step, start_step, seconds, history, metrics, meta, notes) -> str:
     lines = [f"CoRe² weak model: {Path(out_path).name}",
-             f"architecture: {config['arch']} ({config.get('size')}, {n_params / 1e6:.2f}M parameters)",
+             f"architecture: {config['arch']} ({config.get('size')}, {n_params / 1e6:.2f}M parameters"
+             + (", guidance memory" if config.get("memory") else "") + ")",
              f"dataset: {meta['dataset']['name']} ({meta['dataset']['prompts']} prompts, {meta['dataset']['samples']} "
              f"samples), cfg {meta['cfg']}, base model {meta['base_model'].get('name')} [{meta['base_model'].get('key_hash')}]",
              f"steps: {start_step} → {step} in {seconds:.1f} s"]
@@ -764,6 +786,9 @@ def make_summary(out_path, config, n_params, step, start_step, seconds, history,
     if metrics.get("rows"):
         lines.append(f"validation ({metrics.get('validation_on', '')}, {metrics['rows']} rows): relative error "
                      f"{metrics['rel_err']:.4f} (median {metrics['rel_err_median']:.4f}; identity map = 1.0)")
+        if config.get("memory"):
+            lines.append(f"  (measured with the latest slow step remembered on {1 - MEMORY_NONE:.0%} of rows, drawn "
+                         "from the earlier steps)")
         if metrics.get("rel_err_x0") is not None:
             lines.append(f"  in x0 space (rows weighted by σ²): {metrics['rel_err_x0']:.4f}; score for the "
                          f"{metrics.get('loss', 'relative')} loss: {metrics['score']:.4f}")
@@ -787,6 +812,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--val-fraction", type=float, default=d.val_fraction)
     p.add_argument("--loss", choices=LOSSES, default=d.loss, help="training objective (see the module docstring)")
+    p.add_argument("--memory", action=argparse.BooleanOptionalAction, default=d.memory,
+                   help="the net also sees the guidance measured on the latest slow step (store_x datasets only)")
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -800,7 +827,8 @@ def main(argv=None) -> int:
         p.error("--out must end in .safetensors")
     s = TrainSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, size=a.size, seed=a.seed,
                       val_fraction=a.val_fraction, device=a.device, resume=a.resume, overwrite=a.overwrite,
-                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, loss=a.loss)
+                      checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, loss=a.loss,
+                      memory=a.memory)
     last = [time.time()]
 
     def progress(step, total, loss):

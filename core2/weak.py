@@ -47,6 +47,23 @@ class StepInfo:
     denoise: float = 1.0  # < 1: the schedule is the tail of a longer one (KSampler denoise), it starts below full noise
 
 
+@dataclass
+class GuidanceMemory:
+    """What a run measured on its most recent slow step, per batch row: the guidance difference D = r_c − r_u in raw
+    space [B,C,H,W], the σ it was measured at [B], and has [B] (False where no slow step has run yet; D is zero there).
+    The "reuse" fill-in adds (g − 1)·D on fast steps; a weak model built with memory takes D as an input."""
+
+    delta: torch.Tensor
+    sigma: torch.Tensor
+    has: torch.Tensor
+
+    @staticmethod
+    def empty(like: torch.Tensor) -> "GuidanceMemory":
+        b = like.shape[0]
+        return GuidanceMemory(torch.zeros_like(like), torch.ones(b, device=like.device, dtype=like.dtype),
+                              torch.zeros(b, dtype=torch.bool, device=like.device))
+
+
 class WeakModel(torch.nn.Module):
     """Base class. Subclasses set the class attributes and implement prepare() and predict()."""
 
@@ -55,6 +72,7 @@ class WeakModel(torch.nn.Module):
     prediction: str | None = None  # "eps" | "flow" | None (any)
     uses_cfg_scale: bool = True  # False when the CFG scale is baked in (official weights)
     trained_cfg: float | None = None  # the scale the weights were trained at, if any
+    remembers_guidance: bool = False  # fast steps build on the latest slow step's measured guidance (reset/observe_slow)
     name: str = "weak model"
 
     def prepare(self, positive: PromptFeatures, negative: PromptFeatures | None):

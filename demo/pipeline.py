@@ -30,10 +30,11 @@ class DemoConfig:
     cfg: float = 5.0
     sampler_name: str = "euler"
     scheduler: str = "normal"
-    train_steps: int = 2000
+    train_steps: int = 5000
     train_batch: int = 32
     train_lr: float = 1e-3
     size: str = "small"
+    memory: bool = True  # the weak model remembers the latest slow step's guidance (core2/arch.py)
     val_fraction: float = 0.1
     w2s_scale: float = 1.5
     eval_samples: int = 60  # held-out (prompt, seed) samples per method in the report
@@ -141,10 +142,11 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
     same_data = meta.get("dataset", {}).get("manifest_hash") == manifest_hash(dataset_folder)
     # files from before the loss setting were trained on "relative"
     same_loss = tr.get("loss", "relative") == trainer.TrainSettings().loss
-    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data and same_loss
-    if meta and not (same_data and same_loss):  # the dataset grew, or the objective changed: train afresh
-        log.info("the %s changed since %s was trained; training it again", "dataset" if not same_data else "loss",
-                 out.name)
+    same_arch = bool((meta.get("config") or {}).get("memory", False)) == cfg.memory
+    done = bool(tr.get("complete")) and int(tr.get("step", 0)) >= cfg.train_steps and same_data and same_loss and same_arch
+    if meta and not (same_data and same_loss and same_arch):  # the dataset grew, or the model changed: train afresh
+        what = "dataset" if not same_data else "loss" if not same_loss else "guidance-memory setting"
+        log.info("the %s changed since %s was trained; training it again", what, out.name)
         for p in (out, trainer.optimizer_path(out), partial, trainer.optimizer_path(partial)):
             p.unlink(missing_ok=True)
     if done and tr.get("size") not in (None, cfg.size):
@@ -154,7 +156,7 @@ def train(out_dir: Path, cfg: DemoConfig, dataset_folder: str) -> tuple[object, 
     trained_now = False
     if not done:
         settings = trainer.TrainSettings(steps=cfg.train_steps, batch_size=cfg.train_batch, lr=cfg.train_lr,
-                                         size=cfg.size, seed=0, val_fraction=cfg.val_fraction,
+                                         size=cfg.size, seed=0, val_fraction=cfg.val_fraction, memory=cfg.memory,
                                          resume=out.is_file() or partial.is_file(), eval_every=max(50, cfg.train_steps // 6),
                                          checkpoint_every=max(50, cfg.train_steps // 6))
         t0 = time.perf_counter()

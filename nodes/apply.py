@@ -94,7 +94,7 @@ def _later_predict_wrappers(guider) -> list[str]:
     return names[mine[-1] + 1:] if mine else []
 
 
-def make_wrappers(weak, w2s_scale: float, slow_steps: int, slow_placement: str = "first"):
+def make_wrappers(weak, w2s_scale: float, slow_steps: int, slow_placement: str = "auto"):
     """The OUTER_SAMPLE and PREDICT_NOISE wrappers of one CoRe² Apply node (module doc)."""
 
     def core2_apply_outer_sample(executor, *args, **kwargs):
@@ -143,7 +143,7 @@ def make_wrappers(weak, w2s_scale: float, slow_steps: int, slow_placement: str =
     return core2_apply_outer_sample, core2_apply_predict_noise
 
 
-def apply(model, weak, w2s_scale: float, slow_steps: int, slow_placement: str = "first"):
+def apply(model, weak, w2s_scale: float, slow_steps: int, slow_placement: str = "auto"):
     """A clone of `model` that samples with CoRe² (refused, before any work, on a ComfyUI without the hooks)."""
     check_supported(model)
     if weak is None:
@@ -183,7 +183,7 @@ class CoRe2Apply:
     FUNCTION = "apply"
     CATEGORY = CATEGORY
 
-    def apply(self, model, weak_model, w2s_scale, slow_steps, slow_placement="first"):
+    def apply(self, model, weak_model, w2s_scale, slow_steps, slow_placement="auto"):
         return (apply(model, weak_model, w2s_scale, slow_steps, slow_placement),)
 
 

@@ -30,7 +30,7 @@ import comfy.samplers
 import torch
 
 from ..core2 import guidance
-from ..core2.schedule import RunStats, StepMap, StepTracker, check_placement
+from ..core2.schedule import RunStats, StepMap, StepTracker, check_placement, resolve_placement
 from ..core2.weak import StepInfo, WeakModel
 from ..core2.zigzag import INVERT_KEY, sample_zigzag_euler
 from . import conditioning, model_info, weak_memory
@@ -87,7 +87,7 @@ class RunState:
 class CoRe2CFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
-                 inv_cfg: float = 0.5, denoise: float = 1.0, slow_placement: str = "first"):
+                 inv_cfg: float = 0.5, denoise: float = 1.0, slow_placement: str = "auto"):
         """slow_steps: how many schedule steps run slow (None: all); slow_placement: which ones (core2/schedule.py
         slow_step_set: "first" or "spread"). schedule: the full σ schedule the
         steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
@@ -178,9 +178,9 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         if self.method != "core":
             sampler = self._zigzag_sampler(sampler)
         run = self.run_state
-        run.reset(StepMap(schedule, slow, placement=self.slow_placement))
+        run.reset(StepMap(schedule, slow, placement=resolve_placement(self.slow_placement, self.weak)))
         run.steps.start(sigmas, stop_frame=stop_frame)
-        if hasattr(self.weak, "reset"):  # training-free fill-ins keep per-run state (core2/fillins.py)
+        if hasattr(self.weak, "reset"):  # the reuse fill-in and memory models keep per-run state
             self.weak.reset()
         return sampler
 
@@ -188,7 +188,8 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         """Log the run's summary line, show it on the sampler node running this guider, drop its prompt contexts."""
         run = self.run_state
         if run.stats.evaluations:
-            self.last_summary = run.stats.summary(seconds, self.weak.name if self.weak else "none", self.method)
+            self.last_summary = run.stats.summary(seconds, self.weak.name if self.weak else "none", self.method,
+                                                  run.map.placement if run.map is not None else "")
             log.info(self.last_summary)
             NodeText().show(self.last_summary, final=True)
         run.contexts = {}
@@ -300,15 +301,16 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
             if math.isclose(cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False):
                 uncond = None  # ComfyUI's cfg = 1 shortcut
             raw = _evaluate(model, [cond, uncond], x, timestep, model_options)
-            if uncond is not None and hasattr(self.weak, "observe_slow"):  # the "reuse" fill-in
+            use_weak = self.w2s_scale != 1.0 and self.method == "core"
+            # the weak prediction first: it knows the earlier slow steps only, as on a fast step
+            weak = self._weak_denoised(x, timestep, raw[0], step) if use_weak else None
+            if uncond is not None and hasattr(self.weak, "observe_slow"):  # the reuse fill-in, memory models
                 self.weak.observe_slow(guidance.raw_from_denoised(x, raw[0], timestep),
                                        guidance.raw_from_denoised(x, raw[1], timestep), timestep, step)
             cond_pred, uncond_pred = _pre_cfg(model, [cond, uncond], raw, cfg, x, timestep, model_options)[:2]
             strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                                  model_options=no_post, cond=cond, uncond=uncond)
-            use_weak = self.w2s_scale != 1.0 and self.method == "core"
-            denoised = guidance.weak_to_strong(self._weak_denoised(x, timestep, raw[0], step), strong,
-                                               self.w2s_scale) if use_weak else strong
+            denoised = guidance.weak_to_strong(weak, strong, self.w2s_scale) if use_weak else strong
         else:
             use_weak = True
             cond_pred, uncond_pred, denoised = self._fast(model, x, timestep, step, cond, uncond, no_post)

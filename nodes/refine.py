@@ -34,10 +34,11 @@ def _core2_inputs(slow_default=10):
 OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "max": 10.0, "step": 0.1, **ADVANCED,
                                                "tooltip": "z-sampling only (ignored by core and z-core): CFG scale of "
                                                           "the inversion pass (official default 0.5)."}),
-                           "slow_placement": (list(PLACEMENTS), {"default": "first", "tooltip":
+                           "slow_placement": (list(PLACEMENTS), {"default": "auto", "tooltip":
                                "Which steps run slow. first: the first slow_steps steps (official CoRe²). spread: "
                                "slow_steps steps evenly spaced from the first, so fast steps never run far from a "
-                               "measured CFG step (try it with the training-free 'reuse' fill-in)."})}}
+                               "measured CFG step. auto: spread for weak models that build on the last slow step's "
+                               "guidance (Reflect's guidance memory, the 'reuse' fill-in), first for the others."})}}
 
 
 def _ksampler_inputs(names: list, specs: dict) -> dict:
@@ -60,7 +61,7 @@ _SPECS = _specs()
 
 
 def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule=None, scheduler=None,
-            denoise=1.0, slow_placement="first"):
+            denoise=1.0, slow_placement="auto"):
     g = CoRe2CFGGuider(model, weak_model, w2s_scale, slow_steps, schedule=schedule, method=method,
                        zigzag_steps=None if zigzag_steps < 0 else zigzag_steps, inv_cfg=inv_cfg, denoise=denoise,
                        slow_placement=slow_placement)
@@ -69,7 +70,7 @@ def _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_
 
 
 def _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise=1.0,
-             slow_placement="first"):
+             slow_placement="auto"):
     """make(model, schedule) -> guider for run_ksampler. slow_steps is checked against the schedule the sampler
     really runs (a scheduler may give fewer or more σ than `steps`), by the guider."""
     return lambda m, schedule: _guider(m, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, schedule,
@@ -93,7 +94,7 @@ class CoRe2KSampler:
     CATEGORY = CATEGORY
 
     def sample(self, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise,
-               weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5, slow_placement="first"):
+               weak_model, w2s_scale, slow_steps, method="core", zigzag_steps=-1, inv_cfg=0.5, slow_placement="auto"):
         make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg, denoise,
                         slow_placement)
         return (run_ksampler(make, model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
@@ -123,7 +124,7 @@ class CoRe2KSamplerAdvanced:
 
     def sample(self, model, add_noise, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
                latent_image, start_at_step, end_at_step, return_with_leftover_noise, weak_model, w2s_scale, slow_steps,
-               method="core", zigzag_steps=-1, inv_cfg=0.5, slow_placement="first"):
+               method="core", zigzag_steps=-1, inv_cfg=0.5, slow_placement="auto"):
         make = _factory(steps, scheduler, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg,
                         slow_placement=slow_placement)
         return (run_ksampler(make, model, noise_seed, steps, cfg, sampler_name, scheduler, positive, negative,
@@ -147,7 +148,7 @@ class CoRe2GuiderNode:
     CATEGORY = CATEGORY
 
     def get_guider(self, model, positive, negative, cfg, weak_model, w2s_scale, slow_steps, method="core",
-                   zigzag_steps=-1, inv_cfg=0.5, slow_placement="first"):
+                   zigzag_steps=-1, inv_cfg=0.5, slow_placement="auto"):
         guider = _guider(model, weak_model, w2s_scale, slow_steps, method, zigzag_steps, inv_cfg,
                          slow_placement=slow_placement)
         guider.set_conds(positive, negative)

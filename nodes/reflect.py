@@ -74,6 +74,10 @@ class CoRe2Reflect:
             },
             "optional": {
                 "dataset_override": ("STRING", {"default": "", "tooltip": "Type a dataset folder name here to use it instead of the list."}),
+                "guidance_memory": ("BOOLEAN", {"default": True, "tooltip":
+                                    "The weak model also sees the guidance measured on the latest slow step of the run "
+                                    "(it starts as the 'reuse last guidance' fill-in and learns what that gets wrong). "
+                                    "Needs a dataset collected with store_x; ignored when resuming an older model."}),
             },
             **HIDDEN,
         }
@@ -88,7 +92,7 @@ class CoRe2Reflect:
     OUTPUT_NODE = True
 
     def reflect(self, dataset, size, steps, batch_size, learning_rate, seed, val_fraction, resume, save_name,
-                dataset_override="", unique_id=None):
+                dataset_override="", guidance_memory=True, unique_id=None):
         name = (dataset_override or "").strip() or dataset
         if name == USE_OVERRIDE:
             raise ValueError("CoRe² Reflect: no dataset chosen. Pick one from the list (run CoRe² Collect first if it is "
@@ -103,7 +107,8 @@ class CoRe2Reflect:
                 raise ValueError(f"CoRe² Reflect: {out.stem}: {stale}")
         device = mm.get_torch_device()
         settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate), size=size,
-                                 seed=int(seed), val_fraction=float(val_fraction), device=str(device), resume=bool(resume))
+                                 seed=int(seed), val_fraction=float(val_fraction), device=str(device), resume=bool(resume),
+                                 memory=bool(guidance_memory))
         mm.unload_all_models()
         mm.soft_empty_cache()
         text = NodeText(unique_id)
@@ -219,7 +224,8 @@ def describe(weak) -> str:
     lines = [f"{weak.name}: {type(weak).__name__}, family {weak.family}, {weak.latent_channels or 'any'}-channel latents, "
              f"prediction {weak.prediction or 'any'}"]
     if meta.get("config"):
-        lines.append(f"architecture {meta['config'].get('arch')} ({meta['config'].get('size')})")
+        memory = ", remembers the latest slow step's guidance" if meta["config"].get("memory") else ""
+        lines.append(f"architecture {meta['config'].get('arch')} ({meta['config'].get('size')}{memory})")
     if meta.get("cfg"):
         lines.append(f"trained on CFG {meta['cfg']}")
     tr = meta.get("training") or {}

@@ -37,13 +37,15 @@ def _features(cond):
 
 
 def collect(tm, folder, n_prompts: int = 6, seeds=(1,), batch: int = 1, steps: int = 8, cfg: float = 5.0, h: int = 16, w: int = 16,
-            sampler: str = "euler", scheduler: str = "normal", prompt_seed: int = 1234, distinct_seeds: bool = False):
+            sampler: str = "euler", scheduler: str = "normal", prompt_seed: int = 1234, distinct_seeds: bool = False,
+            store_x: bool = False):
     """Write a dataset of n_prompts × len(seeds) × batch trajectories to `folder`; returns the folder.
 
     distinct_seeds=False: every prompt is sampled from the same noise seeds, so a split by prompt measures
     generalisation to new prompts on known noise. True: each prompt gets its own seeds (seed + 101·i), so held-out
     prompts also mean unseen noise. (The tiny random UNets have no guidance structure that transfers to unseen
     noise at test-sized data: even the mean guidance direction per σ scores ≈1.03 there.)
+    store_x: also store the noisy latents x_t (as Collect's store_x does).
     """
     import comfy.sample
 
@@ -62,13 +64,14 @@ def collect(tm, folder, n_prompts: int = 6, seeds=(1,), batch: int = 1, steps: i
         pid = writer.add_prompt(f"prompt {prompt_seed}-{i}", "negative", _features(pos), _features(negative))
         for seed0 in seeds:  # one sampling call per seed; its `batch` latent rows are separate trajectories
             seed = seed0 + 101 * i if distinct_seeds else seed0
-            rec = {"cond": [], "uncond": [], "sigma": []}
+            rec = {"cond": [], "uncond": [], "sigma": [], "x": []}
 
             def post_cfg(args):
                 x, s = args["input"], args["sigma"]
                 rec["cond"].append(guidance.raw_from_denoised(x, args["cond_denoised"], s))
                 rec["uncond"].append(guidance.raw_from_denoised(x, args["uncond_denoised"], s))
                 rec["sigma"].append(float(s.reshape(-1)[0]))
+                rec["x"].append(x.clone())
                 return args["denoised"]
 
             m = tm.patcher.clone()
@@ -77,9 +80,11 @@ def collect(tm, folder, n_prompts: int = 6, seeds=(1,), batch: int = 1, steps: i
             noise = comfy.sample.prepare_noise(latent, seed)
             comfy.sample.sample(m, noise, steps, cfg, sampler, scheduler, pos, negative, latent, disable_pbar=True, seed=seed)
             n = len(rec["sigma"])
-            cond, uncond = torch.stack(rec["cond"], 1), torch.stack(rec["uncond"], 1)  # [B,S,C,H,W]
+            cond, uncond, xs = (torch.stack(rec[k], 1) for k in ("cond", "uncond", "x"))  # [B,S,C,H,W]
             for row in range(batch):
                 tensors = {"cond": cond[row], "uncond": uncond[row], "sigma": torch.tensor(rec["sigma"]),
                            "cfg": torch.full((n,), float(cfg)), "step": torch.arange(n)}
+                if store_x:
+                    tensors["x"] = xs[row]
                 writer.add_trajectory(pid, seed, row, tensors)
     return folder

@@ -335,7 +335,9 @@ def test_a_weak_model_file_cannot_make_the_loader_allocate_what_its_tensors_do_n
                         lambda self, *a, _real=arch.ConvFiLMWeakModel.__init__, **k: (built.append(str(torch.empty(0).device)), _real(self, *a, **k))[1])
     cases = {"huge.safetensors": dict(width=20000), "wide.safetensors": dict(width=1024, mults=[1, 8]),
              "neg.safetensors": dict(blocks=-1), "str.safetensors": dict(emb_dim="16"),
-             "mults.safetensors": dict(mults=[1] * 40), "other.safetensors": dict(width=16)}
+             "mults.safetensors": dict(mults=[1] * 40), "other.safetensors": dict(width=16),
+             "memstr.safetensors": dict(memory="yes"), "memnox.safetensors": dict(memory=True),
+             "memshape.safetensors": dict(memory=True, x_input=True)}
     for name, cfg in cases.items():
         built.clear()
         with pytest.raises(weights_io.WeakModelFileError, match=name.split(".")[0]) as e:

@@ -6,7 +6,7 @@ import torch
 
 import comfy.sample
 import comfy.samplers
-from comfyui_core2.core2 import guidance
+from comfyui_core2.core2 import fillins, guidance
 from comfyui_core2.core2.schedule import StepMap
 from comfyui_core2.core2.weak import IdentityWeakModel, WeakModel
 from comfyui_core2.nodes import refine
@@ -471,8 +471,22 @@ def test_slow_step_placements():
     assert slow_step_set(10, 3, "spread") == {0, 3, 6}
     assert slow_step_set(6, 9, "spread") == slow_step_set(6, 9, "first") == set(range(6))
     assert slow_step_set(6, 0, "spread") == frozenset()
-    with pytest.raises(ValueError, match="first, spread"):
+    with pytest.raises(ValueError, match="auto, first, spread"):
         slow_step_set(6, 2, "last")
+    with pytest.raises(ValueError, match="resolve"):
+        slow_step_set(6, 2, "auto")
+
+
+def test_auto_placement_spreads_only_for_weak_models_that_build_on_the_last_slow_step():
+    from comfyui_core2.core2 import arch, fillins
+    from comfyui_core2.core2.schedule import resolve_placement
+
+    memory = arch.build(arch.make_config("small", 4, 8, 0, x_input=True, memory=True, width=8, emb_dim=16))
+    plain = arch.build(arch.make_config("small", 4, 8, 0, x_input=True, width=8, emb_dim=16))
+    assert resolve_placement("auto", memory) == resolve_placement("auto", fillins.make(fillins.REUSE)) == "spread"
+    assert resolve_placement("auto", plain) == resolve_placement("auto", IdentityWeakModel()) == "first"
+    assert resolve_placement("auto", fillins.make(fillins.COND_ONLY)) == "first"
+    assert resolve_placement("first", memory) == "first" and resolve_placement("spread", plain) == "spread"
 
 
 def test_spread_placement_runs_its_slow_steps_where_it_says(tiny_sd15, caplog):
@@ -487,7 +501,14 @@ def test_spread_placement_runs_its_slow_steps_where_it_says(tiny_sd15, caplog):
                     IdentityWeakModel(), 1.5, 4, slow_placement="spread")
     assert tm.calls == [2 if i % 5 == 0 else 1 for i in range(20)]
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CoRe² (core):")][-1]
-    assert "20 steps (4 slow, 16 fast)" in line and "24 model passes vs 40 for CFG" in line
+    assert "20 steps (4 slow, spread out, 16 fast)" in line and "24 model passes vs 40 for CFG" in line
+    # auto (the node's default) spreads for the reuse fill-in, keeps the first steps slow for a plain weak model
+    for weak, calls in ((fillins.make(fillins.REUSE), [2 if i % 5 == 0 else 1 for i in range(20)]),
+                        (IdentityWeakModel(), [2] * 4 + [1] * 16)):
+        tm.reset_calls()
+        node.sample(tm.patcher, 0, 20, 6.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
+                    weak, 1.0, 4)
+        assert tm.calls == calls, weak.name
     tm.reset_calls()
     with pytest.raises(ValueError, match="placement"):
         node.sample(tm.patcher, 0, 20, 6.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
