@@ -420,7 +420,7 @@ def time_family(name: str, cfg: dict, hw: int, reps: int, sizes: list[str]) -> d
     weak_times = {}
     for size in sizes:
         w = arch.build(arch.make_config(size, c, fam["token_dim"], fam["pooled_dim"], family=fam["family"],
-                                        prediction="eps", x_input=True)).eval()  # as Reflect trains it
+                                        prediction="eps", x_input=True, memory=True)).eval()  # as Reflect trains it
         with torch.no_grad():
             w.head.weight.normal_(0, 0.01)
         pf = lambda: PromptFeatures(torch.randn(1, fam["tokens"], fam["token_dim"]),  # noqa: E731

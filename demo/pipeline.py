@@ -21,7 +21,7 @@ log = logging.getLogger("core2.demo")
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo run. The defaults take about 6-7 minutes on 1 CPU thread (collect 2, train 4)."""
+    """Sizes of the demo run. The defaults take about 13 minutes on 1 CPU thread (collect 2, train 8, sample 3)."""
     prompts: int = 120  # toy prompts collected (the toy world has 120)
     seeds_per_prompt: int = 4
     collect_batch: int = 4  # trajectories per sampling call while collecting
@@ -208,7 +208,7 @@ class Method:
     method: str = "core"
     note: str = ""
     role: str = ""  # what the row stands for in a comparison (the benchmark's checks find rows by budget and role)
-    placement: str = "first"  # which steps are slow (core2/schedule.py slow_step_set)
+    placement: str = "first"  # which steps are slow (core2/schedule.py: first, spread, or auto for the weak model)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -268,7 +268,8 @@ def demo_methods(cfg: DemoConfig) -> list[Method]:
     return [Method("cfg 1", "cfg", 1.0, n, note="no guidance"),
             Method(f"CFG {cfg.cfg:g}", "cfg", cfg.cfg, n),
             Method("CoRe² all-fast", "core2", cfg.cfg, n, 0, 1.0),
-            Method("CoRe² mixed", "core2", cfg.cfg, n, n // 2, cfg.w2s_scale, note=f"{n // 2} slow steps"),
+            Method("CoRe² mixed", "core2", cfg.cfg, n, n // 2, cfg.w2s_scale, note=f"{n // 2} slow steps",
+                   placement="auto"),
             Method("CoRe² all-slow", "core2", cfg.cfg, n, n, cfg.w2s_scale)]
 
 
