@@ -138,6 +138,18 @@ def _in_queue(host: str, prompt_id: str, timeout: float) -> bool:
     return any(len(e) > 1 and e[1] == prompt_id for e in entries)
 
 
+def cancel(host: str, prompt_id: str, timeout: float) -> None:
+    """Best effort: drop the prompt from the queue, or interrupt it when it is the one running (by prompt id; older
+    ComfyUIs interrupt whatever runs, which was checked to be this prompt)."""
+    try:
+        _call(host, "/queue", {"delete": [prompt_id]}, timeout)
+        _, q = _call(host, "/queue", None, timeout)
+        if any(len(e) > 1 and e[1] == prompt_id for e in (q or {}).get("queue_running", [])):
+            _call(host, "/interrupt", {"prompt_id": prompt_id}, timeout)
+    except RemoteError:
+        pass
+
+
 def poll(host: str, prompt_id: str, timeout: float, collect_node: str):
     """None while the prompt waits or runs; the collect node's text when it succeeded; RemoteError when it failed
     or the server no longer knows it (restarted)."""
@@ -179,6 +191,7 @@ class Driver:
     poll_s: float = 1.0
     timeout: float = 30.0
     retries: int = 3  # unanswered polls in a row before a server counts as gone
+    shard_timeout: float = 0.0  # seconds from submission after which a shard is cancelled there and moved (0: never)
     out: object = sys.stdout
     t0: float = field(default_factory=time.monotonic)
     client_id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -247,7 +260,11 @@ class Driver:
             self.fail(run.shard, run.host, e)
             return
         run.misses = 0
-        if text is not None:
+        if text is None and self.shard_timeout and time.monotonic() - run.started > self.shard_timeout:
+            cancel(run.host, run.prompt_id, self.timeout)
+            self.fail(run.shard, run.host, RemoteError(f"not done after --shard-timeout {self.shard_timeout:g} s; "
+                                                       "cancelled there"))
+        elif text is not None:
             secs = time.monotonic() - run.started
             del self.running[run.host]
             self.done[run.shard] = (run.host, secs)
@@ -293,6 +310,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--shards", type=int, default=None, help="how many shards (default: one per server)")
     ap.add_argument("--poll", type=float, default=1.0, help="seconds between progress checks (default 1)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds one HTTP request may take (default 30)")
+    ap.add_argument("--shard-timeout", type=float, default=0.0,
+                    help="seconds after submission after which a shard is cancelled on its server and moved to "
+                         "another (default 0: wait as long as it takes)")
     ap.add_argument("--retries", type=int, default=3,
                     help="unanswered checks in a row after which a server counts as gone (default 3)")
     args = ap.parse_args(argv)
@@ -304,15 +324,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.shards = len(args.servers) if args.shards is None else args.shards
     if not 1 <= args.shards <= MAX_SHARDS:
         ap.error(f"--shards must be 1 … {MAX_SHARDS}.")
-    if args.poll <= 0 or args.timeout <= 0 or args.retries < 1:
-        ap.error("--poll and --timeout must be > 0 and --retries ≥ 1.")
+    if args.poll <= 0 or args.timeout <= 0 or args.retries < 1 or args.shard_timeout < 0:
+        ap.error("--poll and --timeout must be > 0, --shard-timeout ≥ 0 and --retries ≥ 1.")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     driver = Driver(args.servers, args.workflow, args.node_id, args.shards, poll_s=args.poll, timeout=args.timeout,
-                    retries=args.retries)
+                    retries=args.retries, shard_timeout=args.shard_timeout)
     driver.say(f"{args.shards} shards of node {args.node_id} over {len(args.servers)} servers: {', '.join(args.servers)}")
     try:
         ok = driver.run()

@@ -85,10 +85,11 @@ def test_workflow_needs_exactly_one_collect_node(tmp_path):
 
 class FakeComfy:
     """Just enough of ComfyUI's API: /prompt queues, /history reports the prompt done after `polls` checks, with an
-    execution error when fail(shard) says so."""
+    execution error when fail(shard) says so; forget=True: a restarted server, which knows none of its prompts."""
 
-    def __init__(self, fail=lambda shard: False, polls: int = 1):
-        self.fail, self.polls, self.prompts, self.checks = fail, polls, {}, {}
+    def __init__(self, fail=lambda shard: False, polls: int = 1, forget: bool = False):
+        self.fail, self.polls, self.prompts, self.checks, self.forget = fail, polls, {}, {}, forget
+        self.cancelled = []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,13 +105,19 @@ class FakeComfy:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if self.path != "/prompt":  # /queue delete, /interrupt
+                    outer.cancelled.append((self.path, body))
+                    return self._send({})
                 pid = f"p{len(outer.prompts)}"
                 outer.prompts[pid] = body["prompt"]["3"]["inputs"]["shard_index"]
                 self._send({"prompt_id": pid, "number": 0, "node_errors": {}})
 
             def do_GET(self):
                 if self.path == "/queue":
-                    return self._send({"queue_running": [[0, p] for p in outer.prompts], "queue_pending": []})
+                    running = [] if outer.forget else [[0, p] for p in outer.prompts]
+                    return self._send({"queue_running": running, "queue_pending": []})
+                if outer.forget:
+                    return self._send({})
                 pid = self.path.rsplit("/", 1)[-1]
                 outer.checks[pid] = outer.checks.get(pid, 0) + 1
                 if outer.checks[pid] <= outer.polls:
@@ -154,6 +161,28 @@ def test_failed_shards_move_to_other_servers():
     assert f"shard 1/3 failed on {a.host}: execution_error in node 3 (CoRe2CollectBatch): disk full" in text
     assert f"shard 1/3 submitted to {b.host} (attempt 2, resubmitted)" in text
     assert "3 of 3 shards done" in text and "done on" in text and "3 new, 0 already present" in text
+
+
+def test_a_prompt_the_server_forgot_is_run_elsewhere():
+    """A server restarted mid-run (up again, but its history and queue lack the prompt): the shard moves on."""
+    a, b = FakeComfy(forget=True), FakeComfy()
+    try:
+        ok, d, text = _drive([a.host, b.host], 2)
+    finally:
+        a.close(), b.close()
+    assert ok and d.done[0][0] == d.done[1][0] == b.host, text
+    assert f"shard 0/2 failed on {a.host}: the server no longer knows prompt p0 (restarted?)" in text
+
+
+def test_a_shard_past_shard_timeout_is_cancelled_and_moved():
+    slow, quick = FakeComfy(polls=10**9), FakeComfy()
+    try:
+        ok, d, text = _drive([slow.host, quick.host], 2, shard_timeout=0.3)
+    finally:
+        slow.close(), quick.close()
+    assert ok and d.done[0][0] == quick.host, text
+    assert f"shard 0/2 failed on {slow.host}: not done after --shard-timeout 0.3 s; cancelled there" in text
+    assert ("/queue", {"delete": ["p0"]}) in slow.cancelled and ("/interrupt", {"prompt_id": "p0"}) in slow.cancelled
 
 
 def test_no_server_left_exits_nonzero_and_names_the_unfinished_shards(tmp_path):
