@@ -21,7 +21,7 @@ log = logging.getLogger("core2.demo")
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo run. The defaults take about 13 minutes on 1 CPU thread (collect 2, train 8, sample 3)."""
+    """Sizes of the demo run. On 1 CPU thread the defaults collect in about 2 minutes and train in about 8."""
     prompts: int = 120  # toy prompts collected (the toy world has 120)
     seeds_per_prompt: int = 4
     collect_batch: int = 4  # trajectories per sampling call while collecting
