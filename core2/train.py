@@ -23,6 +23,11 @@ stopped (metadata training.complete = false; optimizer state in <name>.partial.o
 newer of it and <name>.safetensors. Only weights that are finite and score a finite validation error are saved. The
 finished model goes to <name>.safetensors (optimizer state in <name>.optim.pt) and never replaces a finished model
 there that scores better on this run's validation items (the new weights then stay in the .partial file).
+
+Several processes: `torchrun --nproc_per_node=N -m core2.train ...` (core2/distributed.py). Each rank trains on a
+contiguous slice of the global batch a one-process run draws, the loss split so that DistributedDataParallel's
+averaged gradient is the whole batch's (sharded_training_loss); rank 0 alone validates and writes files; the files
+hold the global step only, so a run resumes with any number of processes.
 """
 from __future__ import annotations
 
@@ -370,7 +375,8 @@ def _dataset_facts(reader: DatasetReader) -> dict:
     pooled = {s.get("pos_pooled", [0])[-1] for s in shapes}
     cfgs = set()
     for it in reader.items:
-        cfgs.update(round(float(v), 4) for v in reader.tensor(it, "cfg").tolist())
+        if "cfgs" in it or reader.usable(it):  # listed in the log, or read from the shard (skipped when damaged)
+            cfgs.update(reader.cfgs(it))
     h = reader.header
     return {"token_dim": int(next(iter(dims))[-1]), "pooled_dim": int(max(pooled)), "cfg": sorted(cfgs),
             "family": h.get("family", "any"), "prediction": h.get("prediction"),
@@ -828,6 +834,7 @@ def finish(run: TrainingRun) -> TrainResult:
 
 def _finish_main(run: TrainingRun) -> TrainResult:
     _final_validation(run)
+    _note_late_skips(run)
     final_meta = run.full_meta(run.last_metrics)
     out_path = run.out_path
     if run.step == run.start_step and run.src == out_path and (_file_state(out_path) or (0, False))[1]:
@@ -852,6 +859,17 @@ def _finish_main(run: TrainingRun) -> TrainResult:
         for p in (partial_path(out_path), optimizer_path(partial_path(out_path))):
             p.unlink(missing_ok=True)
     return _result(run, final_meta)
+
+
+def _note_late_skips(run: TrainingRun) -> None:
+    """Damaged items of a big dataset are found as they are read (DatasetReader): count those in the file and
+    the summary too (in a distributed run, those this process read)."""
+    skipped, counted = run.data.reader.skipped, run.meta["dataset"]["skipped"]
+    if len(skipped) > counted:
+        run.notes.append(f"found {len(skipped) - counted} more damaged dataset entries while training and left them "
+                         "out (each is named in the log): " + "; ".join(skipped[counted:counted + 3])
+                         + (" …" if len(skipped) > counted + 3 else ""))
+        run.meta["dataset"]["skipped"] = len(skipped)
 
 
 def _final_validation(run: TrainingRun) -> None:
