@@ -126,6 +126,12 @@ def refuse_mismatch(diffs: list[str]) -> None:
                            + "; ".join(diffs) + "). Use a new dataset name for this model or size.")
 
 
+def cfg_values(cfg: torch.Tensor) -> list[float]:
+    """The distinct CFG scales of a trajectory's cfg column, rounded to 4 places (the item log keeps them, so that a
+    trainer learns a dataset's scales without opening every shard)."""
+    return sorted({round(float(v), 4) for v in cfg.reshape(-1).tolist()})
+
+
 def bytes_per_trajectory(steps: int, latent_channels: int, h: int, w: int, store_x: bool) -> int:
     """fp16 bytes of one trajectory (cond + uncond [+ x]), for disk estimates."""
     per = latent_channels * h * w * 2
@@ -255,13 +261,20 @@ def _check_prompt_shapes(entry: dict, shapes: dict) -> None:
         raise DatasetFileError(f"CoRe²: prompt file {name!r} does not match its entry in {MANIFEST}")
 
 
-def check_item(folder: Path, man: dict, item, prompt_cache: dict | None = None) -> None:
-    """Raise DatasetFileError (naming the file) unless the item's shard and prompt are present, intact, and of the
-    dataset's shapes. Reads only the safetensors headers."""
+def check_entry(man: dict, item) -> None:
+    """Raise DatasetFileError unless the item's log entry is well formed and names a listed prompt. Opens no file."""
     if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("key", "shard", "prompt_id")) \
             or type(item.get("n")) is not int or item["n"] < 1 \
             or not all(type(item.get(k, 0)) is int for k in ("seed", "batch_index")):
         raise DatasetFileError(f"CoRe²: item {str(item)[:120]} lacks key, shard, prompt_id or n, or has a bad seed")
+    if not isinstance(man["prompts"].get(item["prompt_id"]), dict):
+        raise DatasetFileError(f"CoRe²: prompt {item['prompt_id']!r} is not in {MANIFEST}")
+
+
+def check_item(folder: Path, man: dict, item, prompt_cache: dict | None = None) -> None:
+    """Raise DatasetFileError (naming the file) unless the item's shard and prompt are present, intact, and of the
+    dataset's shapes. Reads only the safetensors headers."""
+    check_entry(man, item)
     _check_prompt(folder, man, item["prompt_id"], {} if prompt_cache is None else prompt_cache)
     hdr, name, n = man["header"], item["shard"], item["n"]
     big = [n, int(hdr["latent_channels"]), *map(int, hdr["latent_hw"])]
@@ -277,16 +290,18 @@ def check_item(folder: Path, man: dict, item, prompt_cache: dict | None = None) 
                 raise DatasetFileError(f"CoRe²: shard {name!r}: {k} has shape {got}, the dataset needs {want}")
 
 
-def scan_items(folder: Path, man: dict) -> tuple[list[dict], list[str]]:
+def scan_items(folder: Path, man: dict, check_files: bool = True) -> tuple[list[dict], list[str]]:
     """(intact items, one problem line per damaged item or log line). Items: manifest.json's own list (format 1)
-    then the log; per key the last entry that checks out (a damaged item collected again is repaired)."""
+    then the log; per key the last entry that checks out (a damaged item collected again is repaired).
+    check_files=False checks the entries only (check_entry: no file is opened; DatasetReader checks the files of
+    a big dataset item by item as it reads them)."""
     problems: list[str] = []
     good: dict[str, dict] = {}
     bad: dict[str, str] = {}
     cache: dict = {}
     for it in man["items"] + _read_items_log(folder, problems):
         try:
-            check_item(folder, man, it, cache)
+            check_item(folder, man, it, cache) if check_files else check_entry(man, it)
         except DatasetFileError as e:
             bad[str(it.get("key") if isinstance(it, dict) else it)] = str(e)
             continue
@@ -485,7 +500,7 @@ class DatasetWriter:
                 out[k] = v.to(torch.float32)
         shard = f"traj-{key}.safetensors"
         entry = {"key": key, "prompt_id": pid, "seed": int(seed), "batch_index": int(batch_index), "shard": shard,
-                 "n": int(out["cond"].shape[0]), "x": "x" in out, **(extra or {})}
+                 "n": int(out["cond"].shape[0]), "x": "x" in out, "cfgs": cfg_values(out["cfg"]), **(extra or {})}
         self._put(shard, safetensors_bytes(out), lambda: _append_line(self.folder / ITEMS_LOG, entry))
         self.manifest["items"].append(entry)
         self._entry[key] = entry
@@ -521,16 +536,30 @@ class DatasetWriter:
         return True
 
 
-class DatasetReader:
-    """Lazy reader for training: rows are read from memory-mapped safetensors on demand."""
+EAGER_CHECK_MAX = 1000  # DatasetReader checks the files of datasets up to this many items at open (≈0.4 ms each)
 
-    def __init__(self, folder: str | Path, max_open: int = 64):
+
+class DatasetReader:
+    """Lazy reader for training: rows are read from memory-mapped safetensors on demand.
+
+    Damaged items are skipped with a warning naming the file (self.skipped lists them). A dataset of up to
+    EAGER_CHECK_MAX items has every item's files checked at open, so the list is complete from the start; a bigger
+    one (check_all=None) has only its log entries checked at open (no file is opened, so 100,000 items open in
+    seconds) and each item's files when the item is first read: a damaged one found then is skipped from then on
+    (collate leaves its rows out), with the same warning. check_all=True/False forces one way."""
+
+    def __init__(self, folder: str | Path, max_open: int = 64, check_all: bool | None = None):
         self.folder = Path(folder)
         man = _read_manifest_file(self.folder)
         listed = bool(man["items"]) or (self.folder / ITEMS_LOG).exists()
-        items, self.skipped = scan_items(self.folder, man)  # skipped: one line per damaged item, naming its file
+        items, self.skipped = scan_items(self.folder, man, check_files=False)  # one line per damaged item
+        self.checked_at_open = len(items) <= EAGER_CHECK_MAX if check_all is None else bool(check_all)
+        if self.checked_at_open:
+            items, self.skipped = scan_items(self.folder, man)
         for p in self.skipped:
             log.warning("CoRe² dataset %s, skipped: %s", self.folder.name, p)
+        self._verdict: dict[str, str | None] = {it["key"]: None for it in items} if self.checked_at_open else {}
+        self._check_cache: dict = {}
         self.manifest = {**man, "items": items}
         self.header = self.manifest["header"]
         self.items = list(items)
@@ -606,6 +635,24 @@ class DatasetReader:
         return bool(items) and all(self.item_has_x(it) for it in items)
 
     # --- reading ---------------------------------------------------------------------------------------------
+    def usable(self, item: dict) -> bool:
+        """Whether the item's files are intact (checked once, when first asked: a damaged one is added to skipped
+        and warned about)."""
+        key = item["key"]
+        if key not in self._verdict:
+            try:
+                check_item(self.folder, self.manifest, item, self._check_cache)
+                self._verdict[key] = None
+            except DatasetFileError as e:
+                self._verdict[key] = f"item {key}: {e}"
+                self.skipped.append(self._verdict[key])
+                log.warning("CoRe² dataset %s, skipped: %s", self.folder.name, self._verdict[key])
+        return self._verdict[key] is None
+
+    def _usable_or_raise(self, item: dict) -> None:
+        if not self.usable(item):
+            raise DatasetFileError(f"CoRe²: dataset {self.folder.name}: {self._verdict[item['key']]}")
+
     def _handle(self, shard: str):
         h = self._open.get(shard)
         if h is None:
@@ -618,6 +665,7 @@ class DatasetReader:
         return h
 
     def load_item(self, item: dict) -> dict:
+        self._usable_or_raise(item)
         h = self._handle(item["shard"])
         return {k: h.get_tensor(k) for k in h.keys()}
 
@@ -635,8 +683,17 @@ class DatasetReader:
     def rows(self, items: list[dict]) -> list[tuple[int, int]]:
         return [(i, r) for i, it in enumerate(items) for r in range(it["n"])]
 
+    def cfgs(self, item: dict) -> list[float]:
+        """The item's distinct CFG scales: from its log entry when it lists them, else read from its shard
+        (DatasetFileError when damaged)."""
+        listed = item.get("cfgs")
+        if isinstance(listed, list) and listed and all(type(v) in (int, float) for v in listed):
+            return [float(v) for v in listed]
+        return cfg_values(self.tensor(item, "cfg"))
+
     def tensor(self, item: dict, key: str) -> torch.Tensor:
-        """One stored column of an item's shard (e.g. "cfg" [S]), read in full."""
+        """One stored column of an item's shard (e.g. "cfg" [S]), read in full (DatasetFileError when damaged)."""
+        self._usable_or_raise(item)
         return self._handle(item["shard"]).get_tensor(key)
 
     def collate(self, picks: list, memory_rows: list[int] | None = None) -> dict:
@@ -646,7 +703,12 @@ class DatasetReader:
         prompt once per batch.
 
         memory_rows: per pick, an earlier row of the same trajectory to remember as the latest slow step (−1: none):
-        adds mem_delta = cond − uncond there [B…], mem_sigma [B] and mem_has [B] (see weak.GuidanceMemory)."""
+        adds mem_delta = cond − uncond there [B…], mem_sigma [B] and mem_has [B] (see weak.GuidanceMemory).
+
+        Picks of damaged items (usable() is False) are left out; None when no pick is left."""
+        picks, memory_rows = self._usable_picks(picks, memory_rows)
+        if not picks:
+            return None
         cols: dict[str, list] = {k: [] for k in ("cond", "uncond", "sigma", "cfg", "x")}
         order: dict[str, int] = {}
         index = []
@@ -668,6 +730,13 @@ class DatasetReader:
         if memory_rows is not None:
             out.update(self._memory(picks, memory_rows, out["cond"]))
         return out
+
+    def _usable_picks(self, picks: list, memory_rows: list[int] | None) -> tuple[list, list[int] | None]:
+        ok = [self.usable(it) for it, _ in picks]
+        if all(ok):
+            return picks, memory_rows
+        return ([p for p, k in zip(picks, ok) if k],
+                None if memory_rows is None else [m for m, k in zip(memory_rows, ok) if k])
 
     def _memory(self, picks: list, memory_rows: list[int], like: torch.Tensor) -> dict:
         delta, sigma = torch.zeros_like(like), torch.ones(len(picks))
@@ -706,6 +775,6 @@ def estimate_dataset_bytes(n_trajectories: int, steps: int, latent_channels: int
     return n_trajectories * bytes_per_trajectory(steps, latent_channels, h, w, store_x)
 
 
-__all__ = ["DatasetWriter", "DatasetReader", "DatasetError", "DatasetFileError", "check_item", "scan_items",
+__all__ = ["DatasetWriter", "DatasetReader", "DatasetError", "DatasetFileError", "check_entry", "check_item", "scan_items",
            "intact_keys", "prompt_id", "item_key", "manifest_hash",
            "estimate_dataset_bytes", "FORMAT", "FORMAT_VERSION"]

@@ -23,12 +23,18 @@ stopped (metadata training.complete = false; optimizer state in <name>.partial.o
 newer of it and <name>.safetensors. Only weights that are finite and score a finite validation error are saved. The
 finished model goes to <name>.safetensors (optimizer state in <name>.optim.pt) and never replaces a finished model
 there that scores better on this run's validation items (the new weights then stay in the .partial file).
+
+Several processes: `torchrun --nproc_per_node=N -m core2.train ...` (core2/distributed.py). Each rank trains on a
+contiguous slice of the global batch a one-process run draws, the loss split so that DistributedDataParallel's
+averaged gradient is the whole batch's (sharded_training_loss); rank 0 alone validates and writes files; the files
+hold the global step only, so a run resumes with any number of processes.
 """
 from __future__ import annotations
 
 import argparse
 import errno
 import io
+import json
 import logging
 import math
 import random
@@ -39,9 +45,10 @@ from typing import Callable
 
 import torch
 
-from . import __version__, advice, guidance
+from . import __version__, advice, distributed, guidance
 from .arch import SIZES, build, make_config
 from .dataset import DatasetError, DatasetReader, manifest_hash
+from .distributed import SINGLE, World
 from .weak import GuidanceMemory
 from .files import atomic_write_bytes
 from .weights_io import read_metadata, save_weak_model
@@ -237,6 +244,29 @@ def training_loss(kind: str, ru_hat, ru, rc, sigma) -> torch.Tensor:
     return 0.5 * (_relative(num, den) + _x0(num, den, sigma))
 
 
+def batch_totals(b: dict, weight: torch.Tensor, world: World) -> torch.Tensor:
+    """[rows, Σ‖r_c − r_u‖², Σ σ²‖r_c − r_u‖²] over the rows of weight 1 of the whole global batch (summed over the
+    ranks): the batch-wide constants of the two losses. They depend on the data only, not on the model."""
+    den = (b["cond"] - b["uncond"]).flatten(1).pow(2).sum(1)
+    s2 = b["sigma"].reshape(-1).to(den.dtype).pow(2)
+    w = weight.to(den.dtype)
+    return world.sum(torch.stack([w.sum(), (w * den).sum(), (w * den * s2).sum()]))
+
+
+def sharded_training_loss(kind: str, ru_hat, ru, rc, sigma, weight, totals, world: World) -> torch.Tensor:
+    """This rank's share of training_loss on the global batch, times the number of ranks: DistributedDataParallel
+    averages the gradients over the ranks, so the average is the gradient of training_loss on the whole batch (the
+    relative loss's floor and the x0 denominator come from totals, i.e. from all rows). Rows of weight 0 count
+    nowhere."""
+    num, den = _row_errors(ru_hat, ru, rc)
+    n, den_sum, den_s2 = totals.to(num.dtype)
+    w, s2 = weight.to(num.dtype), sigma.reshape(-1).to(num.dtype).pow(2)
+    rel = (w * num / torch.maximum(den, 0.01 * den_sum / n + 1e-12)).sum() / n
+    x0 = (w * num * s2).sum() / den_s2.clamp_min(1e-12)
+    loss = rel if kind == "relative" else x0 if kind == "x0" else 0.5 * (rel + x0)
+    return loss * world.size
+
+
 def val_score(metrics: dict, kind: str) -> float | None:
     """The validation number that matches the training loss (lower is better; identity map 1.0)."""
     a, b = metrics.get("rel_err"), metrics.get("rel_err_x0")
@@ -245,7 +275,10 @@ def val_score(metrics: dict, kind: str) -> float | None:
     return {"relative": a, "x0": b}.get(kind, 0.5 * (a + b))
 
 
-def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, start_epoch: int, memory: bool = False):
+def _global_picks(reader: DatasetReader, items, batch_size: int, seed: int, start_epoch: int, memory: bool = False):
+    """Every global batch, for ever: its (item, row) picks (a fresh shuffle per epoch, seeded by seed and epoch) and,
+    for memory models, the remembered row of each pick (memory_rows, drawn from the epoch's rng), else None. The
+    sequence depends only on these arguments, so every process of a distributed run draws the same one."""
     rows = reader.rows(items)
     epoch = start_epoch
     while True:
@@ -253,8 +286,15 @@ def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, 
         rng = random.Random(seed * 1_000_003 + epoch)
         rng.shuffle(order)
         for start in range(0, len(order), batch_size):
-            yield _collate(reader, [(items[i], r) for i, r in order[start:start + batch_size]], memory, rng)
+            picks = [(items[i], r) for i, r in order[start:start + batch_size]]
+            yield picks, (memory_rows(picks, rng) if memory else None)
         epoch += 1
+
+
+def _infinite_batches(reader: DatasetReader, items, batch_size: int, seed: int, start_epoch: int, memory: bool = False):
+    """The collated global batches of _global_picks (None for a batch whose every item turned out damaged)."""
+    for picks, mem in _global_picks(reader, items, batch_size, seed, start_epoch, memory):
+        yield reader.collate(picks, mem)
 
 
 def _val_rows(reader, items, max_rows):
@@ -283,8 +323,8 @@ def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int 
     per_g = {g: [0.0, 0.0] for g in EVAL_G}
     for start in range(0, len(rows), batch_size):
         b = _collate(reader, [(items[i], r) for i, r in rows[start:start + batch_size]], memory, rng)
-        keep = _finite_rows(b)
-        if not keep.any():
+        keep = _finite_rows(b) if b is not None else None
+        if keep is None or not keep.any():
             continue
         b = _to(_take(b, keep), device)
         ru_hat = _predict(model, b)
@@ -335,7 +375,8 @@ def _dataset_facts(reader: DatasetReader) -> dict:
     pooled = {s.get("pos_pooled", [0])[-1] for s in shapes}
     cfgs = set()
     for it in reader.items:
-        cfgs.update(round(float(v), 4) for v in reader.tensor(it, "cfg").tolist())
+        if "cfgs" in it or reader.usable(it):  # listed in the log, or read from the shard (skipped when damaged)
+            cfgs.update(reader.cfgs(it))
     h = reader.header
     return {"token_dim": int(next(iter(dims))[-1]), "pooled_dim": int(max(pooled)), "cfg": sorted(cfgs),
             "family": h.get("family", "any"), "prediction": h.get("prediction"),
@@ -344,10 +385,17 @@ def _dataset_facts(reader: DatasetReader) -> dict:
                            "family": h.get("family")}}
 
 
-def _check_data_sane(reader: DatasetReader, items: list) -> None:
-    b = reader.collate([(items[0], 0)])
-    if b["cond"].shape[1] != reader.header["latent_channels"]:
-        raise DatasetError(f"CoRe²: dataset {reader.folder.name}: stored latents disagree with the header.")
+def _check_data_sane(reader: DatasetReader, items: list) -> dict:
+    """The first training item that reads (checked against the header); DatasetError when none does."""
+    for it in items:
+        b = reader.collate([(it, 0)])
+        if b is None:
+            continue  # damaged: the reader skipped it (and said so)
+        if b["cond"].shape[1] != reader.header["latent_channels"]:
+            raise DatasetError(f"CoRe²: dataset {reader.folder.name}: stored latents disagree with the header.")
+        return it
+    raise DatasetError(f"CoRe²: dataset {reader.folder.name} has no readable training item (every one is damaged). "
+                       "Run the same CoRe² Collect again: it collects damaged items again.")
 
 
 # --- checkpoints --------------------------------------------------------------------------------------------------
@@ -396,16 +444,20 @@ def _downsample(points: list, n: int) -> list:
 
 # --- the run: open data, init or resume, loop, finish -------------------------------------------------------------
 def train(dataset_dir, out_path, settings: TrainSettings, on_step: Callable | None = None,
-          check_cancel: Callable | None = None) -> TrainResult:
+          check_cancel: Callable | None = None, world: World = SINGLE) -> TrainResult:
     """Train (or resume) a weak model; returns the trained model, its metrics and a summary.
 
     on_step(step, total, loss) is called after every optimizer step; check_cancel() before each step. Either may
     raise to stop: the state after the last completed step is saved to the .partial checkpoint (when finite), then
     the exception propagates. A finished model already at out_path is never replaced by an unfinished or worse one.
+
+    world: the processes of a distributed run (core2/distributed.py; settings.device is this process's device).
+    Every rank trains on its slice of each global batch; rank 0 alone validates and writes files.
     """
     _check_settings(settings)
+    distributed.check_batch_size(settings.batch_size, world)
     data = open_data(dataset_dir, settings)
-    run = init_or_resume(data, Path(out_path), settings)
+    run = init_or_resume(data, Path(out_path), settings, world)
     run_loop(run, on_step, check_cancel)
     return finish(run)
 
@@ -432,6 +484,7 @@ class TrainingData:
     has_x: bool  # every training item stores x_t
     x_input: bool  # a new model takes x_t as input
     manifest_hash: str
+    stand_in: dict  # a readable training item (a distributed rank with no usable row of its own runs its first row)
 
     @property
     def held_out(self) -> bool:
@@ -445,7 +498,7 @@ def open_data(dataset_dir, s: TrainSettings) -> TrainingData:
     train_items, val_items = reader.split(s.val_fraction, seed=s.seed)
     if not train_items:
         raise DatasetError(f"CoRe²: dataset {reader.folder.name} leaves no training prompts; lower the validation fraction.")
-    _check_data_sane(reader, train_items)
+    stand_in = _check_data_sane(reader, train_items)
     val_label = "held-out prompts" if reader.seed_overlap(train_items, val_items) else "held-out prompts and seeds"
     if not val_items:
         val_items, val_label = train_items, "training prompts (no held-out prompts: val_fraction is 0 or one prompt)"
@@ -454,7 +507,8 @@ def open_data(dataset_dir, s: TrainSettings) -> TrainingData:
     if x_input and not has_x:
         raise DatasetError(f"CoRe²: x_t input was asked for, but dataset {reader.folder.name} does not store x_t. "
                            "Collect with store_x on, or train without x_t input.")
-    return TrainingData(reader, facts, train_items, val_items, val_label, has_x, x_input, manifest_hash(reader.folder))
+    return TrainingData(reader, facts, train_items, val_items, val_label, has_x, x_input, manifest_hash(reader.folder),
+                        stand_in)
 
 
 # --- phase 2: init or resume ----------------------------------------------------------------------------------------
@@ -481,6 +535,8 @@ class TrainingRun:
     best: dict = field(default_factory=lambda: {"err": math.inf, "step": None, "state": None, "metrics": None})
     t0: float = field(default_factory=time.time)
     n_params: int = 0  # of the model trained (the summary names it even when an older file is kept)
+    world: World = SINGLE
+    forward: Callable | None = None  # batch -> predicted r_u, through DistributedDataParallel when distributed
 
     def validate(self, max_rows: int | None = None, model=None) -> dict:
         """evaluate() on this run's validation items, scored for its loss."""
@@ -511,7 +567,7 @@ class TrainingRun:
         self.last_saved = self.step
 
 
-def init_or_resume(data: TrainingData, out_path: Path, s: TrainSettings) -> TrainingRun:
+def init_or_resume(data: TrainingData, out_path: Path, s: TrainSettings, world: World = SINGLE) -> TrainingRun:
     """A new model, or the newer of out_path's finished model and unfinished checkpoint with its optimizer state."""
     exists = out_path.is_file() or partial_path(out_path).is_file()
     if exists and not s.resume and not s.overwrite:
@@ -543,8 +599,11 @@ def init_or_resume(data: TrainingData, out_path: Path, s: TrainSettings) -> Trai
         _load_optimizer_state(opt, src, step, device, notes)
     notes += _data_notes(data, config)
     run = TrainingRun(data, s, out_path, src, device, config, model, opt, step, history, notes, start_step=step,
-                      last_saved=step, n_params=sum(p.numel() for p in model.parameters()))
+                      last_saved=step, n_params=sum(p.numel() for p in model.parameters()), world=world,
+                      forward=distributed.wrap(model, _predict, world, device))
     run.meta = _run_metadata(data, s, config)
+    if world.distributed:
+        run.meta["training"]["processes"] = world.size
     log.info("CoRe² Reflect: %s model (%.2fM parameters) on %s, %d training rows, steps %d→%d", config.get("size"),
              run.n_params / 1e6, device, sum(it["n"] for it in data.train_items), step, s.steps)
     return run
@@ -622,24 +681,20 @@ def run_loop(run: TrainingRun, on_step: Callable | None = None, check_cancel: Ca
     steps. A stop (an exception from on_step, check_cancel or the work) saves the last completed step first."""
     s, data = run.settings, run.data
     rows_per_epoch = max(1, sum(it["n"] for it in data.train_items))
-    batches = _infinite_batches(data.reader, data.train_items, s.batch_size, s.seed,
-                                run.step * s.batch_size // rows_per_epoch, bool(getattr(run.model, "memory", False)))
+    make = _global_picks if run.world.distributed else _infinite_batches
+    batches = make(data.reader, data.train_items, s.batch_size, s.seed, run.step * s.batch_size // rows_per_epoch,
+                   bool(getattr(run.model, "memory", False)))
     run.t0 = time.time()
     try:
         while run.step < s.steps:
             if check_cancel is not None:
                 check_cancel()
-            b = _finite_batch(next(batches))
-            if b is None:
+            lv = _sharded_step(run, *next(batches)) if run.world.distributed else _single_step(run, next(batches))
+            if lv is None:
                 continue
-            lv = _train_step(run, _to(b, run.device))
             run.history["train"].append([run.step, lv])
-            if run.step % s.eval_every == 0 or run.step == s.steps:
-                run.last_metrics = run.validate()
-                run.history["val"].append([run.step, run.last_metrics.get("score")])
-                run.note_best(run.last_metrics)
-            if run.step % s.checkpoint_every == 0 and run.step < s.steps:
-                run.checkpoint()
+            if run.world.main:
+                _validate_and_checkpoint(run)
             if on_step is not None:
                 on_step(run.step, s.steps, lv)
     except NonFiniteLossError:
@@ -651,6 +706,68 @@ def run_loop(run: TrainingRun, on_step: Callable | None = None, check_cancel: Ca
         raise err from e
 
 
+def _validate_and_checkpoint(run: TrainingRun) -> None:
+    """After a step: validate every eval_every steps (and at the last), checkpoint every checkpoint_every steps."""
+    s = run.settings
+    if run.step % s.eval_every == 0 or run.step == s.steps:
+        run.last_metrics = run.validate()
+        run.history["val"].append([run.step, run.last_metrics.get("score")])
+        run.note_best(run.last_metrics)
+    if run.step % s.checkpoint_every == 0 and run.step < s.steps:
+        run.checkpoint()
+
+
+def _single_step(run: TrainingRun, b: dict | None) -> float | None:
+    """One step of a one-process run on global batch b; None (no step) when b has no usable row."""
+    b = _finite_batch(b) if b is not None else None
+    if b is None:
+        return None
+    s = run.settings
+    b = _to(b, run.device)
+    return _optimize(run, training_loss(s.loss, _predict(run.model, b), b["uncond"], b["cond"], b["sigma"]))
+
+
+def _sharded_step(run: TrainingRun, picks: list, mem: list | None) -> float | None:
+    """One step of a distributed run: this rank's slice of the global batch picks, through DistributedDataParallel;
+    the same step (and the same loss) on every rank. None (no step, on every rank) when no row of the whole
+    global batch is usable."""
+    b, w = _rank_batch(run, picks, mem)
+    b, w = _to(b, run.device), w.to(run.device)
+    totals = batch_totals(b, w, run.world)
+    if float(totals[0]) == 0:
+        return None
+    s = run.settings
+    loss = sharded_training_loss(s.loss, run.forward(b), b["uncond"], b["cond"], b["sigma"], w, totals, run.world)
+    return _optimize(run, loss, float(run.world.sum(loss.detach())) / run.world.size)
+
+
+def _rank_batch(run: TrainingRun, picks: list, mem: list | None) -> tuple[dict, torch.Tensor]:
+    """This rank's contiguous slice of a global batch and its row weights: 1, or 0 for rows that must not count
+    (non-finite values, neutralised) and for the stand-in row a rank with no usable row of its own runs so that it
+    stays in step with the others."""
+    lo, hi = run.world.part(len(picks))
+    reader = run.data.reader
+    b = reader.collate(picks[lo:hi], None if mem is None else mem[lo:hi]) if hi > lo else None
+    if b is None:
+        return reader.collate([(run.data.stand_in, 0)], None if mem is None else [-1]), torch.zeros(1)
+    keep = _finite_rows(b)
+    if not keep.all():
+        log.warning("CoRe² Reflect: skipping %d dataset row(s) with non-finite values", int((~keep).sum()))
+        b = _neutralised(b, keep)
+    return b, keep.float()
+
+
+def _neutralised(b: dict, keep: torch.Tensor) -> dict:
+    """b with the per-row values of the rows not kept replaced by harmless finite ones (0, and 1 for σ and cfg)."""
+    out = dict(b)
+    for k in _PER_ROW:
+        if k in out and out[k].is_floating_point():
+            v = out[k].clone()
+            v[~keep] = 1.0 if k in ("sigma", "mem_sigma", "cfg") else 0.0
+            out[k] = v
+    return out
+
+
 def _finite_batch(b: dict) -> dict | None:
     """The batch without rows holding non-finite values (warned about); None when none is left."""
     keep = _finite_rows(b)
@@ -660,13 +777,13 @@ def _finite_batch(b: dict) -> dict | None:
     return _take(b, keep) if keep.any() else None
 
 
-def _train_step(run: TrainingRun, b: dict) -> float:
-    """One optimizer step on batch b; returns its loss. A non-finite loss stops the run before the update."""
+def _optimize(run: TrainingRun, loss: torch.Tensor, lv: float | None = None) -> float:
+    """One optimizer step on loss; returns the loss value lv (of the global batch: float(loss) by default). A
+    non-finite loss stops the run before the update."""
     s = run.settings
     for g in run.opt.param_groups:
         g["lr"] = _lr_at(run.step, s.steps, s.lr)
-    loss = training_loss(s.loss, _predict(run.model, b), b["uncond"], b["cond"], b["sigma"])
-    lv = float(loss.detach())
+    lv = float(loss.detach()) if lv is None else lv
     if not math.isfinite(lv):
         kept = kept_files(run.out_path)
         raise NonFiniteLossError(
@@ -692,7 +809,7 @@ def _after_stop(run: TrainingRun, e: BaseException) -> TrainingError | None:
             f"({run.config.get('size')} model). Lower batch_size, choose a smaller size, or close other GPU work "
             f"({kept_files(out_path)}).")
     disk_full = _disk_full(e, out_path)
-    if run.step > run.last_saved and not disk_full:
+    if run.world.main and run.step > run.last_saved and not disk_full:
         try:
             run.checkpoint()
         except Exception:  # noqa: BLE001 - never hide the original reason
@@ -705,8 +822,19 @@ def _after_stop(run: TrainingRun, e: BaseException) -> TrainingError | None:
 # --- phase 4: finish ------------------------------------------------------------------------------------------------
 def finish(run: TrainingRun) -> TrainResult:
     """Validate the last step, fall back to the best weights when later steps overfit, and save the finished model
-    unless a finished model already there scores better on this run's validation items."""
+    unless a finished model already there scores better on this run's validation items. In a distributed run rank 0
+    does this while the others wait for it; their result has no summary."""
+    if not run.world.main:
+        run.world.barrier()
+        return TrainResult(run.model, run.out_path, run.step, run.history, {}, {}, "")
+    result = _finish_main(run)
+    run.world.barrier()
+    return result
+
+
+def _finish_main(run: TrainingRun) -> TrainResult:
     _final_validation(run)
+    _note_late_skips(run)
     final_meta = run.full_meta(run.last_metrics)
     out_path = run.out_path
     if run.step == run.start_step and run.src == out_path and (_file_state(out_path) or (0, False))[1]:
@@ -731,6 +859,17 @@ def finish(run: TrainingRun) -> TrainResult:
         for p in (partial_path(out_path), optimizer_path(partial_path(out_path))):
             p.unlink(missing_ok=True)
     return _result(run, final_meta)
+
+
+def _note_late_skips(run: TrainingRun) -> None:
+    """Damaged items of a big dataset are found as they are read (DatasetReader): count those in the file and
+    the summary too (in a distributed run, those this process read)."""
+    skipped, counted = run.data.reader.skipped, run.meta["dataset"]["skipped"]
+    if len(skipped) > counted:
+        run.notes.append(f"found {len(skipped) - counted} more damaged dataset entries while training and left them "
+                         "out (each is named in the log): " + "; ".join(skipped[counted:counted + 3])
+                         + (" …" if len(skipped) > counted + 3 else ""))
+        run.meta["dataset"]["skipped"] = len(skipped)
 
 
 def _final_validation(run: TrainingRun) -> None:
@@ -820,15 +959,25 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--plot", help="also write the loss curve to this PNG file")
+    p.add_argument("--arch-overrides", type=json.loads, default={}, help=argparse.SUPPRESS)  # JSON, e.g. {"width": 8}
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(a.out)
     if out.suffix != ".safetensors":
         p.error("--out must end in .safetensors")
+    world, device = distributed.start(a.device)
+    logging.basicConfig(level=logging.INFO if world.main else logging.WARNING,
+                        format="%(message)s" if not world.distributed else f"[rank {world.rank}] %(message)s")
     s = TrainSettings(steps=a.steps, batch_size=a.batch_size, lr=a.lr, size=a.size, seed=a.seed,
-                      val_fraction=a.val_fraction, device=a.device, resume=a.resume, overwrite=a.overwrite,
+                      val_fraction=a.val_fraction, device=device, resume=a.resume, overwrite=a.overwrite,
                       checkpoint_every=a.checkpoint_every, eval_every=a.eval_every, loss=a.loss,
-                      memory=a.memory)
+                      memory=a.memory, arch_overrides=a.arch_overrides)
+    try:
+        return _run_cli(a, out, s, world)
+    finally:
+        distributed.stop(world)
+
+
+def _run_cli(a, out: Path, s: TrainSettings, world: World) -> int:
     last = [time.time()]
 
     def progress(step, total, loss):
@@ -837,10 +986,12 @@ def main(argv=None) -> int:
             log.info("step %d/%d  loss %.4f", step, total, loss)
 
     try:
-        res = train(a.dataset, out, s, on_step=progress)
+        res = train(a.dataset, out, s, on_step=progress if world.main else None, world=world)
     except (DatasetError, TrainingError, FileExistsError, ValueError) as e:
         log.error("%s", e)
         return 2
+    if not world.main:
+        return 0
     log.info("%s", res.summary)
     if a.plot:
         from .loss_plot import draw

@@ -405,3 +405,52 @@ def test_atomic_write_via_a_file_name_replaces_whole_or_not_at_all(tmp_path):
     files.atomic_write_via(target, lambda name: Path(name).write_bytes(b"new"))
     assert target.read_bytes() == b"new" and sorted(p.name for p in tmp_path.iterdir()) == ["w.bin"]
     assert target.stat().st_mode & 0o777 == files.FILE_MODE
+
+
+# --- 7. big datasets: files checked as they are read (issue 20) ----------------------------------------------------
+def test_a_big_dataset_opens_without_reading_its_shards_and_skips_damaged_ones_when_read(tmp_path, monkeypatch, caplog):
+    from bench.open_large import build
+
+    folder = tmp_path / "big"
+    build(folder, 2000)  # > ds.EAGER_CHECK_MAX items
+    keys = [json.loads(line)["key"] for line in (folder / ds.ITEMS_LOG).read_text().splitlines()]
+    damaged = {keys[5]: "zero", keys[7]: "truncated", keys[9]: "missing"}
+    (folder / f"traj-{keys[5]}.safetensors").write_bytes(b"")
+    data = (folder / f"traj-{keys[7]}.safetensors").read_bytes()
+    (folder / f"traj-{keys[7]}.safetensors").write_bytes(data[: len(data) // 2])
+    (folder / f"traj-{keys[9]}.safetensors").unlink()
+    _log_line(folder, {"key": "no-prompt", "shard": f"traj-{keys[0]}.safetensors", "n": 2})
+    opened = []
+    real = ds._open_file
+    monkeypatch.setattr(ds, "_open_file", lambda f, name, what: (opened.append(name), real(f, name, what))[1])
+    r = ds.DatasetReader(folder)
+    assert not r.checked_at_open and len(r.items) == 2000 and opened == []  # not one file opened
+    assert len(r.skipped) == 1 and "no-prompt" in r.skipped[0]  # a bad log entry is still found at open
+    train, val = r.split(0.1)
+    assert len(train) + len(val) == 2000 and opened == []
+    with caplog.at_level("WARNING"):
+        b = r.collate([(it, 1) for it in r.items[:12]], [0] * 12)
+    assert b["cond"].shape[0] == b["mem_delta"].shape[0] == 9 and torch.isfinite(b["cond"]).all()
+    for key in damaged:  # skipped with the same warning, naming the file
+        assert f"traj-{key}.safetensors" in caplog.text and any(f"traj-{key}.safetensors" in s for s in r.skipped)
+    assert len(r.skipped) == 4 and len(set(opened)) <= 12 + 3  # only the shards (and the prompts) read
+    assert r.collate([(r.items[5], 0)]) is None and len(r.skipped) == 4  # found once, left out from then on
+    with pytest.raises(ds.DatasetFileError, match=f"traj-{keys[9]}"):
+        r.load_item(r.items[9])
+    assert ds.DatasetReader(folder, check_all=True).skipped.__len__() == 4  # the old way finds the same at open
+
+
+def test_training_on_a_big_dataset_leaves_out_damaged_items_found_while_training(tmp_path):
+    from bench.open_large import build
+
+    from comfyui_core2.core2.train import TrainSettings, train
+
+    folder = tmp_path / "big"
+    build(folder, 1200)
+    for line in (folder / ds.ITEMS_LOG).read_text().splitlines()[::100]:
+        (folder / json.loads(line)["shard"]).write_bytes(b"")
+    s = TrainSettings(steps=30, batch_size=64, lr=1e-3, size="small", val_fraction=0.1, eval_every=30,
+                      arch_overrides=dict(width=8, mults=[1, 2], blocks=1, emb_dim=16))
+    res = train(folder, tmp_path / "w.safetensors", s)
+    assert res.step == 30 and "more damaged dataset entries while training" in res.summary
+    assert res.metadata["dataset"]["items"] == 1200 and 0 < res.metadata["dataset"]["skipped"] <= 12
