@@ -335,7 +335,7 @@ def test_official_sdxl_workflow_runs_cfg_against_a_zero_negative():
 @pytest.mark.full_comfy
 def test_core2_apply_makes_comfyuis_own_ksampler_run_core2_in_the_server(server):
     """A queued prompt: toy model → CoRe² Apply (training-free fill-in) → ComfyUI's KSampler; the server's log shows
-    the CoRe² run (3 slow + 5 fast steps: 11 passes)."""
+    the CoRe² run (3 slow + 5 fast steps: 11 passes, spread by the auto placement)."""
     api = {
         "1": {"class_type": "CoRe2ToyModelLoader", "inputs": {"toy_model": "toy_t2i.safetensors"}},
         "2": {"class_type": "CoRe2ToyTextEncode", "inputs": {"toy_text": ["1", 1], "text": "a red circle at the top"}},
@@ -352,5 +352,6 @@ def test_core2_apply_makes_comfyuis_own_ksampler_run_core2_in_the_server(server)
     }
     hist = server.run_prompt(api)
     assert [im for out in hist["outputs"].values() for im in out.get("images", [])]
-    line = "CoRe² (core): 8 steps (3 slow, 5 fast), 11 model passes vs 16 for CFG"
+    # slow_placement left at auto: the reuse fill-in builds on the last slow step, so the slow steps are spread
+    line = "CoRe² (core): 8 steps (3 slow, spread out, 5 fast), 11 model passes vs 16 for CFG"
     assert line in server.log(), server.log()[-3000:]
