@@ -88,8 +88,8 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
     def __init__(self, model_patcher, weak: WeakModel | None, w2s_scale: float = 1.5, slow_steps: int | None = None,
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
                  inv_cfg: float = 0.5, denoise: float = 1.0, slow_placement: str = "auto"):
-        """slow_steps: how many schedule steps run slow (None: all); slow_placement: which ones (core2/schedule.py
-        slow_step_set: "first" or "spread"). schedule: the full σ schedule the
+        """slow_steps: how many schedule steps run slow (None: all); slow_placement: which ones (core2/schedule.py:
+        "first", "spread", or "auto", resolved per run for the weak model). schedule: the full σ schedule the
         steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
         METHODS; zigzag_steps: how many of the first steps zigzag (None: all but the last); inv_cfg: the CFG scale of
         the z-sampling inversion. denoise: KSampler's denoise, < 1 when the schedule is the tail of a longer one (the weak
@@ -304,7 +304,7 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
             use_weak = self.w2s_scale != 1.0 and self.method == "core"
             # the weak prediction first: it knows the earlier slow steps only, as on a fast step
             weak = self._weak_denoised(x, timestep, raw[0], step) if use_weak else None
-            if uncond is not None and hasattr(self.weak, "observe_slow"):  # the reuse fill-in, memory models
+            if uncond is not None and getattr(self.weak, "remembers_guidance", False):  # reuse fill-in, memory models
                 self.weak.observe_slow(guidance.raw_from_denoised(x, raw[0], timestep),
                                        guidance.raw_from_denoised(x, raw[1], timestep), timestep, step)
             cond_pred, uncond_pred = _pre_cfg(model, [cond, uncond], raw, cfg, x, timestep, model_options)[:2]
