@@ -40,6 +40,7 @@ class Settings:
     caption_noise: float = 0.15
     ema_decay: float = 0.999
     save_every: int = 250
+    cooldown: int = 0  # the last `cooldown` steps decay the learning rate linearly to 0 (warmup-stable-decay)
 
 
 def _sigmas(batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -60,6 +61,13 @@ def _batch(cfg: Settings, gen: torch.Generator):
     drop = torch.rand(cfg.batch, generator=gen) < cfg.uncond_prob
     prompts = ["" if d else data.Scene.from_label(lab).prompt for d, lab in zip(drop.tolist(), noisy.tolist())]
     return pixels.to_latent(b.images, model.PATCH), prompts
+
+
+def learning_rate(cfg: Settings, step: int) -> float:
+    """Linear warmup, then constant, then (with cooldown > 0) a linear decay to 0 over the last `cooldown` steps."""
+    warm = min(1.0, (step + 1) / cfg.warmup)
+    left = cfg.steps - step
+    return cfg.lr * warm * (min(1.0, left / cfg.cooldown) if cfg.cooldown > 0 else 1.0)
 
 
 class Trainer:
@@ -139,7 +147,7 @@ class Trainer:
         v = self.net(x, sigma * 1000.0, context=tokens, y=pooled)
         loss = torch.nn.functional.mse_loss(v, noise - x0)
         for g in self.opt.param_groups:
-            g["lr"] = self.cfg.lr * min(1.0, (self.step + 1) / self.cfg.warmup)
+            g["lr"] = learning_rate(self.cfg, self.step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.params, 1.0)
