@@ -145,6 +145,17 @@ def test_training_continues_from_the_shipped_weights(tmp_path):
     assert world.load(out).spec.name == "scenes" and trainer.ckpt.is_file()
 
 
+def test_cooldown_decays_the_learning_rate_to_zero_over_the_last_steps():
+    """Warmup-stable-decay: full rate after the warmup, then linear to 0 over the last `cooldown` steps."""
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    s = scenes_train.Settings(steps=1000, lr=1e-3, warmup=100, cooldown=200)
+    rate = lambda step: scenes_train.learning_rate(s, step)  # noqa: E731
+    assert rate(0) == pytest.approx(1e-5) and rate(500) == pytest.approx(1e-3) and rate(800) == pytest.approx(1e-3)
+    assert rate(900) == pytest.approx(5e-4) and rate(999) == pytest.approx(5e-6)
+    assert scenes_train.learning_rate(scenes_train.Settings(steps=1000, lr=1e-3), 999) == pytest.approx(1e-3)
+
+
 def test_the_text_context_layer_starts_as_the_identity():
     """A context layer added to a trained encoder changes nothing until it is trained (warm starts rely on it)."""
     from comfyui_core2.toy import text as toy_text
