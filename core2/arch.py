@@ -112,6 +112,8 @@ class PromptEncoder(nn.Module):
 class ConvFiLMWeakModel(WeakModel):
     """The default weak model (see the module docstring). Build with make_config(); rebuild from a file with its config."""
 
+    guidance_gain = None  # calibration.GuidanceGain: set after training and by the file's metadata (None: raw strength)
+
     def __init__(self, config: dict):
         super().__init__()
         if config.get("arch") != ARCH:
@@ -313,7 +315,10 @@ class ConvFiLMWeakModel(WeakModel):
         x = (step.extra or {}).get("x") if step is not None else None
         if x is not None:
             x = x.to(ref.device, ref.dtype)
-        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype), x, self._memory_for(rc))
+        memory = self._memory_for(rc)
+        ru = self.predict_uncond(rc, sigma.to(ref.device), context.to(ref.device, ref.dtype), x, memory)
+        if self.guidance_gain is not None and memory is None:  # nothing measured to go on: calibrated strength
+            ru = rc - self.guidance_gain.at(sigma).to(rc).view(-1, 1, 1, 1) * (rc - ru)
         out = guidance.cfg(rc, ru, float(cfg_scale))
         return out.to(raw_cond.device, raw_cond.dtype)
 

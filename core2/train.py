@@ -45,7 +45,7 @@ from typing import Callable
 
 import torch
 
-from . import __version__, advice, distributed, guidance
+from . import __version__, advice, calibration, distributed, guidance
 from .arch import SIZES, build, make_config
 from .dataset import DatasetError, DatasetReader, manifest_hash
 from .distributed import SINGLE, World
@@ -360,6 +360,30 @@ def evaluate(model, reader: DatasetReader, items: list, device, batch_size: int 
     out["loss"] = loss
     out["score"] = val_score(out, loss)
     return out
+
+
+@torch.no_grad()
+def measure_guidance_gain(model, reader: DatasetReader, items: list, device, batch_size: int = 32,
+                          max_rows: int = 4096):
+    """calibration.measure on the validation rows as the model sees them on a step with no slow step to remember
+    (memory models: every row without memory; plain models: every row). None when too few rows."""
+    was = model.training
+    model.eval()
+    rows, memory = _val_rows(reader, items, max_rows), bool(getattr(model, "memory", False))
+    sig, true_e, pred_e = [], [], []
+    for start in range(0, len(rows), batch_size):
+        picks = [(items[i], r) for i, r in rows[start:start + batch_size]]
+        b = reader.collate(picks, [-1] * len(picks) if memory else None)
+        keep = _finite_rows(b) if b is not None else None
+        if keep is None or not keep.any():
+            continue
+        b = _to(_take(b, keep), device)
+        ru_hat = _predict(model, b)
+        true_e.append((b["cond"] - b["uncond"]).flatten(1).pow(2).sum(1).cpu())
+        pred_e.append((b["cond"] - ru_hat).flatten(1).pow(2).sum(1).cpu())
+        sig.append(b["sigma"].reshape(-1).cpu())
+    model.train(was)
+    return calibration.measure(torch.cat(sig), torch.cat(true_e), torch.cat(pred_e)) if sig else None
 
 
 # --- dataset facts ------------------------------------------------------------------------------------------------
@@ -839,7 +863,10 @@ def _finish_main(run: TrainingRun) -> TrainResult:
     out_path = run.out_path
     if run.step == run.start_step and run.src == out_path and (_file_state(out_path) or (0, False))[1]:
         run.notes.append(f"{out_path.name} was already trained to step {run.step}; nothing to do (raise steps to go on)")
+        run.model.guidance_gain = calibration.GuidanceGain.from_meta(read_metadata(out_path).get("guidance_gain"))
         return _result(run, final_meta)
+    _calibrate(run)
+    final_meta = run.full_meta(run.last_metrics)
     s = run.settings
     kept_old, old_metrics = (False, None) if s.overwrite and not s.resume else _old_model_wins(
         out_path, run.last_metrics.get("score"), lambda m: run.validate(model=m.to(run.device)))
@@ -859,6 +886,16 @@ def _finish_main(run: TrainingRun) -> TrainResult:
         for p in (partial_path(out_path), optimizer_path(partial_path(out_path))):
             p.unlink(missing_ok=True)
     return _result(run, final_meta)
+
+
+def _calibrate(run: TrainingRun) -> None:
+    """Guidance calibration (core2/calibration.py) of the weights the run ends with, kept in the file's metadata."""
+    gain = measure_guidance_gain(run.model, run.data.reader, run.data.val_items, run.device, run.settings.batch_size * 2)
+    run.model.guidance_gain = gain
+    run.meta["guidance_gain"] = gain.as_meta() if gain is not None else None
+    if gain is not None:
+        run.notes.append(f"guidance calibrated on {run.data.val_label}: steps with no slow step to go on guide "
+                         f"{gain.describe()} as strongly as the raw prediction")
 
 
 def _note_late_skips(run: TrainingRun) -> None:

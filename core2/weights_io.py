@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 
 from . import __version__
+from .calibration import GuidanceGain
 from .files import atomic_save_safetensors
 from .weak import WeakModel
 
@@ -92,6 +93,11 @@ def _load_ours(path: Path, meta: dict) -> WeakModel:
                                  f"unexpected {unexpected[:3]}); the file is damaged.")
     cfgs = meta.get("cfg") or []
     model.trained_cfg = float(cfgs[0]) if len(cfgs) == 1 else None
+    try:
+        model.guidance_gain = GuidanceGain.from_meta(meta.get("guidance_gain"))
+    except ValueError as e:
+        raise WeakModelFileError(f"CoRe²: {path.name} has an invalid guidance calibration ({e}); the file is damaged "
+                                 "or was edited.") from e
     return model
 
 

@@ -253,6 +253,17 @@ def test_save_load_round_trip_is_exact(trained):
     assert torch.equal(a, b)
 
 
+def test_training_stores_the_guidance_calibration_it_measured(trained):
+    """core2/calibration.py: the finished file keeps the gain measured on held-out rows, and the loaded model uses it."""
+    from comfyui_core2.core2 import calibration
+    from comfyui_core2.core2.weights_io import load_weak_model, read_metadata
+
+    meta = read_metadata(trained.path)
+    assert meta["guidance_gain"] is not None and all(1.0 <= g <= calibration.MAX_GAIN for g in meta["guidance_gain"]["gain"])
+    assert load_weak_model(trained.path).guidance_gain == trained.model.guidance_gain
+    assert "guidance calibrated" in trained.summary
+
+
 def test_cancel_leaves_checkpoint_and_resume_continues(dataset, tmp_path):
     import comfy.model_management as mm
 
