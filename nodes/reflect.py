@@ -236,6 +236,9 @@ def describe(weak) -> str:
     if vm.get("rel_err") is not None:
         x0 = f", in x0 space {vm['rel_err_x0']:.4f}" if vm.get("rel_err_x0") is not None else ""
         lines.append(f"validation relative error {vm['rel_err']:.4f}{x0} (identity map = 1.0)")
+    gain = getattr(weak, "guidance_gain", None)
+    if gain is not None:
+        lines.append(f"guidance calibrated {gain.describe()} on steps with no slow step to go on")
     return "\n".join(lines)
 
 

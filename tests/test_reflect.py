@@ -260,8 +260,12 @@ def test_training_stores_the_guidance_calibration_it_measured(trained):
 
     meta = read_metadata(trained.path)
     assert meta["guidance_gain"] is not None and all(1.0 <= g <= calibration.MAX_GAIN for g in meta["guidance_gain"]["gain"])
-    assert load_weak_model(trained.path).guidance_gain == trained.model.guidance_gain
+    loaded = load_weak_model(trained.path)
+    assert loaded.guidance_gain == trained.model.guidance_gain
     assert "guidance calibrated" in trained.summary
+    from comfyui_core2.nodes.reflect import describe
+
+    assert "guidance calibrated ×" in describe(loaded)  # the loader's info output says so
 
 
 def test_cancel_leaves_checkpoint_and_resume_continues(dataset, tmp_path):
