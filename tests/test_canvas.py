@@ -263,7 +263,7 @@ def test_workflows_say_where_to_download_the_models_they_load():
 
 
 def test_sd35_workflow_runs_the_official_weights_as_its_note_says():
-    wf = _workflows()["04_core2_ksampler_sd35"]
+    wf = _workflows()["04 CoRe2 KSampler (SD3.5 Large)"]
     note = wf["nodes"][0]["widgets_values"][0]
     ks = next(n for n in wf["nodes"] if n["type"] == "CoRe2KSampler")
     neg_link = next(i["link"] for i in ks["inputs"] if i["name"] == "negative")
@@ -282,7 +282,7 @@ def test_every_workflow_has_a_thumbnail_in_the_template_browser():
         assert jpg.is_file(), f"{jpg.name} missing: python -m tools.render_thumbnails --cards (or without --cards)"
         assert jpg.read_bytes()[:3] == b"\xff\xd8\xff" and jpg.stat().st_size < 100_000
     assert set(make_workflows.CARDS) | set(make_workflows.TOY_WORKFLOWS) == set(_workflows())
-    assert render_thumbnails.title_card("04_core2_ksampler_sd35").size == (512, 384)
+    assert render_thumbnails.title_card("04 CoRe2 KSampler (SD3.5 Large)").size == (512, 384)
 
 
 def test_nodes_use_only_the_public_dataset_api():
