@@ -80,6 +80,18 @@ def test_loss_plot_draws_the_superscript_and_names_the_score(monkeypatch):
     assert img.size == (768, 432)
 
 
+def test_loss_plot_wraps_a_long_verdict_inside_the_picture():
+    """The browser screenshot of workflow 08 showed the verdict running off the loss curve's right edge."""
+    from comfyui_core2.core2 import loss_plot, pictext
+
+    verdict = "barely better than cfg 1 (held-out error 0.957): collect more seeds and prompts for a useful model"
+    lines = pictext.wrap(verdict, 768 - 70, loss_plot.FONT_SIZE)
+    assert len(lines) >= 2 and " ".join(lines) == verdict
+    assert all(pictext.text_width(line, loss_plot.FONT_SIZE) <= 768 - 70 for line in lines)
+    assert pictext.wrap("short", 700) == ["short"] and pictext.wrap("", 700) == []
+    assert loss_plot.draw([(1, 1.0), (2, 0.8)], [(2, 0.9)], verdict=verdict).size == (768, 432)
+
+
 def test_reflect_progress_shows_step_loss_and_time_left(shown, monkeypatch):
     from comfyui_core2.nodes import feedback, reflect
 
