@@ -310,10 +310,12 @@ def test_pyproject_is_a_valid_registry_config():
     assert (ROOT / icon).is_file() and (ROOT / icon).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", icon
     for m in t.models:
         assert m.location.startswith("/models/core2/") and m.model_url.startswith("https://huggingface.co/sst12345/CoRe2/")
-    # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights and workflows must get in
-    tracked = subprocess.run(["git", "ls-files", "toy/weights", "workflows"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.split()
-    for need in ("toy/weights/toy_t2i.safetensors", "workflows/08 Toy world (Collect, Reflect, Refine).json"):
+    # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights, workflows and the frontend
+    # extension must get in (-z: the workflow names have spaces)
+    tracked = subprocess.run(["git", "ls-files", "-z", "toy/weights", "workflows", "web"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split("\0")
+    for need in ("toy/weights/toy_t2i.safetensors", "workflows/08 Toy world (Collect, Reflect, Refine).json",
+                 "web/template_order.js"):
         assert need in tracked or any(need.startswith(i.rstrip("/") + "/") for i in t.includes), need
 
 
