@@ -193,7 +193,8 @@ async function main() {
   const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
   const consoleErrors = [];
   const notFound = [];
-  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text().slice(0, 300)); });
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${m.location().url}: ${m.text().slice(0, 300)}`); });
+  page.on("pageerror", (e) => consoleErrors.push(`uncaught: ${String(e.stack || e).slice(0, 500)}`));
   page.on("response", (r) => { if (r.status() === 404) notFound.push(r.url()); });
   await openApp(page, url);
   const out = { templates: await readTemplates(page, pack), results: [], runs: [] };
@@ -216,7 +217,7 @@ async function main() {
     await screenshotRun(page, run.screenshot);
     out.runs.push(run);
   }
-  out.consoleErrors = consoleErrors.slice(0, 20);
+  out.consoleErrors = consoleErrors;
   out.notFound = notFound;
   await browser.close();
   process.stdout.write(JSON.stringify(out));

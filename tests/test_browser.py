@@ -95,6 +95,11 @@ def test_template_browser_lists_our_workflows_by_title_in_order(browser):
         assert card["thumbnail"], f"{card['name']}: no thumbnail in the template browser"
 
 
+def test_our_frontend_extension_loads_without_errors(browser):
+    ours = [e for e in browser["consoleErrors"] if f"/extensions/{PACK_FOLDER}/" in e]
+    assert ours == [], ours
+
+
 def test_frontend_opens_every_workflow(browser, shots):
     names = sorted(p.name for p in (ROOT / "workflows").glob("*.json"))
     assert [x["name"] for x in browser["results"]] == names
