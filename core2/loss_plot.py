@@ -7,7 +7,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .pictext import draw_text
+from .pictext import draw_text, wrap
 
 TRAIN = (70, 130, 220)
 TRAIN_SMOOTH = (20, 60, 170)
@@ -38,10 +38,12 @@ def draw(train: list, val: list, width: int = 768, height: int = 432, title: str
     """
     img = Image.new("RGB", (width, height), (255, 255, 255))
     d = ImageDraw.Draw(img)
-    left, right, top, bottom = 60, width - 20, 30 + (22 if verdict else 0), height - 40
+    verdict_lines = wrap(verdict, width - 60 - 10, FONT_SIZE) if verdict else []  # a long verdict wraps
+    left, right, top, bottom = 60, width - 20, 30 + 20 * len(verdict_lines), height - 40
     draw_text(d, (left, 6), title, (0, 0, 0), FONT_SIZE + 2)
-    if verdict:
-        draw_text(d, (left, 28), verdict, (150, 30, 30) if "no better" in verdict or "barely" in verdict else (20, 110, 40))
+    colour = (150, 30, 30) if verdict and ("no better" in verdict or "barely" in verdict) else (20, 110, 40)
+    for k, line in enumerate(verdict_lines):
+        draw_text(d, (left, 28 + 20 * k), line, colour)
     pts = [(s, v) for s, v in train if v is not None and math.isfinite(v) and v > 0]
     vpts = [(s, v) for s, v in val if v is not None and math.isfinite(v) and v > 0]
     allv = [v for _, v in pts + vpts] + [1.0]

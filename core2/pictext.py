@@ -59,3 +59,17 @@ def text_width(s: str, size: int = 15) -> int:
     fnt, small = font(size), font(max(8, size * 2 // 3))
     parts = _drawable(fnt, s)
     return round(sum(fnt.getlength(p) for p in parts) + (len(parts) - 1) * small.getlength("2"))
+
+
+def wrap(s: str, max_width: int, size: int = 15) -> list[str]:
+    """s broken at spaces into lines that draw_text(…, size) draws within max_width (a single over-long word stays
+    whole on its own line)."""
+    lines, line = [], ""
+    for word in s.split():
+        trial = f"{line} {word}" if line else word
+        if line and text_width(trial, size) > max_width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines

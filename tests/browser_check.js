@@ -1,69 +1,224 @@
-// Headless Chromium + ComfyUI's frontend: load every example workflow and report what the frontend makes of it.
-// node tests/browser_check.js <server url> <workflows dir> <screenshot dir>   (needs playwright-core on NODE_PATH)
-// Prints one JSON object: {registered: bool, results: [{name, missing, widgetMismatches, linkMismatches, ...}]}.
+// Headless Chromium + ComfyUI's own frontend, used as a user would: read this pack's entries in the template browser,
+// open every example workflow, then run some of them with the Run button and read what the nodes show.
+//
+//   node tests/browser_check.js <server url> <workflows dir> <screenshot dir> <pack folder> [workflow to run ...]
+//
+// Needs playwright-core on NODE_PATH and Chromium ($CHROMIUM, default /usr/bin/chromium). Prints one JSON object:
+//   templates: {names, cards: [{name, text, thumbnail}]}   the pack's cards in the order the browser shows them
+//   results:   [{name, missing, widgetMismatches, linkMismatches, dialogs, apiNodes, graphNodes}]   one per workflow
+//   runs:      [{name, seconds, errors, texts: {id: {type, text}}, outputs: {id: {type, images, text}}}]
+//   consoleErrors
 const fs = require("fs");
 const path = require("path");
 const { chromium } = require("playwright-core");
 
-async function main() {
-  const [url, wfDir, shotDir] = process.argv.slice(2);
-  fs.mkdirSync(shotDir, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
-  });
-  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
-  const consoleErrors = [];
-  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+// Without the networking flags Chromium's own background connections fail (and stall) on a closed network.
+const CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const TEXT_WIDGET = "$$node-text-preview"; // where the frontend puts a node's progress text
+const RUN_TIMEOUT_MS = 300000;
+const SHOT_VIEWPORT = { width: 2600, height: 1200 };
+
+
+async function openApp(page, url) {
   await page.goto(url, { waitUntil: "load", timeout: 120000 });
   await page.waitForFunction(() => {
     const app = window.app ?? window.comfyAPI?.app?.app;
     return app && app.graph && window.LiteGraph && Object.keys(window.LiteGraph.registered_node_types).length > 50;
   }, null, { timeout: 120000 });
-  // the first visit opens the template browser (our workflows are listed under Custom Nodes): close it
-  await page.waitForTimeout(1000);
-  await page.keyboard.press("Escape");
+  await page.evaluate(() => {
+    // what the server says while a workflow runs (the Run button path), kept for runWorkflow()
+    const api = window.comfyAPI.api.api;
+    const log = (window.__core2 = { events: [] });
+    for (const t of ["execution_start", "execution_success", "execution_error", "execution_interrupted", "executed"]) {
+      api.addEventListener(t, (e) => log.events.push({ type: t, detail: e.detail }));
+    }
+  });
+}
+
+async function readTemplates(page, pack) {
+  // a fresh user sees the template browser on the first visit; otherwise open it from the sidebar
+  const dialog = page.locator(".workflow-template-selector-dialog");
+  await dialog.waitFor({ timeout: 5000 }).catch(() => {});
+  if (!(await dialog.count())) await page.locator("button[aria-label=Templates]").click();
+  await dialog.waitFor({ timeout: 30000 });
+  await dialog.locator("[role=button]", { hasText: new RegExp(`^\\s*${pack}\\s*$`) }).click();
+  const cards = dialog.locator('[data-testid^="template-workflow-"]');
+  await cards.first().waitFor({ timeout: 30000 });
+  const out = { names: [], cards: [] };
+  for (let i = 0; i < (await cards.count()); i++) {
+    const card = cards.nth(i);
+    await card.scrollIntoViewIfNeeded();
+    // the frontend fetches a thumbnail, then sets an img's src (and may re-render the img): poll for a loaded picture
+    let thumbnail = null;
+    for (const end = Date.now() + 15000; !thumbnail && Date.now() < end; await page.waitForTimeout(200)) {
+      thumbnail = await card.evaluate((el) => [...el.querySelectorAll("img")]
+        .filter((i) => i.complete && i.naturalWidth > 0).map((i) => `${i.naturalWidth}x${i.naturalHeight}`)[0] ?? null);
+    }
+    const name = (await card.getAttribute("data-testid")).replace("template-workflow-", "");
+    out.names.push(name);
+    out.cards.push({ name, text: (await card.innerText()).trim(), thumbnail });
+  }
+  await dialog.locator("button:has(i.pi-times)").first().click();
+  await dialog.waitFor({ state: "detached", timeout: 10000 }).catch(() => {});
+  return out;
+}
+
+async function closeDialogs(page) {
+  for (let i = 0; i < 3 && (await page.locator(".p-dialog").count()); i++) {
+    await page.keyboard.press("Escape");
+    await page.waitForTimeout(200);
+  }
+}
+
+async function openWorkflow(page, wf, name) {
+  const res = await page.evaluate(async ({ wf, name }) => {
+    const app = window.app ?? window.comfyAPI?.app?.app;
+    const types = [...new Set(wf.nodes.map((n) => n.type))];
+    const missing = types.filter((t) => !(t in window.LiteGraph.registered_node_types));
+    await app.loadGraphData(structuredClone(wf), true, true, name);
+    await new Promise((r) => setTimeout(r, 500)); // the missing-models dialog opens after the graph
+    const g = app.graph;
+    const widgetMismatches = [];
+    const linkMismatches = [];
+    for (const n of wf.nodes) {
+      const node = g.getNodeById(n.id);
+      if (!node) { widgetMismatches.push(`node ${n.id} ${n.type} not in graph`); continue; }
+      const vals = (node.widgets || []).filter((w) => !w.name?.startsWith("$$")).map((w) => w.value);
+      const want = n.widgets_values || [];
+      const same = vals.length === want.length && vals.every((v, i) => JSON.stringify(v) === JSON.stringify(want[i]));
+      if (!same) widgetMismatches.push(`${n.id} ${n.type}: frontend ${JSON.stringify(vals).slice(0, 300)} vs file ${JSON.stringify(want).slice(0, 300)}`);
+    }
+    for (const [id, , , to, tslot] of wf.links) {
+      const want = wf.nodes.find((n) => n.id === to).inputs[tslot].name;
+      const inp = (g.getNodeById(to).inputs || []).find((i) => i.link === id);
+      if (!inp || inp.name !== want) linkMismatches.push(`link ${id} -> ${to}.${want}: frontend ${inp ? inp.name : "none"}`);
+    }
+    const dialogs = [...document.querySelectorAll(".p-dialog")].map((d) => d.innerText.slice(0, 1000));
+    const prompt = await app.graphToPrompt();
+    return { types, missing, widgetMismatches, linkMismatches, dialogs, apiNodes: Object.keys(prompt.output).length,
+             graphNodes: g._nodes.length };
+  }, { wf, name });
+  res.name = name;
+  return res;
+}
+
+async function fitView(page) {
+  await page.evaluate(() => {
+    const app = window.app ?? window.comfyAPI?.app?.app;
+    app.canvas.deselectAll?.();
+    app.canvas.fitViewToSelectionAnimated({ duration: 1 }); // with nothing selected: the whole graph
+  });
+  await page.waitForTimeout(800);
+}
+
+async function tidyForScreenshots(page) {
+  // what a user would close first: the "Introducing Nodes 2.0" banner and the minimap over the canvas
+  await page.evaluate(() => {
+    const banner = [...document.querySelectorAll("div")].find((d) => d.children.length
+      && d.innerText.startsWith("Introducing Nodes 2.0") && d.querySelectorAll("button").length >= 2);
+    [...(banner?.querySelectorAll("button") ?? [])].pop()?.click();
+  });
+  const minimap = page.locator('button[aria-label^="Hide Minimap"]');
+  if (await minimap.count()) await minimap.first().click();
   await page.waitForTimeout(300);
-  const out = { results: [] };
+}
+
+async function screenshotRun(page, file) {
+  // a large window, so that the whole graph fits at a zoom where LiteGraph still draws titles, widgets and texts
+  const normal = page.viewportSize();
+  await page.setViewportSize(SHOT_VIEWPORT);
+  await page.waitForTimeout(500);
+  await fitView(page);
+  const clip = await page.evaluate(() => { // the graph's nodes on the screen, with a margin
+    const app = window.app ?? window.comfyAPI?.app?.app;
+    const box = app.canvas.canvas.getBoundingClientRect();
+    const pts = app.graph._nodes.flatMap((n) => {
+      const [x, y, w, h] = n.boundingRect;
+      return [app.canvas.ds.convertOffsetToCanvas([x, y]), app.canvas.ds.convertOffsetToCanvas([x + w, y + h])];
+    });
+    const x0 = Math.max(0, box.left + Math.min(...pts.map((p) => p[0])) - 24);
+    const y0 = Math.max(0, box.top + Math.min(...pts.map((p) => p[1])) - 24);
+    const x1 = Math.min(innerWidth, box.left + Math.max(...pts.map((p) => p[0])) + 24);
+    const y1 = Math.min(innerHeight, box.top + Math.max(...pts.map((p) => p[1])) + 24);
+    return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+  });
+  await page.screenshot({ path: file, clip });
+  await page.setViewportSize(normal);
+}
+
+async function runWorkflow(page, name) {
+  await page.evaluate(() => { window.__core2.events = []; });
+  const started = Date.now();
+  await page.getByRole("button", { name: "Run", exact: true }).click();
+  // done: the server said how the prompt ended and its queue is empty
+  for (let done = false; !done; await page.waitForTimeout(1000)) {
+    if (Date.now() - started > RUN_TIMEOUT_MS) throw new Error(`${name}: still running after ${RUN_TIMEOUT_MS / 1000} s`);
+    done = await page.evaluate(async () => {
+      const ended = window.__core2.events.some((e) => !["executed", "execution_start"].includes(e.type));
+      const q = ended && (await window.comfyAPI.api.api.getQueue());
+      return ended && q.Running.length === 0 && q.Pending.length === 0;
+    });
+  }
+  await page.waitForTimeout(1000); // the last images and texts land on the nodes
+  const run = await page.evaluate((TEXT_WIDGET) => {
+    const app = window.app ?? window.comfyAPI?.app?.app;
+    const ev = window.__core2.events;
+    const errors = ev.filter((e) => e.type === "execution_error" || e.type === "execution_interrupted")
+      .map((e) => JSON.stringify(e.detail).slice(0, 2000));
+    const texts = {};
+    const outputs = {};
+    for (const node of app.graph._nodes) {
+      const w = (node.widgets || []).find((x) => x.name === TEXT_WIDGET);
+      if (w && w.value) texts[node.id] = { type: node.type, text: String(w.value) };
+    }
+    for (const e of ev.filter((x) => x.type === "executed")) {
+      const node = app.graph.getNodeById(e.detail.display_node ?? e.detail.node);
+      outputs[e.detail.node] = { type: node?.type, images: (e.detail.output?.images || []).length,
+                                 text: e.detail.output?.text ?? null, shown: (node?.imgs || []).length };
+    }
+    return { errors, texts, outputs, success: ev.some((e) => e.type === "execution_success"),
+             events: ev.map((e) => e.type) };
+  }, TEXT_WIDGET);
+  run.name = name;
+  run.seconds = (Date.now() - started) / 1000;
+  return run;
+}
+
+async function main() {
+  const [url, wfDir, shotDir, pack, ...toRun] = process.argv.slice(2);
+  fs.mkdirSync(shotDir, { recursive: true });
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM || "/usr/bin/chromium", headless: true,
+                                          args: CHROMIUM_ARGS });
+  const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
+  const consoleErrors = [];
+  const notFound = [];
+  page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(`${m.location().url}: ${m.text().slice(0, 300)}`); });
+  page.on("pageerror", (e) => consoleErrors.push(`uncaught: ${String(e.stack || e).slice(0, 500)}`));
+  page.on("response", (r) => { if (r.status() === 404) notFound.push(r.url()); });
+  await openApp(page, url);
+  const out = { templates: await readTemplates(page, pack), results: [], runs: [] };
+  await closeDialogs(page);
   const files = fs.readdirSync(wfDir).filter((f) => f.endsWith(".json")).sort();
   for (const f of files) {
     const wf = JSON.parse(fs.readFileSync(path.join(wfDir, f), "utf8"));
-    const res = await page.evaluate(async (wf) => {
-      const app = window.app ?? window.comfyAPI?.app?.app;
-      const types = [...new Set(wf.nodes.map((n) => n.type))];
-      const missing = types.filter((t) => !(t in window.LiteGraph.registered_node_types));
-      await app.loadGraphData(structuredClone(wf), true, true, "core2-test");
-      await new Promise((r) => setTimeout(r, 300));
-      const g = app.graph;
-      const widgetMismatches = [];
-      const linkMismatches = [];
-      for (const n of wf.nodes) {
-        const node = g.getNodeById(n.id);
-        if (!node) { widgetMismatches.push(`node ${n.id} ${n.type} not in graph`); continue; }
-        const vals = (node.widgets || []).map((w) => w.value);
-        const want = n.widgets_values || [];
-        const same = vals.length === want.length && vals.every((v, i) => JSON.stringify(v) === JSON.stringify(want[i]));
-        if (!same) widgetMismatches.push(`${n.id} ${n.type}: frontend ${JSON.stringify(vals).slice(0, 300)} vs file ${JSON.stringify(want).slice(0, 300)}`);
-      }
-      for (const [id, from, fslot, to, tslot, type] of wf.links) {
-        const dst = g.getNodeById(to);
-        const want = wf.nodes.find((n) => n.id === to).inputs[tslot].name;
-        const inp = (dst.inputs || []).find((i) => i.link === id);
-        if (!inp || inp.name !== want) linkMismatches.push(`link ${id} -> ${to}.${want}: frontend ${inp ? inp.name : "none"}`);
-      }
-      const dialogs = [...document.querySelectorAll(".p-dialog")].map((d) => d.innerText.slice(0, 300));
-      const prompt = await app.graphToPrompt();
-      return { types, missing, widgetMismatches, linkMismatches, dialogs, apiNodes: Object.keys(prompt.output).length,
-               graphNodes: g._nodes.length };
-    }, wf);
-    res.name = f;
+    const res = await openWorkflow(page, wf, f);
     await page.screenshot({ path: path.join(shotDir, f.replace(/\.json$/, ".png")) });
-    // close any dialog before the next workflow
-    await page.keyboard.press("Escape");
+    await closeDialogs(page);
     out.results.push(res);
   }
-  out.consoleErrors = consoleErrors.slice(0, 20);
+  await tidyForScreenshots(page);
+  for (const name of toRun) {
+    const wf = JSON.parse(fs.readFileSync(path.join(wfDir, name), "utf8"));
+    await openWorkflow(page, wf, name);
+    await closeDialogs(page);
+    const run = await runWorkflow(page, name);
+    run.screenshot = path.join(shotDir, "run " + name.replace(/\.json$/, ".png"));
+    await screenshotRun(page, run.screenshot);
+    out.runs.push(run);
+  }
+  out.consoleErrors = consoleErrors;
+  out.notFound = notFound;
   await browser.close();
   process.stdout.write(JSON.stringify(out));
 }

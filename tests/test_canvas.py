@@ -80,6 +80,18 @@ def test_loss_plot_draws_the_superscript_and_names_the_score(monkeypatch):
     assert img.size == (768, 432)
 
 
+def test_loss_plot_wraps_a_long_verdict_inside_the_picture():
+    """The browser screenshot of workflow 08 showed the verdict running off the loss curve's right edge."""
+    from comfyui_core2.core2 import loss_plot, pictext
+
+    verdict = "barely better than cfg 1 (held-out error 0.957): collect more seeds and prompts for a useful model"
+    lines = pictext.wrap(verdict, 768 - 70, loss_plot.FONT_SIZE)
+    assert len(lines) >= 2 and " ".join(lines) == verdict
+    assert all(pictext.text_width(line, loss_plot.FONT_SIZE) <= 768 - 70 for line in lines)
+    assert pictext.wrap("short", 700) == ["short"] and pictext.wrap("", 700) == []
+    assert loss_plot.draw([(1, 1.0), (2, 0.8)], [(2, 0.9)], verdict=verdict).size == (768, 432)
+
+
 def test_reflect_progress_shows_step_loss_and_time_left(shown, monkeypatch):
     from comfyui_core2.nodes import feedback, reflect
 
@@ -263,7 +275,7 @@ def test_workflows_say_where_to_download_the_models_they_load():
 
 
 def test_sd35_workflow_runs_the_official_weights_as_its_note_says():
-    wf = _workflows()["04_core2_ksampler_sd35"]
+    wf = _workflows()["04 CoRe2 KSampler (SD3.5 Large)"]
     note = wf["nodes"][0]["widgets_values"][0]
     ks = next(n for n in wf["nodes"] if n["type"] == "CoRe2KSampler")
     neg_link = next(i["link"] for i in ks["inputs"] if i["name"] == "negative")
@@ -282,7 +294,7 @@ def test_every_workflow_has_a_thumbnail_in_the_template_browser():
         assert jpg.is_file(), f"{jpg.name} missing: python -m tools.render_thumbnails --cards (or without --cards)"
         assert jpg.read_bytes()[:3] == b"\xff\xd8\xff" and jpg.stat().st_size < 100_000
     assert set(make_workflows.CARDS) | set(make_workflows.TOY_WORKFLOWS) == set(_workflows())
-    assert render_thumbnails.title_card("04_core2_ksampler_sd35").size == (512, 384)
+    assert render_thumbnails.title_card("04 CoRe2 KSampler (SD3.5 Large)").size == (512, 384)
 
 
 def test_nodes_use_only_the_public_dataset_api():

@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
 
 import pytest
 
@@ -156,7 +157,7 @@ def test_collect_batch_encodes_with_the_toy_text_encoder():
 def test_ui_to_api_conversion_maps_widgets_by_input_order(schemas):
     """The converter used against the live server, on our schemas rendered as /object_info (no server needed)."""
     info = {t: _object_info_like(s) for t, s in schemas.items()}
-    wf = _load(WF_DIR / "08_toy_collect_reflect_refine.json")
+    wf = _load(WF_DIR / "08 Toy world (Collect, Reflect, Refine).json")
     api = comfy_server.ui_to_api(wf, info)
     assert "1" not in api  # the Note
     ks = next(v for v in api.values() if v["class_type"] == "CoRe2KSampler")
@@ -233,8 +234,9 @@ def test_server_offers_our_workflows_as_templates(server):
     listed = server.get("/workflow_templates").get("comfyui-core2")
     assert sorted(listed or []) == [p.stem for p in FILES]
     name = mw.TOY_WORKFLOWS[0]
-    assert json.loads(server.get_bytes(f"/api/workflow_templates/comfyui-core2/{name}.json")) == _load(WF_DIR / f"{name}.json")
-    assert server.get_bytes(f"/api/workflow_templates/comfyui-core2/{name}.jpg")[:3] == b"\xff\xd8\xff"
+    url = "/api/workflow_templates/comfyui-core2/" + urllib.parse.quote(name)  # the names are titles: spaces, commas
+    assert json.loads(server.get_bytes(url + ".json")) == _load(WF_DIR / f"{name}.json")
+    assert server.get_bytes(url + ".jpg")[:3] == b"\xff\xd8\xff"
 
 
 @pytest.mark.full_comfy
@@ -243,8 +245,8 @@ def test_toy_workflows_run_through_the_api(server, object_info):
     grid picture, top row CFG, bottom row CoRe²)."""
     # 08: four CoRe² pictures, the last collected batch (batch_size 2), the loss curve
     # 10: the scenes world's chain (collect → reflect → CFG and CoRe² pictures, the loss curve)
-    for name, expect_images in (("08_toy_collect_reflect_refine", 4 + 2 + 1), ("09_toy_cfg_vs_core2", 1),
-                                ("10_toy_scenes_collect_reflect_refine", 4 + 4 + 1)):
+    for name, expect_images in (("08 Toy world (Collect, Reflect, Refine)", 4 + 2 + 1), ("09 Toy world (CFG vs CoRe2)", 1),
+                                ("10 Toy scenes (Collect, Reflect, Refine)", 4 + 4 + 1)):
         api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
         hist = server.run_prompt(api, timeout=240)
         images = [im for out in hist["outputs"].values() for im in out.get("images", [])]
@@ -261,7 +263,7 @@ def test_toy_workflows_run_through_the_api(server, object_info):
         for im in images[:2]:
             data = server.get_bytes(f"/view?filename={im['filename']}&subfolder={im['subfolder']}&type={im['type']}")
             assert data[:8] == b"\x89PNG\r\n\x1a\n"
-        if name == "09_toy_cfg_vs_core2":  # 2 rows (CFG, CoRe²) × 4 pictures of 128 px, with labels and captions
+        if name == "09 Toy world (CFG vs CoRe2)":  # 2 rows (CFG, CoRe²) × 4 pictures of 128 px, with labels and captions
             from PIL import Image
 
             w, h = Image.open(io.BytesIO(data)).size
@@ -308,17 +310,19 @@ def test_pyproject_is_a_valid_registry_config():
     assert (ROOT / icon).is_file() and (ROOT / icon).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", icon
     for m in t.models:
         assert m.location.startswith("/models/core2/") and m.model_url.startswith("https://huggingface.co/sst12345/CoRe2/")
-    # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights and workflows must get in
-    tracked = subprocess.run(["git", "ls-files", "toy/weights", "workflows"], cwd=ROOT, capture_output=True,
-                             text=True).stdout.split()
-    for need in ("toy/weights/toy_t2i.safetensors", "workflows/08_toy_collect_reflect_refine.json"):
+    # the registry packs git-tracked files plus [tool.comfy] includes: the toy weights, workflows and the frontend
+    # extension must get in (-z: the workflow names have spaces)
+    tracked = subprocess.run(["git", "ls-files", "-z", "toy/weights", "workflows", "web"], cwd=ROOT,
+                             capture_output=True, text=True).stdout.split("\0")
+    for need in ("toy/weights/toy_t2i.safetensors", "workflows/08 Toy world (Collect, Reflect, Refine).json",
+                 "web/template_order.js"):
         assert need in tracked or any(need.startswith(i.rstrip("/") + "/") for i in t.includes), need
 
 
 def test_official_sdxl_workflow_runs_cfg_against_a_zero_negative():
     """Workflow 06 runs the official weights as the official code does: the negative is ConditioningZeroOut of the
     positive (an all-zero negative, tokens and pooled), not a text encoding."""
-    wf = _load(WF_DIR / "06_official_weights_sdxl.json")
+    wf = _load(WF_DIR / "06 Official CoRe2 weights (SDXL).json")
     nodes = {n["id"]: n for n in wf["nodes"]}
     links = {lk[0]: lk for lk in wf["links"]}
 

@@ -372,14 +372,14 @@ def _sdxl_base(wf: Workflow, x=460):
 
 
 def wf_collect_sdxl() -> Workflow:
-    wf = Workflow("01_collect_sdxl", (
+    wf = Workflow("01 Collect (SDXL)", (
         "CoRe² step 1 of 3: COLLECT (SDXL).\n\nCoRe² Collect Batch samples every prompt with seeds_per_prompt seeds "
         "at your CFG scale and stores the conditional and unconditional outputs of every step in "
         "output/core2_datasets/<dataset_name>. One prompt per line, or a .txt file in ComfyUI's input folder.\n\n"
         "Use a few hundred prompts × 2-8 seeds for a good weak model (every trajectory gets its own noise); a rerun "
         "skips what is already collected, so you can stop and resume. Use the sampler, steps and cfg you will sample "
         "with later. Keep store_x on: the weak model needs x_t to work on new seeds. Disk: ~19 MiB per 50-step 1024² "
-        "image. batch_size > 1 is faster if your GPU has the memory.\n\nNext: 02_reflect_train_weak_model."))
+        "image. batch_size > 1 is faster if your GPU has the memory.\n\nNext: 02 Reflect (train a weak model)."))
     ck = wf.add("CheckpointLoaderSimple", (460, 20), ckpt_name=SDXL_CKPT)
     prompts = "\n".join([
         "# one prompt per line; lines starting with # are ignored",
@@ -397,7 +397,7 @@ def wf_collect_sdxl() -> Workflow:
 
 
 def wf_reflect() -> Workflow:
-    wf = Workflow("02_reflect_train_weak_model", (
+    wf = Workflow("02 Reflect (train a weak model)", (
         "CoRe² step 2 of 3: REFLECT (train a weak model).\n\nPick the dataset written by CoRe² Collect. Training "
         "unloads your checkpoints, runs on the GPU if there is one and writes models/core2/<save_name>.safetensors "
         "(pick it in CoRe² Load Weak Model). While it trains, the node shows the step, the loss and the time left; "
@@ -405,7 +405,7 @@ def wf_reflect() -> Workflow:
         "than cfg 1, lower is better), e.g. \"useful: held-out error 0.62\" or \"no better than cfg 1: collect more "
         "seeds\", with the full summary. The preview shows the loss curve.\n\nCancel at any time: a checkpoint is "
         "saved; switch resume on to continue. Resume trains up to `steps` in all: after collecting more data, raise "
-        "steps too.\n\nNext: 03_core2_ksampler_sdxl."))
+        "steps too.\n\nNext: 03 CoRe2 KSampler (SDXL)."))
     r = wf.add("CoRe2Reflect", (460, 20), size=(400, 420), dataset="sdxl_dataset", size_="medium", steps=2000,
                batch_size=16, learning_rate=3e-4, seed=0, val_fraction=0.1, resume=False, save_name="my_sdxl_weak")
     r.widgets["size"] = r.widgets.pop("size_")
@@ -417,17 +417,17 @@ def _core2(wf, pos, model, positive, negative, latent, weak, **kw):
     p = dict(seed=42, steps=30, cfg=6.0, sampler_name="euler", scheduler="normal", denoise=1.0, w2s_scale=1.5,
              slow_steps=10, method="core", zigzag_steps=-1, inv_cfg=0.5)
     p.update(kw)
-    return wf.add("CoRe2KSampler", pos, size=(340, 520), model=model, positive=positive, negative=negative,
+    return wf.add("CoRe2KSampler", pos, size=(340, 600), model=model, positive=positive, negative=negative,
                   latent_image=latent, weak_model=weak, **p)
 
 
 def wf_sdxl() -> Workflow:
-    wf = Workflow("03_core2_ksampler_sdxl", (
+    wf = Workflow("03 CoRe2 KSampler (SDXL)", (
         "CoRe² step 3 of 3: REFINE (sample with the CoRe² KSampler, SDXL).\n\nSame inputs as KSampler, plus the weak "
         "model. The first slow_steps steps run full CFG sharpened by the weak model "
         "(out = weak + w2s_scale·(cfg − weak)); the other steps run only the conditional pass and let the weak model "
         "stand in for CFG. Here 10 slow + 20 fast steps: 40 model passes instead of 60.\n\nw2s_scale 1.0 = plain CFG "
-        "on slow steps. slow_steps = steps: best quality; 0: fastest.\n\nThe weak model comes from 02_reflect (trained "
+        "on slow steps. slow_steps = steps: best quality; 0: fastest.\n\nThe weak model comes from 02 Reflect (trained "
         "on this checkpoint)."))
     ck, pos, neg = _sdxl_base(wf)
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
@@ -440,7 +440,7 @@ def wf_sdxl() -> Workflow:
 
 
 def wf_sd35() -> Workflow:
-    wf = Workflow("04_core2_ksampler_sd35", (
+    wf = Workflow("04 CoRe2 KSampler (SD3.5 Large)", (
         "CoRe² KSampler on SD3.5 (Large), with the OFFICIAL CoRe² weights, run as they were trained.\n\n"
         "ModelSamplingSD3 with shift 3, euler + simple, 28 steps, cfg 3.5 and an EMPTY negative prompt: the official "
         "sd35_noise_model.pth (Hugging Face repo sst12345/CoRe2, file weights/sd35_noise_model.pth, into "
@@ -464,7 +464,7 @@ def wf_sd35() -> Workflow:
 
 
 def wf_flux() -> Workflow:
-    wf = Workflow("05_core2_ksampler_flux_true_cfg", (
+    wf = Workflow("05 CoRe2 KSampler (FLUX.1 dev, true CFG)", (
         "CoRe² KSampler on FLUX.1-dev with TRUE CFG.\n\nFLUX dev is guidance-distilled: FluxGuidance sets the "
         "distilled guidance on the positive. CoRe² needs real CFG (a negative prompt and cfg > 1), which costs two "
         "passes per step; CoRe²'s fast steps bring most of that back to one pass.\n\nThe weak model must be trained on "
@@ -488,7 +488,7 @@ def wf_flux() -> Workflow:
 
 
 def wf_official_sdxl() -> Workflow:
-    wf = Workflow("06_official_weights_sdxl", (
+    wf = Workflow("06 Official CoRe2 weights (SDXL)", (
         "The OFFICIAL CoRe² weights on SDXL, run as the official code runs them.\n\nDownload "
         "weights/sdxl_noise_model.pth from the Hugging Face repo sst12345/CoRe2 into models/core2/. It was trained at "
         "50 steps, ddim + ddim_uniform, cfg 5.5: stay close (the sampler logs a warning otherwise). lora_index_mode "
@@ -512,12 +512,12 @@ def wf_official_sdxl() -> Workflow:
 
 
 def wf_grid_sdxl() -> Workflow:
-    wf = Workflow("07_cfg_vs_core2_sdxl", (
+    wf = Workflow("07 CFG vs CoRe2 (SDXL)", (
         "CFG vs CoRe² settings in one labelled grid (SDXL).\n\nCoRe² Compare samples the same seed with plain CFG and "
         "with CoRe² at slow_steps 10 and w2s_scale 1.5 and 2.5 (30 steps: 60 model passes for CFG, 40 for each CoRe² "
         "row); CoRe² Grid Image draws one row per setting with the model passes and seconds under each picture. Type "
         "more values into slow_steps or w2s_scale (e.g. \"0, 10, 30\") for more rows.\n\nThe weak model comes from "
-        "02_reflect (trained on this checkpoint)."))
+        "02 Reflect (trained on this checkpoint)."))
     ck, pos, neg = _sdxl_base(wf)
     lat = wf.add("EmptyLatentImage", (820, 500), width=1024, height=1024, batch_size=1)
     weak = wf.add("CoRe2LoadWeakModel", (460, 260), weak_model_name="my_sdxl_weak.safetensors", model=ck.out(0),
@@ -533,7 +533,7 @@ def wf_grid_sdxl() -> Workflow:
 
 
 def wf_toy_chain() -> Workflow:
-    wf = Workflow("08_toy_collect_reflect_refine", (
+    wf = Workflow("08 Toy world (Collect, Reflect, Refine)", (
         "The whole CoRe² chain on the TOY WORLD: runs on any CPU in well under a minute, no downloads.\n\n"
         "The toy model makes 32×32 pictures of one coloured shape at a place (\"a red triangle at the top\"). "
         f"CoRe² Toy Prompt List gives {TOY_PROMPTS} prompts; CoRe² Collect Batch samples them (2 seeds each, cfg 5) "
@@ -568,29 +568,29 @@ def wf_toy_chain() -> Workflow:
 
 
 def wf_toy_grid() -> Workflow:
-    wf = Workflow("09_toy_cfg_vs_core2", (
+    wf = Workflow("09 Toy world (CFG vs CoRe2)", (
         "CFG vs CoRe² on the TOY WORLD (no downloads).\n\nCoRe² Compare samples the same seed with plain CFG (10 "
         "steps: 20 model passes) and with CoRe² (3 slow + 7 fast steps: 13 passes); CoRe² Grid Image shows them in one "
         "labelled picture: top row CFG, bottom row CoRe², the model passes and seconds under each picture. Type several "
         "values into slow_steps or w2s_scale (e.g. \"0, 3, 10\") for one more row each.\n\n"
-        "Needs models/core2/toy_weak.safetensors: run 08_toy_collect_reflect_refine once first."))
+        "Needs models/core2/toy_weak.safetensors: run 08 Toy world (Collect, Reflect, Refine) once first."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
     pos = wf.add("CoRe2ToyTextEncode", (820, 20), title="Positive", toy_text=ld.out(1), text="a blue circle at the left")
     neg = wf.add("CoRe2ToyTextEncode", (820, 200), title="Negative (empty)", toy_text=ld.out(1), text="")
     lat = wf.add("CoRe2ToyEmptyLatent", (820, 380), batch_size=4)
     weak = wf.add("CoRe2LoadWeakModel", (460, 160), weak_model_name="toy_weak.safetensors", model=ld.out(0),
                   lora_index_mode="official")
-    cmp = wf.add("CoRe2Compare", (1200, 20), size=(340, 420), model=ld.out(0), seed=0, steps=10, cfg=5.0,
+    cmp = wf.add("CoRe2Compare", (1200, 20), size=(340, 500), model=ld.out(0), seed=0, steps=10, cfg=5.0,
                  sampler_name="euler", scheduler="normal", positive=pos.out(0), negative=neg.out(0),
                  latent_image=lat.out(0), weak_model=weak.out(0), slow_steps="3", w2s_scale="1.5", include_cfg=True)
     dec = wf.add("CoRe2ToyDecode", (1580, 20), samples=cmp.out("latent"))
     gi = wf.add("CoRe2GridImage", (1580, 200), images=dec.out(0), grid=cmp.out("grid"))
-    wf.add("PreviewImage", (1860, 20), size=(760, 420), title="Top row CFG, bottom row CoRe²", images=gi.out(0))
+    wf.add("PreviewImage", (1920, 20), size=(760, 420), title="Top row CFG, bottom row CoRe²", images=gi.out(0))
     return wf
 
 
 def wf_scenes_chain() -> Workflow:
-    wf = Workflow("10_toy_scenes_collect_reflect_refine", (
+    wf = Workflow("10 Toy scenes (Collect, Reflect, Refine)", (
         "The CoRe² chain on the SCENES toy world (no downloads; a few minutes on a CPU).\n\n"
         "The scenes model (a flow-matching MMDiT, like SD3) makes 64×64 pictures of two objects in a relation "
         "(\"a small red triangle left of a big blue circle\"). CoRe² Toy Prompt List gives 16 scene prompts; CoRe² "
@@ -629,18 +629,18 @@ def wf_scenes_chain() -> Workflow:
 # What the template browser's picture says about each workflow without a rendered thumbnail (a title card drawn by
 # tools/render_thumbnails.py): title, the CoRe² stages it runs, what it needs.
 CARDS = {
-    "01_collect_sdxl": ("Collect (SDXL)", ("Collect",), "step 1 of 3: record CFG trajectories"),
-    "02_reflect_train_weak_model": ("Reflect: train a weak model", ("Reflect",), "step 2 of 3: any collected dataset"),
-    "03_core2_ksampler_sdxl": ("CoRe² KSampler (SDXL)", ("Refine",), "step 3 of 3: your weak model"),
-    "04_core2_ksampler_sd35": ("CoRe² KSampler (SD3.5 Large)", ("Refine",), "official CoRe² weights, cfg 3.5"),
-    "05_core2_ksampler_flux_true_cfg": ("CoRe² KSampler (FLUX.1-dev)", ("Refine",), "true CFG, your weak model"),
-    "06_official_weights_sdxl": ("Official CoRe² weights (SDXL)", ("Refine",), "50 steps, ddim, cfg 5.5"),
-    "07_cfg_vs_core2_sdxl": ("CFG vs CoRe² (SDXL)", ("Refine",), "same seed, side by side"),
+    "01 Collect (SDXL)": ("Collect (SDXL)", ("Collect",), "step 1 of 3: record CFG trajectories"),
+    "02 Reflect (train a weak model)": ("Reflect: train a weak model", ("Reflect",), "step 2 of 3: any collected dataset"),
+    "03 CoRe2 KSampler (SDXL)": ("CoRe² KSampler (SDXL)", ("Refine",), "step 3 of 3: your weak model"),
+    "04 CoRe2 KSampler (SD3.5 Large)": ("CoRe² KSampler (SD3.5 Large)", ("Refine",), "official CoRe² weights, cfg 3.5"),
+    "05 CoRe2 KSampler (FLUX.1 dev, true CFG)": ("CoRe² KSampler (FLUX.1-dev)", ("Refine",), "true CFG, your weak model"),
+    "06 Official CoRe2 weights (SDXL)": ("Official CoRe² weights (SDXL)", ("Refine",), "50 steps, ddim, cfg 5.5"),
+    "07 CFG vs CoRe2 (SDXL)": ("CFG vs CoRe² (SDXL)", ("Refine",), "same seed, side by side"),
 }
 
 WORKFLOW_BUILDERS = [wf_collect_sdxl, wf_reflect, wf_sdxl, wf_sd35, wf_flux, wf_official_sdxl, wf_grid_sdxl,
                      wf_toy_chain, wf_toy_grid, wf_scenes_chain]
-TOY_WORKFLOWS = ("08_toy_collect_reflect_refine", "09_toy_cfg_vs_core2", "10_toy_scenes_collect_reflect_refine")
+TOY_WORKFLOWS = ("08 Toy world (Collect, Reflect, Refine)", "09 Toy world (CFG vs CoRe2)", "10 Toy scenes (Collect, Reflect, Refine)")
 
 
 def build_all() -> dict:

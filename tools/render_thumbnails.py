@@ -4,7 +4,7 @@
     python -m tools.render_thumbnails                                  # approximation without a full ComfyUI
 
 With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
-directory) runs 08_toy_collect_reflect_refine and then 09_toy_cfg_vs_core2 through its HTTP API, and the pictures
+directory) runs 08 Toy world (Collect, Reflect, Refine) and then 09 Toy world (CFG vs CoRe2) through its HTTP API, and the pictures
 of their final PreviewImage nodes are used (08: the four CoRe² KSampler pictures, tiled; 09: its labelled grid from
 CoRe² Grid Image, top row CFG, bottom row CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and
 09's bottom row uses the weak-to-strong rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak
@@ -79,12 +79,12 @@ def _from_server(comfy_path: Path, out: Path) -> None:
         server = comfy_server.Server(comfy_path, ROOT, Path(base))
         try:
             server.wait()
-            chain = _final_preview_images(server, "08_toy_collect_reflect_refine")
-            (grid,) = _final_preview_images(server, "09_toy_cfg_vs_core2")  # one labelled grid: CFG, then CoRe²
+            chain = _final_preview_images(server, "08 Toy world (Collect, Reflect, Refine)")
+            (grid,) = _final_preview_images(server, "09 Toy world (CFG vs CoRe2)")  # one labelled grid: CFG, then CoRe²
         finally:
             server.stop()
-    _grid([chain]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
-    _grid([[grid]], tile=1).save(out / "09_toy_cfg_vs_core2.jpg", quality=88)
+    _grid([chain]).save(out / "08 Toy world (Collect, Reflect, Refine).jpg", quality=88)
+    _grid([[grid]], tile=1).save(out / "09 Toy world (CFG vs CoRe2).jpg", quality=88)
 
 
 SCENE_PROMPTS = ["a small red triangle left of a big blue circle", "a big green square above a small yellow cross",
@@ -100,7 +100,7 @@ def _scenes_thumbnail(out: Path, w2s) -> None:
     kw = dict(cfg=5.0, steps=20, seed=0, path=path, scheduler="simple")
     cfg = world.generate(SCENE_PROMPTS, **kw)
     sharp = world.generate(SCENE_PROMPTS, model=model, **kw)
-    _grid([list(cfg), list(sharp)]).save(out / "10_toy_scenes_collect_reflect_refine.jpg", quality=88)
+    _grid([list(cfg), list(sharp)]).save(out / "10 Toy scenes (Collect, Reflect, Refine).jpg", quality=88)
 
 
 def title_card(name: str, size=(512, 384)):
@@ -163,8 +163,8 @@ def main() -> int:
     else:
         cfg = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0)
         sharp = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0, model=model)
-        _grid([list(cfg)]).save(out / "08_toy_collect_reflect_refine.jpg", quality=88)
-        _labelled([list(cfg), list(sharp)], ["CFG", "weak = cond, w2s 1.5"]).save(out / "09_toy_cfg_vs_core2.jpg",
+        _grid([list(cfg)]).save(out / "08 Toy world (Collect, Reflect, Refine).jpg", quality=88)
+        _labelled([list(cfg), list(sharp)], ["CFG", "weak = cond, w2s 1.5"]).save(out / "09 Toy world (CFG vs CoRe2).jpg",
                                                                                   quality=88)
     _scenes_thumbnail(out, w2s)
     # the Comfy Registry icon ([tool.comfy] Icon in pyproject.toml): 4×4 toy pictures, 256 px square
