@@ -54,6 +54,13 @@ def equal_pass_mixed(n: int) -> tuple[int, int]:
     return n - k, k
 
 
+def equal_pass_heavy(n: int) -> tuple[int, int] | None:
+    """(steps, slow steps) of the slow-heavy CoRe² row at exactly n passes: twice the mixed row's slow steps
+    (n − 2k steps, 2k slow), where fast steps still outnumber slow ones; else None."""
+    k = 2 * max(1, round(n / 5))
+    return (n - k, k) if n - k > k else None
+
+
 def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0, 9.0)) -> list[tuple[int, object]]:
     """Rows that show whether a world has headroom (the scenes world's targets): CFG at 2n steps, and a cfg sweep
     at n steps (the sweep's value equal to `cfg` is the budget's own CFG row, and cfg 1 is the no-guidance row)."""
@@ -66,9 +73,11 @@ def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0
 
 
 def _plans(n: int) -> list[tuple[str, int, int]]:
-    """(plan, steps, slow steps) of budget n's CoRe² rows with slow steps: mixed (n passes) and lean (≤ 0.6×)."""
+    """(plan, steps, slow steps) of budget n's CoRe² rows with slow steps: mixed and heavy (n passes), lean (≤ 0.6×)."""
     m_steps, m_slow = equal_pass_mixed(n)
-    return [("mixed", m_steps, m_slow)] + ([("lean", n, lean_slow(n))] if lean_slow(n) else [])
+    heavy = equal_pass_heavy(n)
+    return ([("mixed", m_steps, m_slow)] + ([("heavy", *heavy)] if heavy else [])
+            + ([("lean", n, lean_slow(n))] if lean_slow(n) else []))
 
 
 def fillin_methods(n: int, cfg: float) -> list:
@@ -113,6 +122,10 @@ def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) ->
                  (n, Method(f"CoRe², {n} steps, all-fast", "core2", cfg, n, 0, 1.0, note="n passes", role="all-fast")),
                  (n, Method(f"CoRe², {m_steps} steps, {m_slow} slow", "core2", cfg, m_steps, m_slow, w2s,
                             note="n passes", role="mixed"))]
+        heavy = equal_pass_heavy(n)
+        if heavy:
+            rows.append((n, Method(f"CoRe², {heavy[0]} steps, {heavy[1]} slow", "core2", cfg, *heavy, w2s,
+                                   note="n passes", role="heavy")))
         if k:
             rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes",
                                    role="lean")))

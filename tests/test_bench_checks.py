@@ -31,9 +31,14 @@ def test_methods_per_budget_and_lean_rows_fit_0_6x():
         steps, slow = bench.equal_pass_mixed(n)
         assert steps + slow == n and 1 <= slow < steps
         assert f"CoRe², {steps} steps, {slow} slow" in names
+        heavy = bench.equal_pass_heavy(n)  # twice the slow steps, same passes, still more fast than slow
+        assert heavy == (n - 2 * slow, 2 * slow) and heavy[0] > heavy[1]
+        assert f"CoRe², {heavy[0]} steps, {heavy[1]} slow" in names
+        assert f"cfg-reuse, {heavy[0]} steps, {heavy[1]} slow" in names  # the fill-ins at its passes too
     for budget, m in planned:  # every CoRe² row at the n-pass budget spends exactly the passes of CFG at n/2 steps
         if m.note == "n passes" and m.kind == "core2":
             assert m.steps + m.slow_steps == budget
+    assert bench.equal_pass_heavy(4) is None  # 2 steps, 2 slow: no fast step left to speak of
     assert bench.lean_slow(4) == 0 and not any(m.name == "CoRe², 4 steps, 0 slow"
                                                for _, m in bench.quality_methods([4], 5.0, 1.5, zigzag=False))
     assert not any("Z-" in n for n in names)
@@ -43,20 +48,22 @@ def test_methods_per_budget_and_lean_rows_fit_0_6x():
 
 def test_checks_compare_equal_passes_and_cheap_rows():
     acc = {"CFG, 6 steps": 0.97, "CFG, 3 steps": 0.88, "CoRe², 6 steps, all-fast": 0.93, "CoRe², 6 steps, 1 slow": 0.965,
-           "CoRe², 5 steps, 1 slow": 0.85,
+           "CoRe², 5 steps, 1 slow": 0.85, "CoRe², 4 steps, 2 slow": 0.86, "CoRe², 4 steps, 2 slow spread": 0.87,
            "CFG, 10 steps": 0.97, "CFG, 5 steps": 0.96, "CoRe², 10 steps, all-fast": 0.90, "CoRe², 10 steps, 2 slow": 0.91,
            "CoRe², 8 steps, 2 slow": 0.965}
     fd = {"CFG, 3 steps": 80.0, "CoRe², 6 steps, all-fast": 60.0, "CoRe², 6 steps, 1 slow": 55.0,
-          "CoRe², 5 steps, 1 slow": 90.0,
+          "CoRe², 5 steps, 1 slow": 90.0, "CoRe², 4 steps, 2 slow": 95.0, "CoRe², 4 steps, 2 slow spread": 85.0,
           "CFG, 5 steps": 40.0, "CoRe², 10 steps, all-fast": 70.0, "CoRe², 10 steps, 2 slow": 65.0,
           "CoRe², 8 steps, 2 slow": 45.0}
     checks = bench.quality_checks(_rows(acc, fd), [6, 10], 480)
     e6, e10 = checks["6"]["equal_passes"], checks["10"]["equal_passes"]
-    assert e6["cfg"] == "CFG, 3 steps" and set(e6["candidates"]) == {"CoRe², 6 steps, all-fast", "CoRe², 5 steps, 1 slow"}
+    assert e6["cfg"] == "CFG, 3 steps" and set(e6["candidates"]) == {
+        "CoRe², 6 steps, all-fast", "CoRe², 5 steps, 1 slow", "CoRe², 4 steps, 2 slow", "CoRe², 4 steps, 2 slow spread"}
     assert e6["better_accuracy"] == ["CoRe², 6 steps, all-fast"] and e6["better_fd"] == ["CoRe², 6 steps, all-fast"]
     assert e10["better_accuracy"] == ["CoRe², 8 steps, 2 slow"] and e10["better_fd"] == []
     m6 = checks["6"]["matches_cfg_at_0.6x_passes"]
-    assert set(m6["candidates"]) == {"CoRe², 6 steps, all-fast", "CoRe², 6 steps, 1 slow", "CoRe², 5 steps, 1 slow"}
+    assert set(m6["candidates"]) == {"CoRe², 6 steps, all-fast", "CoRe², 6 steps, 1 slow", "CoRe², 5 steps, 1 slow",
+                                     "CoRe², 4 steps, 2 slow", "CoRe², 4 steps, 2 slow spread"}
     assert m6["met_by"] == ["CoRe², 6 steps, 1 slow"]  # within 2·√2 standard errors of 0.97, FD below CFG at 3 steps
     assert math.isclose(m6["accuracy_tolerance"], 2 * math.sqrt(2) * bench.accuracy_se(0.97, 480), abs_tol=1e-4)
     assert checks["10"]["matches_cfg_at_0.6x_passes"]["met_by"] == []  # 0.965 is close enough, but FD 45 > 40
@@ -84,7 +91,7 @@ def test_fillin_rows_sit_at_the_trained_rows_passes_and_are_compared():
         elif r["note"].startswith("training-free"):  # the spread reuse rows
             r["accuracy"]["mean"] = 0.90
     checks = bench.fillin_checks(rows, 480)
-    first = {"CoRe², 8 steps, 2 slow", "CoRe², 10 steps, 2 slow"}
+    first = {"CoRe², 8 steps, 2 slow", "CoRe², 6 steps, 4 slow", "CoRe², 10 steps, 2 slow"}
     assert set(checks) == first | {n + " spread" for n in first}
     assert all(v > 3 for n in first for v in checks[n].values()) and all(len(checks[n]) == 2 for n in first)
     # a spread row is compared with the reuse fill-in spread the same way, not with the first-k fill-ins
@@ -96,6 +103,7 @@ def test_spread_rows_are_sampled_apart_from_first_rows():
     planned = bench.quality_methods([4, 10], 5.0, 1.5, zigzag=False)
     spread = [m for n, m in planned if m.placement == "spread"]
     assert {(m.kind, m.steps, m.slow_steps) for m in spread} == {("core2", 8, 2), ("cfg-reuse", 8, 2),
+                                                                  ("core2", 6, 4), ("cfg-reuse", 6, 4),
                                                                   ("core2", 10, 2), ("cfg-reuse", 10, 2)}
     first_keys = {bench._sampling_key(m) for _, m in planned if m.placement == "first"}
     assert not first_keys & {bench._sampling_key(m) for m in spread}  # a spread row is never deduplicated into a first-k row
