@@ -11,9 +11,10 @@ written every --save-every steps and the run resumes from it; the weights file i
 Without a checkpoint, --init-from continues from a weights file (the shipped one): its EMA weights, a new optimiser.
 
 The shipped weights: `--lr 6e-4` (other settings default), 6250 steps with the version-1 text encoder, then
-continued with `--init-from` to 13000 (the file's metadata `trained_steps` says where). To train further:
-`python -m toy.scenes.train --init-from toy/weights/scenes_t2i.safetensors --out /tmp/scenes_t2i.safetensors
---lr 6e-4 --steps 20000`.
+continued with `--init-from` to 13000, then to 17500 with `--cooldown 4000` (the learning rate decays linearly to 0
+over the last 4000 steps; the file's metadata `trained_steps` says where). To train further (a new cooldown after a
+stable phase): `python -m toy.scenes.train --init-from toy/weights/scenes_t2i.safetensors --out /tmp/scenes_t2i.safetensors
+--lr 6e-4 --steps 25000 --cooldown 4000`.
 """
 from __future__ import annotations
 
