@@ -134,7 +134,7 @@ class CoRe2ToyDecode:
 class CoRe2ToyPromptList:
     DESCRIPTION = ("Toy-world prompts, one per line, in a seeded order: a ready prompt list for collecting "
                    "trajectories or for a benchmark. shapes: every prompt (4 shapes × 6 colours × 5 places = 120, "
-                   "repeating after that); scenes: prompts drawn from its 9216 two-object scenes.")
+                   "repeating after that); scenes: distinct prompts from its 9216 two-object scenes.")
     CATEGORY = CATEGORY
     FUNCTION = "list"
     RETURN_TYPES = ("STRING",)
@@ -152,7 +152,7 @@ class CoRe2ToyPromptList:
     def list(self, count, seed, **kwargs):
         from ..toy.judge import judge
 
-        prompts, _ = judge(kwargs.get("world", "shapes")).prompt_set(count, seed)
+        prompts = judge(kwargs.get("world", "shapes")).prompt_list(count, seed)
         return ("\n".join(prompts),)
 
 

@@ -108,17 +108,28 @@ def test_nodes_choose_the_world():
     assert world.spec("scenes").weights.name in toy_nodes.CoRe2ToyModelLoader.INPUT_TYPES()["required"]["toy_model"][0]
     assert toy_nodes.CoRe2ToyEmptyLatent().generate(3, world="scenes")[0]["samples"].shape == (3, 48, 16, 16)
     assert toy_nodes.CoRe2ToyEmptyLatent().generate(3)[0]["samples"].shape == (3, 12, 16, 16)  # old workflows
-    prompts = toy_nodes.CoRe2ToyPromptList().list(40, 0, world="scenes")[0].splitlines()
-    assert len(prompts) == 40 and all(data.parse_prompt(p) for p in prompts)
+    prompts = toy_nodes.CoRe2ToyPromptList().list(400, 0, world="scenes")[0].splitlines()
+    assert len(prompts) == len(set(prompts)) == 400 and all(data.parse_prompt(p) for p in prompts)  # no repeats
+    assert toy_nodes.CoRe2ToyPromptList().list(400, 1, world="scenes")[0].splitlines() != prompts  # seeded order
     lat = world.empty_latent(2, "scenes")
     assert toy_nodes.CoRe2ToyDecode().decode({"samples": lat}, 4)[0].shape == (2, 256, 256, 3)
     assert toy_nodes.CoRe2ToyDecode.INPUT_TYPES()["required"]["upscale"][1]["default"] > 1  # visible on the canvas
+
+
+def test_every_scene_has_one_index():
+    labels = [tuple(data.label_of_index(i)) for i in range(data.N_SCENES)]
+    assert data.N_SCENES == 9216 and len(set(labels)) == data.N_SCENES
+    scenes = [data.Scene.from_label(lab) for lab in labels[::97]]
+    assert all(data.parse_prompt(s.prompt) == s for s in scenes)
+    with pytest.raises(ValueError, match="outside"):
+        data.label_of_index(data.N_SCENES)
 
 
 def test_judges_share_one_interface():
     for name in ("shapes", "scenes"):
         j = judge(name)
         prompts, labels = j.prompt_set(6, 0)
+        assert len(set(j.prompt_list(100, 0))) == 100  # the collection list repeats no prompt
         real = j.real_pictures(labels, 1)
         acc = j.score(real, labels)
         assert {"mean", "all", "n", *j.fields} <= set(acc) and acc["n"] == 6

@@ -17,11 +17,12 @@ import torch
 class Judge:
     world: str
     fields: tuple  # the attributes read back, in table order
-    prompt_set: Callable[[int, int], tuple]  # (n, seed) -> (prompts, labels)
+    prompt_set: Callable[[int, int], tuple]  # (n, seed) -> (prompts, labels): an evaluation sample
     score: Callable[[torch.Tensor, torch.Tensor], dict]
     features: Callable[[torch.Tensor], torch.Tensor]  # pictures -> [B, D] float64
     real_pictures: Callable[[torch.Tensor, int], torch.Tensor]  # (labels, seed) -> [B, 3, H, W]
     reader: str  # what reads the pictures, for reports
+    prompt_list: Callable[[int, int], list]  # (n, seed) -> prompts to collect from, distinct while the world has them
 
 
 def _shapes() -> Judge:
@@ -41,14 +42,14 @@ def _shapes() -> Judge:
 
     return Judge("shapes", data.ATTRIBUTES, evaluate.prompt_set, score, features,
                  lambda labels, seed: data.render(labels, torch.Generator().manual_seed(seed)),
-                 "toy attribute classifier (128-d features)")
+                 "toy attribute classifier (128-d features)", lambda n, seed: evaluate.prompt_set(n, seed)[0])
 
 
 def _scenes() -> Judge:
     from .scenes import data, evaluate
 
     return Judge("scenes", data.PICTURE_FIELDS, evaluate.prompt_set, evaluate.score, evaluate.features,
-                 evaluate.real_pictures, "scenes reader (256-d features)")
+                 evaluate.real_pictures, "scenes reader (256-d features)", evaluate.prompt_list)
 
 
 def judge(world: str) -> Judge:

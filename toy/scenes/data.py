@@ -16,6 +16,7 @@ Labels come in two forms:
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -74,6 +75,20 @@ def parse_prompt(prompt: str) -> Scene | None:
         return None
     z1, c1, s1, rel, z2, c2, s2 = m.groups()
     return Scene(s1, c1, z1, s2, c2, z2, rel)
+
+
+N_SCENES = math.prod(_PROMPT_CLASSES)  # 9216 prompts
+
+
+def label_of_index(index: int) -> list[int]:
+    """The prompt label [7] of scene number `index` (0 … N_SCENES − 1; mixed radix over _PROMPT_CLASSES)."""
+    if not 0 <= index < N_SCENES:
+        raise ValueError(f"scene index {index} is outside 0 … {N_SCENES - 1}")
+    label = []
+    for n in reversed(_PROMPT_CLASSES):
+        index, v = divmod(index, n)
+        label.append(v)
+    return label[::-1]
 
 
 def random_labels(batch: int, generator: torch.Generator) -> torch.Tensor:

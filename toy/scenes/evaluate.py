@@ -28,6 +28,13 @@ def prompt_set(n: int, seed: int = 0) -> tuple[list[str], torch.Tensor]:
     return [data.Scene.from_label(lab).prompt for lab in labels.tolist()], labels
 
 
+def prompt_list(n: int, seed: int = 0) -> list[str]:
+    """n distinct prompts (a seeded order of the 9216 scenes, repeating only after all of them): the list to collect
+    from, where a repeated prompt would only sample the same trajectories twice."""
+    order = torch.randperm(data.N_SCENES, generator=torch.Generator().manual_seed(seed))
+    return [data.Scene.from_label(data.label_of_index(int(order[i % data.N_SCENES]))).prompt for i in range(n)]
+
+
 def score(images: torch.Tensor, labels: torch.Tensor) -> dict:
     """Reader accuracy of IMAGE [B, 64, 64, 3] (or [B, 3, 64, 64]) pictures against [B, 7] prompt labels: per field,
     "mean" over the seven fields, "all" (compositional: every field right), "n"."""
