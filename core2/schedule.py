@@ -160,6 +160,7 @@ class RunStats:
         self.invert_evals = 0
         self.model_passes = 0  # base-model passes (cond + uncond of one evaluation count 2)
         self.weak_calls = 0
+        self.recorded_fast = 0  # fast steps that also ran the unconditional pass for a recorder (steered collection)
         self._clock = clock
         self._last = clock()
         self.seconds: dict[str, list] = {"slow": [], "fast": [], "invert": []}  # per evaluation, after the first
@@ -211,6 +212,12 @@ class RunStats:
         zig = f", {self.invert_evals} zigzag inversions" if self.invert_evals else ""
         change = f"{saved:.0%} fewer passes" if saved >= 0 else f"{-saved:.0%} more passes"
         where = ", spread out" if placement == "spread" and self.slow_steps and self.fast_steps else ""
+        if self.recorded_fast:
+            return (f"CoRe² ({method}), steered collection: {len(self.slow_steps | self.fast_steps)} steps "
+                    f"({len(self.slow_steps)} slow{where}, {len(self.fast_steps)} fast, {self.recorded_fast} fast "
+                    f"evaluations also ran the unconditional pass for CoRe² Collect), {self.model_passes} model passes, "
+                    f"weak model '{weak_name}' {self.weak_calls} calls; measured {seconds:.2f} s (no time saved: "
+                    "every step ran both passes)")
         return (f"CoRe² ({method}): {len(self.slow_steps | self.fast_steps)} steps ({len(self.slow_steps)} slow{where}, "
                 f"{len(self.fast_steps)} fast){zig}, {self.model_passes} model passes vs {self.cfg_passes} for CFG "
                 f"({change}), weak model '{weak_name}' {self.weak_calls} calls; measured {seconds:.2f} s: "

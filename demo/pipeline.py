@@ -80,7 +80,7 @@ def setup(out_dir: Path, threads: int = 1):
 def toy_prompts(n: int, seed: int = 0, world: str = "shapes") -> list[str]:
     from comfyui_core2.toy.judge import judge
 
-    return judge(world).prompt_set(n, seed)[0]
+    return judge(world).prompt_list(n, seed)
 
 
 def world_model(world: str = "shapes"):
@@ -94,8 +94,9 @@ def world_model(world: str = "shapes"):
 # Collect and Reflect
 
 
-def collect(out_dir: Path, cfg: DemoConfig) -> dict:
-    """Collect (resumable): every (prompt, seed) pair not yet in the dataset is sampled with recording on."""
+def collect(out_dir: Path, cfg: DemoConfig, steer_with=None) -> dict:
+    """Collect (resumable): every (prompt, seed) pair not yet in the dataset is sampled with recording on.
+    steer_with: a weak model the pictures follow (a steered second round, nodes/collect_batch.py)."""
     from comfyui_core2.core2 import dataset as ds
     from comfyui_core2.nodes import collect_batch as collect_nodes, paths
     from comfyui_core2.toy import world
@@ -108,7 +109,7 @@ def collect(out_dir: Path, cfg: DemoConfig) -> dict:
                                       seeds_per_prompt=cfg.seeds_per_prompt, seed=cfg.collect_seed, steps=cfg.steps,
                                       cfg=cfg.cfg, sampler_name=cfg.sampler_name, scheduler=cfg.scheduler,
                                       width=spec.node_size, height=spec.node_size, dataset_name=cfg.dataset_name,
-                                      store_x=True, batch_size=cfg.collect_batch)
+                                      store_x=True, batch_size=cfg.collect_batch, steer_with=steer_with)
     seconds = time.perf_counter() - t0
     folder = paths.datasets_dir() / cfg.dataset_name
     reader = ds.DatasetReader(folder)

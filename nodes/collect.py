@@ -205,6 +205,9 @@ class CollectSession:
             sigmas = args[3] if len(args) > 3 else kwargs.get("sigmas")
             seed = args[7] if len(args) > 7 else kwargs.get("seed")
             settings = {"source": "CoRe2Collect", "sampler": _sampler_name(sampler), "cfg": None if cfg is None else float(cfg)}
+            weak = getattr(guider, "weak", None)  # a CoRe² sampler: its fast steps steer the pictures
+            if weak is not None:
+                settings["steered_by"] = str(getattr(weak, "name", "weak model"))
             session.recorder.begin_run({"seed": None if seed is None else int(seed), "schedule": sigmas, "settings": settings})
             try:
                 out = executor(*args, **kwargs)

@@ -132,8 +132,13 @@ def plan_batch(model, prompts, negative_prompt, *, seeds_per_prompt, seed, width
 def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Callable[[str], list], *, seeds_per_prompt: int,
                   seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int,
                   dataset_name: str, store_x: bool, on_item_done: Callable | None = None, batch_size: int = 1,
-                  text: NodeText | None = None, shard_index: int = 0, shard_count: int = 1) -> BatchResult:
+                  text: NodeText | None = None, shard_index: int = 0, shard_count: int = 1,
+                  steer_with=None) -> BatchResult:
     """Sample every (prompt, seed) pair not yet in the dataset with recording on. encode(text) -> CONDITIONING.
+
+    steer_with: a weak model (core2.weak.WeakModel) the pictures follow instead of CFG: every step is a CoRe² fast
+    step (the weak model's guided prediction moves the latent) while both passes still run and are recorded, so the
+    dataset holds the states the weak model's own sampling reaches (a second collection round; docs/method.md §3).
 
     batch_size trajectories of one prompt run together as the rows of one latent batch (faster, more memory):
     the j-th trajectory of a prompt is row j % batch_size of the call seeded with ds.trajectory_seed(seed, pid, j0),
@@ -158,11 +163,13 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     plan.folder.mkdir(parents=True, exist_ok=True)
     settings = {"source": "CoRe2CollectBatch", "sampler": sampler_name, "scheduler": scheduler, "steps": int(steps),
                 "cfg": float(cfg), "width": int(width), "height": int(height)}
+    if steer_with is not None:
+        settings["steered_by"] = str(getattr(steer_with, "name", "weak model"))
     session = CollectSession(plan.folder, model_header(model), store_x=store_x, known_cfg=float(cfg))
     failed = True
     try:
         _sample_plan(model, session, plan, negative_prompt or "", encode, steps, cfg, sampler_name, scheduler,
-                     settings, result, on_item_done, text)
+                     settings, result, on_item_done, text, steer_with)
         failed = False
     finally:
         # commits every finished item, also when cancelled; writer errors are raised unless another error is
@@ -173,8 +180,24 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
     return result
 
 
+def _steered_sample(wrapped, weak, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, seed,
+                    callback):
+    """One sampling call whose every step is a CoRe² fast step of `weak` (the recorder on `wrapped` makes the guider
+    run and hand it the unconditional pass as well: nodes/guider.py records_guidance)."""
+    from .guider import CoRe2CFGGuider  # the guider module needs comfy.samplers.CFGGuider (not at import time)
+
+    schedule = comfy.samplers.KSampler(wrapped, steps=steps, device=wrapped.load_device, sampler=sampler_name,
+                                       scheduler=scheduler, denoise=1.0, model_options=wrapped.model_options).sigmas
+    guider = CoRe2CFGGuider(wrapped, weak, w2s_scale=1.0, slow_steps=0)
+    guider.scheduler_name, guider.report_runs = scheduler, False
+    guider.set_conds(positive, negative)
+    guider.set_cfg(cfg)
+    return guider.sample(noise, latent, comfy.samplers.sampler_object(sampler_name), schedule, callback=callback,
+                         disable_pbar=True, seed=seed)
+
+
 def _sample_plan(model, session, plan: Plan, neg_text, encode, steps, cfg, sampler_name, scheduler, settings,
-                 result: BatchResult, on_item_done, text: NodeText | None) -> None:
+                 result: BatchResult, on_item_done, text: NodeText | None, steer_with=None) -> None:
     """The sampling loop: one recorded sampling call per plan entry; result.latent = the last sample."""
     wrapped = session.wrap(model, run_markers=False)
     ks = comfy.samplers.KSampler(model, steps=steps, device=model.load_device, sampler=sampler_name, scheduler=scheduler,
@@ -202,8 +225,12 @@ def _sample_plan(model, session, plan: Plan, neg_text, encode, steps, cfg, sampl
         session.recorder.begin_run({"seed": s, "prompt": (prompt, neg_text), "schedule": schedule, "settings": settings,
                                     "features": (conditioning.features(cache[1]), conditioning.features(neg_cond))})
         try:
-            samples = comfy.sample.sample(wrapped, noise, steps, cfg, sampler_name, scheduler, cache[1], neg_cond,
-                                          latent, disable_pbar=True, seed=s, callback=callback)
+            if steer_with is None:
+                samples = comfy.sample.sample(wrapped, noise, steps, cfg, sampler_name, scheduler, cache[1], neg_cond,
+                                              latent, disable_pbar=True, seed=s, callback=callback)
+            else:
+                samples = _steered_sample(wrapped, steer_with, noise, steps, cfg, sampler_name, scheduler, cache[1],
+                                          neg_cond, latent, s, callback)
         except BaseException:
             session.recorder.abort_run()
             raise
@@ -324,6 +351,12 @@ class CoRe2CollectBatch:
                                 "exactly what one server would. 0 with shard_count 1: everything here."}),
                 "shard_count": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip":
                                 "How many servers share this collection (1: this one collects everything)."}),
+                "steer_with": ("CORE2_WEAK_MODEL", {"tooltip":
+                               "Second round: connect the weak model you trained on this dataset. The pictures then "
+                               "follow its fast steps (as CoRe² all-fast sampling would) while both passes still run "
+                               "and are recorded, so it learns to correct the states its own sampling reaches. Use a "
+                               "new seed (the same seeds are already in the dataset), then train again with resume "
+                               "on. Costs what a normal collection costs."}),
             },
             **HIDDEN,
         }
@@ -344,14 +377,15 @@ class CoRe2CollectBatch:
 
     def collect(self, model, clip, prompts, prompts_file, negative_prompt, seeds_per_prompt, seed, steps, cfg, sampler_name,
                 scheduler, width, height, dataset_name, store_x, vae=None, batch_size=1, shard_index=0, shard_count=1,
-                unique_id=None):
+                steer_with=None, unique_id=None):
         items = parse_prompt_lines(prompts)
         if prompts_file and prompts_file != self.NONE_FILE:
             items += [p for p in read_prompt_file(prompts_file) if p not in items]
         res = collect_batch(model, items, negative_prompt, lambda t: encode_text(clip, t), seeds_per_prompt=seeds_per_prompt,
                             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, width=width,
                             height=height, dataset_name=dataset_name, store_x=store_x, batch_size=int(batch_size),
-                            text=NodeText(unique_id), shard_index=int(shard_index), shard_count=int(shard_count))
+                            text=NodeText(unique_id), shard_index=int(shard_index), shard_count=int(shard_count),
+                            steer_with=steer_with)
         if res.latent is None:
             image = torch.zeros(1, height, width, 3)
         elif vae is not None:

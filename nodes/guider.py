@@ -67,6 +67,14 @@ def _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cond_scale,
     return denoised
 
 
+def records_guidance(model_options: dict) -> bool:
+    """Whether a CoRe² Collect recorder is attached (a post-cfg function marked core2_session, nodes/collect.py): then
+    fast steps run the unconditional pass too, for the dataset only, so the weak model learns the states its own
+    fast steps lead to (the "steered" collection of CoRe² Collect Batch). The picture still follows the fast step."""
+    return any(getattr(f, "core2_session", None) is not None
+               for f in model_options.get("sampler_post_cfg_function", None) or ())
+
+
 class RunState:
     """The per-run state of a CoRe2CFGGuider: the step map and tracker of the run's schedule, the run's counts, and
     the weak model's prompt context per (batch, device, dtype). Made once with the guider; reset() starts a run."""
@@ -109,6 +117,7 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         self.inv_cfg = float(inv_cfg)
         self.denoise = float(denoise)
         self.scheduler_name: str | None = None  # set by the KSampler nodes, for the weak model's setting warnings
+        self.report_runs = True  # the per-run summary line (log and node); off where a caller reports (Collect Batch)
         self.run_state = RunState()
 
     @property
@@ -187,7 +196,7 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
     def end_run(self, seconds: float) -> None:
         """Log the run's summary line, show it on the sampler node running this guider, drop its prompt contexts."""
         run = self.run_state
-        if run.stats.evaluations:
+        if run.stats.evaluations and self.report_runs:
             self.last_summary = run.stats.summary(seconds, self.weak.name if self.weak else "none", self.method,
                                                   run.map.placement if run.map is not None else "")
             log.info(self.last_summary)
@@ -269,13 +278,15 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
         # − cond); the weak model is the target here, not the starting point of weak-to-strong guidance
         return guidance.extrapolate(cond_pred, weak, self.w2s_scale)
 
-    def _fast(self, model, x, timestep, step, cond, uncond, model_options):
+    def _fast(self, model, x, timestep, step, cond, uncond, model_options, cond_pred=None):
         """A fast step: (cond, uncond, denoised) from one conditional pass and the weak model. The weak model sees the
         model's own conditional prediction. Where pre-cfg functions or a sampler_cfg_function (RescaleCFG, APG, …)
         are attached, they get the unconditional prediction the weak model implies, u = (g·c − weak)/(g − 1), in place
         of the pass not run, so fast steps look to them like CFG steps; at cfg 1 there is no u and they are skipped.
-        model_options: without the post-cfg functions (run by predict_noise)."""
-        cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
+        model_options: without the post-cfg functions (run by predict_noise). cond_pred: the conditional prediction
+        when it was already computed (a recorded fast step)."""
+        if cond_pred is None:
+            cond_pred = _evaluate(model, [cond, None], x, timestep, model_options)[0]
         weak = self._weak_denoised(x, timestep, cond_pred, step)
         uncond_pred = guidance.implied_uncond(cond_pred, weak, self.cfg)
         patched = model_options.get("sampler_pre_cfg_function") or "sampler_cfg_function" in model_options
@@ -311,10 +322,15 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
             strong = comfy.samplers.cfg_function(model, cond_pred, uncond_pred, cfg, x, timestep,
                                                  model_options=no_post, cond=cond, uncond=uncond)
             denoised = guidance.weak_to_strong(weak, strong, self.w2s_scale) if use_weak else strong
+        elif uncond is not None and not math.isclose(cfg, 1.0) and records_guidance(model_options):
+            use_weak = True  # a steered collection: the image follows the fast step, CoRe² Collect records both passes
+            cond_pred, uncond_pred = _evaluate(model, [cond, uncond], x, timestep, model_options)[:2]
+            denoised = self._fast(model, x, timestep, step, cond, uncond, no_post, cond_pred=cond_pred)[2]
+            self.stats.recorded_fast += 1
         else:
             use_weak = True
             cond_pred, uncond_pred, denoised = self._fast(model, x, timestep, step, cond, uncond, no_post)
             uncond = None
-        passes = 1 if not slow or uncond is None else 2
+        passes = 1 if uncond is None else 2
         self.stats.record(step, "slow" if slow else "fast", passes, use_weak)
         return _post_cfg(model, denoised, cond_pred, uncond_pred, cond, uncond, cfg, x, timestep, model_options)

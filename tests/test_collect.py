@@ -537,3 +537,51 @@ def test_merge_refuses_a_manifest_that_names_paths(tmp_path):
         w.copy_prompt("../../evil", {"file": "x"}, b"")
     with pytest.raises(ds.DatasetError, match="not a CoRe² prompt id"):
         w.copy_trajectory({"prompt_id": "../x", "seed": 1, "batch_index": 0}, b"")
+
+
+def test_steered_collection_follows_the_weak_model_and_records_both_passes(tiny_sd15, dirs):
+    """steer_with: the picture is exactly what CoRe² all-fast sampling with that weak model gives, while every step
+    still runs and records the real unconditional pass (2 passes), and the dataset says which model steered it."""
+    from comfyui_core2.core2 import dataset as ds
+    from comfyui_core2.core2.guidance import raw_from_denoised
+    from comfyui_core2.core2.weak import WeakModel
+    from comfyui_core2.nodes import collect, refine
+
+    class Affine(WeakModel):
+        name = "affine steer"
+
+        def predict(self, raw_cond, sigma, cfg_scale, step, context):
+            return raw_cond * 1.3 + 0.05 * sigma.view(-1, 1, 1, 1).clamp(max=1.0)
+
+    tm = tiny_sd15
+    conds = _conds(tm)
+    model, log = _capture(tm.patcher)
+    tm.reset_calls()
+    res = _batch(collect, model, conds, "steered", prompts=["a red fox"], seeds_per_prompt=1, steer_with=Affine())
+    assert len(res.written) == 1 and tm.calls == [2] * STEPS  # cond and uncond at every step
+    seed = ds.trajectory_seed(10, ds.prompt_id("a red fox", "ugly"), 0)
+    (ref,) = refine.CoRe2KSampler().sample(tm.patcher, seed, STEPS, 5.0, "euler", "normal", conds["a red fox"],
+                                           conds["ugly"], {"samples": torch.zeros(1, 4, 16, 16)}, 1.0, Affine(), 1.0, 0)
+    # the picture followed the fast steps (up to float noise: here the cond pass ran batched with the uncond pass)
+    assert (res.latent - ref["samples"]).abs().max() < 1e-4 * ref["samples"].abs().max()
+    cfg_plain = torch.cat([e["uncond_denoised"] + (e["cond_denoised"] - e["uncond_denoised"]) * 5.0 for e in log[:1]])
+    assert (log[0]["denoised"] - cfg_plain).abs().max() > 1e-2  # and not CFG's: the sampler stepped with the weak model
+    reader = ds.DatasetReader(res.folder)
+    t = reader.load_item(reader.items[0])
+    ru = torch.cat([raw_from_denoised(e["input"], e["uncond_denoised"], e["sigma"]) for e in log]).half()
+    rc = torch.cat([raw_from_denoised(e["input"], e["cond_denoised"], e["sigma"]) for e in log]).half()
+    assert torch.equal(t["uncond"], ru) and torch.equal(t["cond"], rc)
+    implied = (5.0 * rc.float() - (rc.float() * 1.3)) / 4.0  # what a fast step's post-cfg would have seen
+    assert (t["uncond"].float() - implied).abs().max() > 1e-2  # a real pass, not the weak model's implied one
+    assert "affine steer" in json.dumps(reader.manifest)
+    # the plain Collect node under the CoRe² sampler records the same way (its fast steps run both passes too)
+    wrapped = collect.CoRe2Collect().wrap(tm.patcher, "steered_node", True)[0]
+    tm.reset_calls()
+    (out,) = refine.CoRe2KSampler().sample(wrapped, seed, STEPS, 5.0, "euler", "normal", conds["a red fox"],
+                                           conds["ugly"], {"samples": torch.zeros(1, 4, 16, 16)}, 1.0, Affine(), 1.0, 2)
+    assert tm.calls == [2] * STEPS
+    collect.session_of(wrapped).close()
+    node_reader = ds.DatasetReader(ds_folder := res.folder.parent / "steered_node")
+    assert len(node_reader.items) == 1, ds_folder
+    markers = collect._pe is not None and hasattr(wrapped, "add_wrapper_with_key")  # ComfyUI 2025+ (run settings)
+    assert ("affine steer" in json.dumps(node_reader.manifest)) == markers
