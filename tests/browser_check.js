@@ -36,12 +36,23 @@ async function openApp(page, url) {
   });
 }
 
+// The template browser: frontend 1.32 shows it as a PrimeVue dialog (.workflow-template-selector-dialog) with a close
+// button (i.pi-times); 1.49 as a [role=dialog] labelled by the dialog's key, with a "Close dialog" button, and the
+// custom-node packs under its EXTENSIONS section. Both list a pack as a [role=button] entry named after it. (1.32's
+// .workflow-template-selector-dialog sits inside a [role=dialog] with that same label, so the first selector found
+// wins.)
+const TEMPLATE_DIALOGS = [".workflow-template-selector-dialog", "[role=dialog][aria-labelledby=global-workflow-template-selector]"];
+const TEMPLATE_DIALOG_CLOSE = 'button:has(i.pi-times), button[aria-label="Close dialog"]';
+
 async function readTemplates(page, pack) {
   // a fresh user sees the template browser on the first visit; otherwise open it from the sidebar
-  const dialog = page.locator(".workflow-template-selector-dialog");
-  await dialog.waitFor({ timeout: 5000 }).catch(() => {});
-  if (!(await dialog.count())) await page.locator("button[aria-label=Templates]").click();
-  await dialog.waitFor({ timeout: 30000 });
+  const any = page.locator(TEMPLATE_DIALOGS.join(", ")).first();
+  await any.waitFor({ timeout: 5000 }).catch(() => {});
+  if (!(await any.count())) await page.locator("button[aria-label=Templates]").click();
+  await any.waitFor({ timeout: 30000 });
+  let dialog = null;
+  for (const sel of TEMPLATE_DIALOGS) if (!dialog && (await page.locator(sel).count())) dialog = page.locator(sel);
+  if ((await dialog.count()) !== 1) throw new Error(`${await dialog.count()} template dialogs open`);
   await dialog.locator("[role=button]", { hasText: new RegExp(`^\\s*${pack}\\s*$`) }).click();
   const cards = dialog.locator('[data-testid^="template-workflow-"]');
   await cards.first().waitFor({ timeout: 30000 });
@@ -56,10 +67,13 @@ async function readTemplates(page, pack) {
         .filter((i) => i.complete && i.naturalWidth > 0).map((i) => `${i.naturalWidth}x${i.naturalHeight}`)[0] ?? null);
     }
     const name = (await card.getAttribute("data-testid")).replace("template-workflow-", "");
+    // the card's title is its heading (1.49 puts a "Node graph" badge above it, so the card's text no longer starts
+    // with the title)
+    const headings = await card.locator("h1, h2, h3, h4").allInnerTexts();
     out.names.push(name);
-    out.cards.push({ name, text: (await card.innerText()).trim(), thumbnail });
+    out.cards.push({ name, text: (await card.innerText()).trim(), title: headings.map((h) => h.trim()), thumbnail });
   }
-  await dialog.locator("button:has(i.pi-times)").first().click();
+  await dialog.locator(TEMPLATE_DIALOG_CLOSE).first().click();
   await dialog.waitFor({ state: "detached", timeout: 10000 }).catch(() => {});
   return out;
 }

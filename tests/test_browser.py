@@ -91,7 +91,7 @@ def test_template_browser_lists_our_workflows_by_title_in_order(browser):
     assert [int(n[:2]) for n in names] == list(range(1, len(names) + 1))
     for card in cards:
         assert re.fullmatch(r"\d\d [A-Z][\w .,()²-]+", card["name"]), card["name"]  # readable, no underscores
-        assert card["text"].splitlines()[0] == card["name"], card  # the card's title
+        assert card["title"] == [card["name"]], card  # the card's title (its one heading)
         assert card["thumbnail"], f"{card['name']}: no thumbnail in the template browser"
 
 
