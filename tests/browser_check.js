@@ -78,9 +78,56 @@ async function readTemplates(page, pack) {
   return out;
 }
 
+// Frontend 1.49 tells about a workflow's problems (missing models among them) in an error overlay instead of a dialog;
+// its "View details" opens the Errors tab of the properties panel, which lists each missing model file with its
+// model folder and, where the workflow names a URL for it, a Download button.
+const ERROR_OVERLAY = "[data-testid=error-overlay]";
+const PANEL_OPEN = 'button[aria-label="Toggle properties panel"][aria-pressed=true]';
+
+async function readErrorOverlays(page) {
+  // -> {texts: one per overlay: its text and the panel's, models: [{file, folder, download}] the panel lists as missing}
+  const out = { texts: [], models: [] };
+  const overlays = page.locator(ERROR_OVERLAY);
+  for (let i = 0; i < (await overlays.count()); i++) {
+    const overlay = overlays.nth(i);
+    let text = (await overlay.innerText()).trim();
+    const details = overlay.locator("[data-testid=error-overlay-see-errors]");
+    if (await details.count()) {
+      await details.first().click();
+      const panel = page.locator("[data-testid=properties-panel]");
+      await panel.locator('[data-testid^="error-group-"]').first().waitFor({ timeout: 10000 });
+      await page.waitForTimeout(300);
+      // a missing model's row: its file name (the element with a title, no aria-label), the folder under it, and a
+      // Download button where the workflow names a URL for the file
+      const models = await panel.evaluate((p) => [...p.querySelectorAll("[data-testid=error-group-missing-model] [title]")]
+        .filter((e) => !e.hasAttribute("aria-label")).map((e) => {
+          const col = e.parentElement.parentElement;
+          return { file: e.title, folder: col.lastElementChild.innerText.trim(),
+                   download: !!col.parentElement.querySelector("[data-testid=missing-model-download]") };
+        }));
+      out.models.push(...models);
+      // the panel's text, then one "<folder> / <file>" line (as 1.32's dialog writes them) for every file it offers
+      // to download
+      text += "\n" + (await panel.innerText()).trim() + "\n"
+        + models.filter((m) => m.download).map((m) => `${m.folder} / ${m.file}`).join("\n");
+    }
+    out.texts.push(text.slice(0, 3000));
+  }
+  return out;
+}
+
 async function closeDialogs(page) {
   for (let i = 0; i < 3 && (await page.locator(".p-dialog").count()); i++) {
     await page.keyboard.press("Escape");
+    await page.waitForTimeout(200);
+  }
+  // 1.49: the error overlay and the properties panel it opened
+  for (let i = 0; i < 3 && (await page.locator(ERROR_OVERLAY).count()); i++) {
+    await page.locator("[data-testid=error-overlay-dismiss]").first().click();
+    await page.waitForTimeout(200);
+  }
+  for (let i = 0; i < 3 && (await page.locator(PANEL_OPEN).count()); i++) {
+    await page.locator(PANEL_OPEN).first().click();
     await page.waitForTimeout(200);
   }
 }
@@ -108,11 +155,19 @@ async function openWorkflow(page, wf, name) {
       const inp = (g.getNodeById(to).inputs || []).find((i) => i.link === id);
       if (!inp || inp.name !== want) linkMismatches.push(`link ${id} -> ${to}.${want}: frontend ${inp ? inp.name : "none"}`);
     }
-    const dialogs = [...document.querySelectorAll(".p-dialog")].map((d) => d.innerText.slice(0, 1000));
-    const prompt = await app.graphToPrompt();
-    return { types, missing, widgetMismatches, linkMismatches, dialogs, apiNodes: Object.keys(prompt.output).length,
-             graphNodes: g._nodes.length };
+    return { types, missing, widgetMismatches, linkMismatches, graphNodes: g._nodes.length };
   }, { wf, name });
+  // the missing-models dialog (1.32) or the error overlay (1.49): give it 3 s in all to open
+  await page.locator(`.p-dialog, ${ERROR_OVERLAY}`).first().waitFor({ timeout: 2500 }).catch(() => {});
+  await page.waitForTimeout(300);
+  res.dialogs = await page.evaluate(() => [...document.querySelectorAll(".p-dialog")].map((d) => d.innerText.slice(0, 1000)));
+  const overlays = await readErrorOverlays(page);
+  res.dialogs.push(...overlays.texts);
+  res.missingModels = overlays.texts.length ? overlays.models : null; // null: no 1.49 error overlay
+  res.apiNodes = await page.evaluate(async () => {
+    const app = window.app ?? window.comfyAPI?.app?.app;
+    return Object.keys((await app.graphToPrompt()).output).length;
+  });
   res.name = name;
   return res;
 }

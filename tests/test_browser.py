@@ -112,7 +112,17 @@ def test_frontend_opens_every_workflow(browser, shots):
         assert (shots / res["name"].replace(".json", ".png")).is_file()
         dialog = [d for d in res["dialogs"] if "missing" in d.lower()]
         want = _models(wf)
+        listed = res.get("missingModels")  # frontend 1.49's Errors panel (None with 1.32's dialog)
+        if listed is not None:  # it offers a download for exactly the files the workflow names
+            offered = [f"{m['folder']} / {m['file']}" for m in listed if m["download"]]
+            assert sorted(offered) == sorted(want), (res["name"], listed)
         if not want:  # the toy workflows: their models come with the pack
+            if res["name"] == RUN[1] and listed:
+                # 1.49 also checks the file a weak-model loader names, and 09's toy_weak is made by 08, run later:
+                # that one file, with nothing to download, is all it may note (1.32 does not check it)
+                assert listed == [{"file": "toy_weak.safetensors", "folder": "Unknown", "download": False}], listed
+                assert len(dialog) == 1, (res["name"], res["dialogs"])
+                continue
             assert dialog == [], (res["name"], dialog)
             continue
         assert len(dialog) == 1, (res["name"], res["dialogs"])
