@@ -4,9 +4,11 @@
 //   node tests/browser_check.js <server url> <workflows dir> <screenshot dir> <pack folder> [workflow to run ...]
 //
 // Needs playwright-core on NODE_PATH and Chromium ($CHROMIUM, default /usr/bin/chromium). Prints one JSON object:
-//   templates: {names, cards: [{name, text, thumbnail}]}   the pack's cards in the order the browser shows them
-//   results:   [{name, missing, widgetMismatches, linkMismatches, dialogs, apiNodes, graphNodes}]   one per workflow
-//   runs:      [{name, seconds, errors, texts: {id: {type, text}}, outputs: {id: {type, images, text}}}]
+//   templates: {names, cards: [{name, text, title, thumbnail}]}   the pack's cards in the order the browser shows them
+//   results:   [{name, missing, widgetMismatches, linkMismatches, dialogs, missingModels, apiNodes, graphNodes}]
+//              one per workflow; dialogs: the texts of the dialogs (1.32) or error overlays (1.49) that opened with it;
+//              missingModels: [{file, folder, download}] the 1.49 Errors panel lists, null where no overlay opened
+//   runs:      [{name, seconds, errors, dialogs, texts: {id: {type, text}}, outputs: {id: {type, images, text}}}]
 //   consoleErrors
 const fs = require("fs");
 const path = require("path");
@@ -219,7 +221,8 @@ async function screenshotRun(page, file) {
 async function runWorkflow(page, name) {
   await page.evaluate(() => { window.__core2.events = []; });
   const started = Date.now();
-  await page.getByRole("button", { name: "Run", exact: true }).click();
+  // the Run button; 1.49 also names the menu beside it (run modes) "Run", a button that opens a menu
+  await page.getByRole("button", { name: "Run", exact: true }).and(page.locator("button:not([aria-haspopup])")).click();
   // done: the server said how the prompt ended and its queue is empty
   for (let done = false; !done; await page.waitForTimeout(1000)) {
     if (Date.now() - started > RUN_TIMEOUT_MS) throw new Error(`${name}: still running after ${RUN_TIMEOUT_MS / 1000} s`);
@@ -279,9 +282,10 @@ async function main() {
   await tidyForScreenshots(page);
   for (const name of toRun) {
     const wf = JSON.parse(fs.readFileSync(path.join(wfDir, name), "utf8"));
-    await openWorkflow(page, wf, name);
+    const opened = await openWorkflow(page, wf, name);
     await closeDialogs(page);
     const run = await runWorkflow(page, name);
+    run.dialogs = opened.dialogs; // what opening it said, this time after the runs before it
     run.screenshot = path.join(shotDir, "run " + name.replace(/\.json$/, ".png"));
     await screenshotRun(page, run.screenshot);
     out.runs.push(run);

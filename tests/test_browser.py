@@ -8,6 +8,11 @@
 * workflows 08 and 09 run to the end from the Run button, and the nodes show what they did: Collect Batch its counts,
   Reflect its verdict, the CoRe² samplers their model passes and seconds, and the preview pictures.
 
+Works with the frontend of ComfyUI 0.3.75 (1.32) and of 0.33 (1.49), whose template browser, Run button and
+missing-models notice differ (browser_check.js finds each by what the page has, not by version numbers). 1.49 tells
+about missing models in an error overlay whose "View details" opens an Errors panel; it also notes a weak model that a
+loader names and that does not exist yet (09's toy_weak before 08 has run), which 1.32 does not check.
+
 Runs only with a full ComfyUI (the comfyui-0.3.75 flavour or COMFYUI_DIR), Chromium and playwright-core (npm);
 scripts/install_browser.sh installs both where it can. Screenshots go to $CORE2_SCREENSHOTS or <tmp>/core2_browser
 ("run 08 ....png" and "run 09 ....png": the canvas after the run, as in docs/)."""
