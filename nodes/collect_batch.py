@@ -138,7 +138,8 @@ def collect_batch(model, prompts: list[str], negative_prompt: str, encode: Calla
 
     steer_with: a weak model (core2.weak.WeakModel) the pictures follow instead of CFG: every step is a CoRe² fast
     step (the weak model's guided prediction moves the latent) while both passes still run and are recorded, so the
-    dataset holds the states the weak model's own sampling reaches (a second collection round; docs/method.md §3).
+    dataset holds the states the weak model's own sampling reaches. An experiment (bench/steered.py: no gain on the
+    toy world at the demo's budget), so the node does not offer it.
 
     batch_size trajectories of one prompt run together as the rows of one latent batch (faster, more memory):
     the j-th trajectory of a prompt is row j % batch_size of the call seeded with ds.trajectory_seed(seed, pid, j0),
@@ -351,12 +352,6 @@ class CoRe2CollectBatch:
                                 "exactly what one server would. 0 with shard_count 1: everything here."}),
                 "shard_count": ("INT", {"default": 1, "min": 1, "max": 4096, "tooltip":
                                 "How many servers share this collection (1: this one collects everything)."}),
-                "steer_with": ("CORE2_WEAK_MODEL", {"tooltip":
-                               "Second round: connect the weak model you trained on this dataset. The pictures then "
-                               "follow its fast steps (as CoRe² all-fast sampling would) while both passes still run "
-                               "and are recorded, so it learns to correct the states its own sampling reaches. Use a "
-                               "new seed (the same seeds are already in the dataset), then train again with resume "
-                               "on. Costs what a normal collection costs."}),
             },
             **HIDDEN,
         }
@@ -377,15 +372,14 @@ class CoRe2CollectBatch:
 
     def collect(self, model, clip, prompts, prompts_file, negative_prompt, seeds_per_prompt, seed, steps, cfg, sampler_name,
                 scheduler, width, height, dataset_name, store_x, vae=None, batch_size=1, shard_index=0, shard_count=1,
-                steer_with=None, unique_id=None):
+                unique_id=None):
         items = parse_prompt_lines(prompts)
         if prompts_file and prompts_file != self.NONE_FILE:
             items += [p for p in read_prompt_file(prompts_file) if p not in items]
         res = collect_batch(model, items, negative_prompt, lambda t: encode_text(clip, t), seeds_per_prompt=seeds_per_prompt,
                             seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name, scheduler=scheduler, width=width,
                             height=height, dataset_name=dataset_name, store_x=store_x, batch_size=int(batch_size),
-                            text=NodeText(unique_id), shard_index=int(shard_index), shard_count=int(shard_count),
-                            steer_with=steer_with)
+                            text=NodeText(unique_id), shard_index=int(shard_index), shard_count=int(shard_count))
         if res.latent is None:
             image = torch.zeros(1, height, width, 3)
         elif vae is not None:
