@@ -180,3 +180,16 @@ def ui_to_api(wf: dict, object_info: dict) -> dict:
                 inputs[inp["name"]] = [str(l[1]), l[2]]
         api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return api
+
+
+def with_widgets(api: dict, overrides: dict) -> dict:
+    """api with widget values replaced per node type ({class_type: {input: value}}, e.g. make_workflows.QUICK_RUN);
+    every named input must exist on the nodes of that type, so a renamed input fails loudly."""
+    out = {}
+    for nid, node in api.items():
+        new = overrides.get(node["class_type"], {})
+        missing = sorted(set(new) - set(node["inputs"]))
+        if missing:
+            raise KeyError(f"{node['class_type']} has no input {missing}")
+        out[nid] = {**node, "inputs": {**node["inputs"], **new}}
+    return out

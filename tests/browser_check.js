@@ -218,6 +218,23 @@ async function screenshotRun(page, file) {
   await page.setViewportSize(normal);
 }
 
+async function setWidgets(page, overrides) {
+  // widget values by node type ({type: {widget: value}}): the test runs the toy chains with smaller budgets
+  const missing = await page.evaluate((overrides) => {
+    const app = window.app ?? window.comfyAPI?.app?.app;
+    const missing = [];
+    for (const node of app.graph._nodes) {
+      for (const [name, value] of Object.entries(overrides[node.type] || {})) {
+        const w = (node.widgets || []).find((x) => x.name === name);
+        if (w) w.value = value; else missing.push(`${node.type}.${name}`);
+      }
+    }
+    app.graph.setDirtyCanvas(true, true);
+    return missing;
+  }, overrides);
+  if (missing.length) throw new Error(`no such widgets: ${missing.join(", ")}`);
+}
+
 async function runWorkflow(page, name) {
   await page.evaluate(() => { window.__core2.events = []; });
   const started = Date.now();
@@ -284,6 +301,7 @@ async function main() {
     const wf = JSON.parse(fs.readFileSync(path.join(wfDir, name), "utf8"));
     const opened = await openWorkflow(page, wf, name);
     await closeDialogs(page);
+    await setWidgets(page, JSON.parse(process.env.CORE2_WIDGETS || "{}"));
     const run = await runWorkflow(page, name);
     run.dialogs = opened.dialogs; // what opening it said, this time after the runs before it
     run.screenshot = path.join(shotDir, "run " + name.replace(/\.json$/, ".png"));

@@ -5,7 +5,8 @@
 * every example workflow opens with no missing node type, every widget value on the widget it is meant for, every
   link on the input it names, and a prompt for every node but the Note; the missing-models dialog offers exactly the
   downloadable files a workflow names (properties.models) and never opens for the toy workflows (bundled models);
-* workflows 08 and 09 run to the end from the Run button, and the nodes show what they did: Collect Batch its counts,
+* workflows 08 and 09 run to the end from the Run button (08 with the smaller budgets of make_workflows.QUICK_RUN,
+  typed into its widgets first), and the nodes show what they did: Collect Batch its counts,
   Reflect its verdict, the CoRe² samplers their model passes and seconds, and the preview pictures.
 
 Works with the frontend of ComfyUI 0.3.75 (1.32) and of 0.33 (1.49), whose template browser, Run button and
@@ -73,7 +74,7 @@ def shots() -> Path:
 def browser(tmp_path_factory, shots):
     """One browser session against a fresh server: every workflow opened, then 08 and 09 run from the Run button."""
     with comfy_server.Server.running(COMFY.path, ROOT, tmp_path_factory.mktemp("comfy_browser")) as srv:
-        env = {**os.environ, "NODE_PATH": NODE_PATH, "CHROMIUM": CHROMIUM}
+        env = {**os.environ, "NODE_PATH": NODE_PATH, "CHROMIUM": CHROMIUM, "CORE2_WIDGETS": json.dumps(mw.QUICK_RUN)}
         r = subprocess.run([NODE, str(ROOT / "tests" / "browser_check.js"), srv.url, str(ROOT / "workflows"),
                             str(shots), PACK_FOLDER, *RUN], capture_output=True, text=True, env=env, timeout=900)
         assert r.returncode == 0, r.stderr[-3000:] + "\n" + srv.log()[-3000:]

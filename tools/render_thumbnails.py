@@ -1,6 +1,6 @@
 """Render the .jpg thumbnails of the toy example workflows and docs/icon.png (the registry icon) with the toy model.
 
-    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about a minute on a CPU)
+    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about 9 minutes on a 2-core CPU: 08 at its full recipe)
     python -m tools.render_thumbnails                                  # approximation without a full ComfyUI
 
 With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
@@ -16,6 +16,7 @@ they run and the files they need; `--cards` draws only those (no ComfyUI needed)
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +61,12 @@ def _final_preview_images(server, name: str, count: int = 1):
     from testkit import comfy_server
 
     wf = json.loads((ROOT / "workflows" / f"{name}.json").read_text(encoding="utf-8"))
-    hist = server.run_prompt(comfy_server.ui_to_api(wf, server.get("/object_info", timeout=120)), timeout=600)
+    t0 = time.perf_counter()
+    hist = server.run_prompt(comfy_server.ui_to_api(wf, server.get("/object_info", timeout=120)), timeout=3600)
+    print(f"{name}: ran in {time.perf_counter() - t0:.0f} s", flush=True)  # 08 at its full budget: minutes on a CPU
+    for node_id, out in hist.get("outputs", {}).items():  # what the nodes said (Reflect's verdict, passes, seconds)
+        for text in out.get("text", []):
+            print(f"  node {node_id}: {' '.join(str(text).split())[:400]}", flush=True)
     previews = sorted((n for n in wf["nodes"] if n["type"] == "PreviewImage"), key=lambda n: n["order"])[-count:]
     ims = []
     for node in previews:
