@@ -58,7 +58,8 @@ class CoRe2Reflect:
             "required": {
                 "dataset": (datasets, {"tooltip": "A dataset folder under output/core2_datasets (written by CoRe² Collect)."}),
                 "size": (list(SIZES), {"default": "medium", "tooltip": "Weak-model size: small is fastest, large fits best. "
-                                       "All cost well under 3% of an SDXL UNet call."}),
+                                       "All cost well under 3% of an SDXL UNet call. Training on a CPU: choose small "
+                                       "(medium trains about 20× slower there)."}),
                 "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000, "tooltip": "Total optimizer steps. With resume, training continues up to this count."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Samples per step. Lower it if you run out of memory."}),
                 "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
