@@ -135,7 +135,8 @@ def build_base(family: str, dtype: torch.dtype, smoke: bool):
     with torch.no_grad():
         for p in model.diffusion_model.parameters():
             p.copy_((torch.randn(p.shape, generator=g) * 0.02).to(p.dtype))
-    patcher = mp.CoreModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    core = getattr(mp, "CoreModelPatcher", mp.ModelPatcher)  # CoreModelPatcher: 2026 cores; ModelPatcher before
+    patcher = core(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
     c = COND[family]
 
     def cond(seed):
