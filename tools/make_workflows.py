@@ -361,7 +361,7 @@ def _topological(nodes: list) -> list:
 NEG = "blurry, low quality, deformed, watermark, text"
 POS = "a photo of a red fox sitting in a snowy forest at sunrise, detailed fur, soft light"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
-TOY_PROMPTS, TOY_SEEDS = 120, 4  # toy chain: the demo's recipe (demo/pipeline.py DemoConfig), 480 trajectories
+SCENES_TRAIN_STEPS = 3000  # workflow 10: the scenes weak model's training steps (its verdict measured in the note)
 # A quick version of the toy chains for tests (applied to the live workflows, never saved): the mechanics in seconds.
 QUICK_RUN = {"CoRe2ToyPromptList": {"count": 8},
              "CoRe2CollectBatch": {"seeds_per_prompt": 2, "steps": 10, "batch_size": 2},
@@ -536,15 +536,24 @@ def wf_grid_sdxl() -> Workflow:
     return wf
 
 
+def _demo_recipe():
+    """The demo's measured collect-and-train recipe (demo/pipeline.py DemoConfig), which the toy chains use."""
+    from demo.pipeline import DemoConfig
+
+    return DemoConfig()
+
+
 def wf_toy_chain() -> Workflow:
+    d = _demo_recipe()
     wf = Workflow("08 Toy world (Collect, Reflect, Refine)", (
         "The whole CoRe² chain on the TOY WORLD, no downloads: about 9 minutes on a 2-core CPU (1.5 "
         "collecting, 7 training; measured), far less on a GPU.\n\n"
         "The toy model makes 32×32 pictures of one coloured shape at a place (\"a red triangle at the top\"). "
-        f"CoRe² Toy Prompt List gives all {TOY_PROMPTS} toy prompts; CoRe² Collect Batch samples each with 4 noise seeds "
-        "(cfg 5, 20 steps) into output/core2_datasets/toy_demo; CoRe² Reflect trains a small weak model on it "
-        "(models/core2/toy_weak, 5000 steps); the CoRe² KSampler then samples with 3 slow + 7 fast steps. This is "
-        "the recipe the README measures (480 trajectories): on seeds never collected its weak model beats CFG with "
+        f"CoRe² Toy Prompt List gives all {d.prompts} toy prompts; CoRe² Collect Batch samples each with "
+        f"{d.seeds_per_prompt} noise seeds (cfg {d.cfg:g}, {d.steps} steps) into output/core2_datasets/toy_demo; CoRe² "
+        f"Reflect trains a {d.size} weak model on it (models/core2/toy_weak, {d.train_steps} steps); the CoRe² "
+        "KSampler then samples with 3 slow + 7 fast steps. This is the recipe the README measures "
+        f"({d.prompts * d.seeds_per_prompt} trajectories): on seeds never collected its weak model beats CFG with "
         "half the steps at 4 and 6 model passes, and the training-free fill-ins where most steps are fast (Reflect's "
         "verdict in our run: useful, held-out error 0.725 with cfg 1 = 1.00). Each node says on itself what it did: "
         "Collect Batch its counts, Reflect its verdict (is the weak model better than cfg 1 on held-out "
@@ -554,16 +563,16 @@ def wf_toy_chain() -> Workflow:
         "refuses (saying so) when new data would get no training steps; to train on more data, raise steps too. "
         "Reflect's dataset comes from the link (dataset_override). Keep the seeds as they are to resume a collection."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="toy_t2i.safetensors")
-    pl = wf.add("CoRe2ToyPromptList", (460, 160), count=TOY_PROMPTS, seed=0)
+    pl = wf.add("CoRe2ToyPromptList", (460, 160), count=d.prompts, seed=0)
     cb = wf.add("CoRe2CollectBatch", (820, 20), size=(400, 640), model=ld.out(0), clip=ld.out(1), prompts=pl.out(0), prompts_file="(none)",
-                negative_prompt="", seeds_per_prompt=TOY_SEEDS, seed=0, steps=20, cfg=5.0, sampler_name="euler",
-                scheduler="normal", width=128, height=128, dataset_name="toy_demo", store_x=True,
+                negative_prompt="", seeds_per_prompt=d.seeds_per_prompt, seed=0, steps=d.steps, cfg=d.cfg,
+                sampler_name=d.sampler_name, scheduler=d.scheduler, width=128, height=128, dataset_name="toy_demo", store_x=True,
                 batch_size=8)
     wf.add("PreviewImage", (820, 700), size=(260, 300), title="Last collected", images=cb.out(0))
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
-                dataset="(use dataset_override)", steps=5000, batch_size=32, learning_rate=1e-3, seed=0,
-                val_fraction=0.1, resume=True, save_name="toy_weak")
-    rf.widgets["size"] = "small"
+                dataset="(use dataset_override)", steps=d.train_steps, batch_size=d.train_batch,
+                learning_rate=d.train_lr, seed=0, val_fraction=d.val_fraction, resume=True, save_name="toy_weak")
+    rf.widgets["size"] = d.size
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
     pos = wf.add("CoRe2ToyTextEncode", (1700, 20), title="Positive", toy_text=ld.out(1), text="a red triangle at the top")
     neg = wf.add("CoRe2ToyTextEncode", (1700, 200), title="Negative (empty)", toy_text=ld.out(1), text="")
@@ -598,26 +607,28 @@ def wf_toy_grid() -> Workflow:
 
 
 def wf_scenes_chain() -> Workflow:
+    d = _demo_recipe()  # collected as the demo collects; trained for SCENES_TRAIN_STEPS
     wf = Workflow("10 Toy scenes (Collect, Reflect, Refine)", (
         "The CoRe² chain on the SCENES toy world, no downloads: about 9 minutes on a 2-core CPU (3.5 collecting, "
         "5.5 training; measured), far less on a GPU.\n\n"
         "The scenes model (a flow-matching MMDiT, like SD3) makes 64×64 pictures of two objects in a relation "
-        f"(\"a small red triangle left of a big blue circle\"). CoRe² Toy Prompt List gives {TOY_PROMPTS} scene prompts; "
-        "CoRe² Collect Batch samples each with 4 noise seeds (cfg 5, 20 steps) into output/core2_datasets/scenes_demo; "
-        "CoRe² Reflect trains a small weak model (models/core2/scenes_weak, 3000 steps); then KSampler (CFG, 20 "
+        f"(\"a small red triangle left of a big blue circle\"). CoRe² Toy Prompt List gives {d.prompts} scene prompts; "
+        f"CoRe² Collect Batch samples each with {d.seeds_per_prompt} noise seeds (cfg {d.cfg:g}, {d.steps} steps) into "
+        f"output/core2_datasets/scenes_demo; CoRe² Reflect trains a {d.size} weak model (models/core2/scenes_weak, "
+        f"{SCENES_TRAIN_STEPS} steps); then KSampler (CFG, 20 "
         "steps = 40 model passes) and the CoRe² KSampler (4 slow + 16 fast steps = 24 passes) draw the same prompt "
         "from the same seed. Reflect's verdict in our run: useful, held-out error 0.654 with cfg 1 = 1.00.\n\n"
         "Fewer prompts, seeds or steps show the mechanics faster, but the weak model then fails on new noise."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="scenes_t2i.safetensors")
-    pl = wf.add("CoRe2ToyPromptList", (460, 160), count=TOY_PROMPTS, seed=0, world="scenes")
+    pl = wf.add("CoRe2ToyPromptList", (460, 160), count=d.prompts, seed=0, world="scenes")
     cb = wf.add("CoRe2CollectBatch", (820, 20), size=(400, 640), model=ld.out(0), clip=ld.out(1), prompts=pl.out(0),
-                prompts_file="(none)", negative_prompt="", seeds_per_prompt=TOY_SEEDS, seed=0, steps=20, cfg=5.0,
+                prompts_file="(none)", negative_prompt="", seeds_per_prompt=d.seeds_per_prompt, seed=0, steps=d.steps, cfg=d.cfg,
                 sampler_name="euler", scheduler="simple", width=128, height=128, dataset_name="scenes_demo",
                 store_x=True, batch_size=8)
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
-                dataset="(use dataset_override)", steps=3000, batch_size=32, learning_rate=1e-3, seed=0,
-                val_fraction=0.1, resume=True, save_name="scenes_weak")
-    rf.widgets["size"] = "small"
+                dataset="(use dataset_override)", steps=SCENES_TRAIN_STEPS, batch_size=d.train_batch,
+                learning_rate=d.train_lr, seed=0, val_fraction=d.val_fraction, resume=True, save_name="scenes_weak")
+    rf.widgets["size"] = d.size
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
     pos = wf.add("CoRe2ToyTextEncode", (1700, 20), title="Positive", toy_text=ld.out(1),
                  text="a small red triangle left of a big blue circle")
