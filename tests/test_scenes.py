@@ -2,6 +2,8 @@
 a reader that reads every attribute back, and the toy nodes' world choice."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -165,6 +167,49 @@ def test_cooldown_decays_the_learning_rate_to_zero_over_the_last_steps():
     assert rate(0) == pytest.approx(1e-5) and rate(500) == pytest.approx(1e-3) and rate(800) == pytest.approx(1e-3)
     assert rate(900) == pytest.approx(5e-4) and rate(999) == pytest.approx(5e-6)
     assert scenes_train.learning_rate(scenes_train.Settings(steps=1000, lr=1e-3), 999) == pytest.approx(1e-3)
+
+
+def test_a_warm_start_warms_its_fresh_optimiser_up_again():
+    """A warm start's fresh optimiser does not jump to the full rate at an absolute step past the warmup."""
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    s = scenes_train.Settings(steps=30000, lr=1e-3, warmup=100)
+    assert scenes_train.learning_rate(s, 20000, start=20000) == pytest.approx(1e-5)
+    assert scenes_train.learning_rate(s, 20099, start=20000) == pytest.approx(1e-3)
+    assert scenes_train.learning_rate(s, 20000) == pytest.approx(1e-3)  # a run that started at 0 is long warm
+
+
+def test_a_time_boxed_run_plans_its_steps_and_cooldown_from_the_measured_speed():
+    """--minutes: the step count fits the time left, the cooldown is a share of this run, --steps stays a bound."""
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    s = scenes_train.Settings(steps=1_000_000, cooldown=0)
+    plan = scenes_train.plan_for_time(s, step=17600, start=17500, seconds_per_step=0.1, seconds_left=300.0,
+                                      cooldown_fraction=0.25)
+    assert plan.steps == 17600 + 3000 and plan.cooldown == int(0.25 * 3100)
+    assert scenes_train.learning_rate(plan, plan.steps - 1, start=17500) < 0.01 * s.lr  # the cooldown ends the run
+    bounded = scenes_train.plan_for_time(replace(s, steps=18000), 17600, 17500, 0.1, 300.0, 0.25)
+    assert bounded.steps == 18000
+
+
+def test_training_refuses_a_step_count_the_model_already_has(tmp_path):
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    with pytest.raises(ValueError, match="pass a larger --steps"):
+        scenes_train.train(scenes_train.Settings(steps=10, batch=2), tmp_path / "x.safetensors",
+                           init_from=SCENES.weights)
+
+
+def test_pictures_drawn_on_a_device_match_the_cpu_ones():
+    """Training on a GPU draws its pictures there from the same CPU random stream: the same pictures."""
+    a = data.render(data.random_labels(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1))
+    b = data.render(data.random_labels(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1),
+                    device=torch.device("cpu"))
+    assert torch.equal(a, b)
+    if torch.cuda.is_available():
+        c = data.render(data.random_labels(4, torch.Generator().manual_seed(0)), torch.Generator().manual_seed(1),
+                        device="cuda")
+        assert torch.allclose(a, c.cpu(), atol=1e-4)
 
 
 def test_the_text_context_layer_starts_as_the_identity():

@@ -116,16 +116,21 @@ def noisy_labels(labels: torch.Tensor, noise: float, generator: torch.Generator)
     return labels
 
 
-def _background(b: int, res: int, gen: torch.Generator) -> torch.Tensor:
+def _rand(gen: torch.Generator, device, *shape) -> torch.Tensor:
+    """Uniform draws from the CPU generator, moved to `device` (the same pictures on every device)."""
+    return torch.rand(*shape, generator=gen).to(device)
+
+
+def _background(b: int, res: int, gen: torch.Generator, device=None) -> torch.Tensor:
     """Dark tinted backgrounds with a soft gradient and faint stripes: [B, 3, H, W]."""
-    tint = 0.05 + 0.20 * torch.rand(b, 3, 1, 1, generator=gen)
-    coords = torch.linspace(-1, 1, res)
+    tint = 0.05 + 0.20 * _rand(gen, device, b, 3, 1, 1)
+    coords = torch.linspace(-1, 1, res, device=device)
     yy, xx = torch.meshgrid(coords, coords, indexing="ij")
-    angle = torch.rand(b, 1, 1, generator=gen) * 6.2832
+    angle = _rand(gen, device, b, 1, 1) * 6.2832
     ramp = xx[None] * torch.cos(angle) + yy[None] * torch.sin(angle)  # [B, H, W]
-    freq = 3.0 + 5.0 * torch.rand(b, 1, 1, generator=gen)
-    stripes = torch.sin(ramp * freq * 3.1416 + torch.rand(b, 1, 1, generator=gen) * 6.2832)
-    shade = 1.0 + 0.35 * ramp * torch.rand(b, 1, 1, generator=gen) + 0.12 * stripes
+    freq = 3.0 + 5.0 * _rand(gen, device, b, 1, 1)
+    stripes = torch.sin(ramp * freq * 3.1416 + _rand(gen, device, b, 1, 1) * 6.2832)
+    shade = 1.0 + 0.35 * ramp * _rand(gen, device, b, 1, 1) + 0.12 * stripes
     return (tint * shade[:, None]).clamp(0, 1)
 
 
@@ -144,28 +149,30 @@ def _centres(picture: torch.Tensor, gen: torch.Generator, res: int) -> tuple[tor
 
 
 def _object(obj: torch.Tensor, centre: torch.Tensor, gen: torch.Generator, res: int, ss: int):
-    """Coverage [B, 1, H, W] and colour [B, 3] of one object per picture ([B, 3] shape, colour, size)."""
-    b = obj.shape[0]
+    """Coverage [B, 1, H, W] and colour [B, 3] of one object per picture ([B, 3] shape, colour, size), on the
+    device of `centre` (random draws from the CPU generator)."""
+    b, device = obj.shape[0], centre.device
     side = res * ss
-    px = (torch.arange(side, dtype=torch.float32) + 0.5) / ss
+    px = (torch.arange(side, dtype=torch.float32, device=device) + 0.5) / ss
     yy, xx = torch.meshgrid(px, px, indexing="ij")
-    base_r = torch.tensor([_RADIUS[s] for s in SIZES])[obj[:, 2]]
-    radius = res * base_r * (0.92 + 0.16 * torch.rand(b, generator=gen))
+    base_r = torch.tensor([_RADIUS[s] for s in SIZES])[obj[:, 2]].to(device)
+    radius = res * base_r * (0.92 + 0.16 * _rand(gen, device, b))
     u = (xx[None] - centre[:, 0, None, None]) / radius[:, None, None]
     v = (yy[None] - centre[:, 1, None, None]) / radius[:, None, None]
-    mask = _masks(u, v)[obj[:, 0], torch.arange(b)]
+    mask = _masks(u, v)[obj[:, 0].to(device), torch.arange(b, device=device)]
     mask = torch.nn.functional.avg_pool2d(mask[:, None], ss)
-    base = torch.tensor([COLOURS[c] for c in COLOUR_NAMES])[obj[:, 1]]
-    colour = (base * (0.85 + 0.15 * torch.rand(b, 1, generator=gen))).clamp(0, 1)
+    base = torch.tensor([COLOURS[c] for c in COLOUR_NAMES])[obj[:, 1]].to(device)
+    colour = (base * (0.85 + 0.15 * _rand(gen, device, b, 1))).clamp(0, 1)
     return mask, colour
 
 
 def render(labels: torch.Tensor, generator: torch.Generator, resolution: int = RESOLUTION,
-           supersample: int = 2) -> torch.Tensor:
-    """Pictures for [B, 7] prompt labels: [B, 3, H, W] float in 0..1."""
+           supersample: int = 2, device=None) -> torch.Tensor:
+    """Pictures for [B, 7] prompt labels: [B, 3, H, W] float in 0..1, drawn on `device` (default CPU; the random
+    draws come from the CPU generator either way, so a GPU draws the same pictures, up to rounding)."""
     picture = canonical(labels)
-    img = _background(picture.shape[0], resolution, generator)
-    ca, cb = _centres(picture, generator, resolution)
+    img = _background(picture.shape[0], resolution, generator, device)
+    ca, cb = (c.to(device) for c in _centres(picture, generator, resolution))
     for obj, centre in ((picture[:, 1:4], ca), (picture[:, 4:7], cb)):
         mask, colour = _object(obj, centre, generator, resolution, supersample)
         img = img * (1 - mask) + colour[:, :, None, None] * mask
@@ -179,9 +186,9 @@ class Batch:
     prompts: list[str]
 
 
-def sample_batch(batch: int, generator: torch.Generator, resolution: int = RESOLUTION) -> Batch:
+def sample_batch(batch: int, generator: torch.Generator, resolution: int = RESOLUTION, device=None) -> Batch:
     labels = random_labels(batch, generator)
-    images = render(labels, generator, resolution)
+    images = render(labels, generator, resolution, device=device)
     return Batch(images, labels, [Scene.from_label(lab).prompt for lab in labels.tolist()])
 
 
