@@ -617,7 +617,7 @@ def wf_scenes_chain() -> Workflow:
         f"output/core2_datasets/scenes_demo; CoRe² Reflect trains a {d.size} weak model (models/core2/scenes_weak, "
         f"{SCENES_TRAIN_STEPS} steps); then KSampler (CFG, 20 "
         "steps = 40 model passes) and the CoRe² KSampler (4 slow + 16 fast steps = 24 passes) draw the same prompt "
-        "from the same seed. Reflect's verdict in our run: useful, held-out error 0.654 with cfg 1 = 1.00.\n\n"
+        "from the same seed. Reflect's verdict in our run: useful, held-out error 0.711 with cfg 1 = 1.00.\n\n"
         "Fewer prompts, seeds or steps show the mechanics faster, but the weak model then fails on new noise."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="scenes_t2i.safetensors")
     pl = wf.add("CoRe2ToyPromptList", (460, 160), count=d.prompts, seed=0, world="scenes")
