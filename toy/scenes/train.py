@@ -237,8 +237,7 @@ def train(cfg: Settings, out: Path, init_from: Path | None = None, device: str =
         if minutes > 0 and trainer.step - start in (100, 600):  # re-planned once warm, again once steady
             el = time.time() - t0
             rate = (trainer.step - start) / el
-            trainer.cfg = plan_for_time(replace(trainer.cfg, steps=cfg.steps), trainer.step, start, 1 / rate,
-                                        minutes * 60 - el - 15, cooldown_fraction)
+            trainer.cfg = plan_for_time(cfg, trainer.step, start, 1 / rate, minutes * 60 - el - 15, cooldown_fraction)
             log.info("time-boxed: %.1f steps/s, planned to step %d with a %d-step cooldown", rate,
                      trainer.cfg.steps, trainer.cfg.cooldown)
         if trainer.step % 50 == 0:
