@@ -533,6 +533,8 @@ def environment(inst) -> dict:
 
 
 def main(argv=None) -> None:
+    from core2.arch import SIZES  # the size names only: the pack itself is loaded later, as ComfyUI loads it
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller: 60 samples, no zigzag rows, fewer repetitions")
     ap.add_argument("--work", type=Path, default=ROOT / "bench_out", help="folder for the benchmark's dataset and weak model")
@@ -544,7 +546,7 @@ def main(argv=None) -> None:
                     help=f"collected seeds per prompt (default {BENCH_DEFAULTS['seeds_per_prompt']})")
     ap.add_argument("--train-steps", dest="train_steps", type=int, default=None,
                     help=f"weak-model training steps (default {BENCH_DEFAULTS['train_steps']})")
-    ap.add_argument("--size", choices=["small", "medium", "large"], default=None,
+    ap.add_argument("--size", choices=SIZES, default=None,
                     help=f"weak model size (default {BENCH_DEFAULTS['size']})")
     ap.add_argument("--world", choices=["shapes", "scenes"], default="shapes",
                     help="toy world to measure quality on (scenes: results in <results>/scenes/, work in <work>/scenes/)")

@@ -124,7 +124,9 @@ def main():
     print(f"SDXL UNet: {n_unet / 1e9:.3f} B parameters, {f_unet / 1e12:.3f} TFLOPs per call at 128×128 (batch 1)")
     del u
     rows = []
-    for size in ("small", "medium", "large"):
+    from comfyui_core2.core2.arch import SIZES
+
+    for size in SIZES:
         m = weak(size, "cpu")
         n = sum(p.numel() for p in m.parameters())
         f = flops(weak_call(m, 128, "cpu"))

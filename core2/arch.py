@@ -28,6 +28,7 @@ ARCH_VERSION = 3  # 2: optional x_t input ("x_input"); 3: optional guidance memo
 # with those off
 
 PRESETS = {
+    "tiny": {"width": 32, "mults": [1, 2], "blocks": 1, "emb_dim": 128, "queries": 4},
     "small": {"width": 64, "mults": [1, 2], "blocks": 1, "emb_dim": 256, "queries": 4},
     "medium": {"width": 128, "mults": [1, 2, 2], "blocks": 2, "emb_dim": 384, "queries": 4},
     "large": {"width": 192, "mults": [1, 2, 2], "blocks": 3, "emb_dim": 512, "queries": 8},
@@ -37,7 +38,7 @@ SIZES = tuple(PRESETS)
 
 def make_config(size: str, latent_channels: int, token_dim: int, pooled_dim: int | None, family: str = "any",
                 prediction: str | None = None, x_input: bool = False, memory: bool = False, **overrides) -> dict:
-    """A complete config for `size` ("small" | "medium" | "large"); keyword overrides win.
+    """A complete config for `size` ("tiny" | "small" | "medium" | "large"); keyword overrides win.
 
     x_input: the net also sees the noisy latent x_t (see ConvFiLMWeakModel.predict_uncond); needs datasets
     collected with store_x, and x_t at inference (the CoRe² guider always passes it).

@@ -57,9 +57,10 @@ class CoRe2Reflect:
         return {
             "required": {
                 "dataset": (datasets, {"tooltip": "A dataset folder under output/core2_datasets (written by CoRe² Collect)."}),
-                "size": (list(SIZES), {"default": "medium", "tooltip": "Weak-model size: small is fastest, large fits best. "
-                                       "All cost well under 3% of an SDXL UNet call. Training on a CPU: choose small "
-                                       "(medium trains about 20× slower there)."}),
+                "size": (list(SIZES), {"default": "medium", "tooltip": "Weak-model size: tiny is fastest, large fits best. "
+                                       "All cost well under 3% of an SDXL UNet call. Training on a CPU: choose tiny or "
+                                       "small (medium trains about 20× slower there); on the toy world tiny scored as "
+                                       "small at under a third of the parameters."}),
                 "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000, "tooltip": "Total optimizer steps. With resume, training continues up to this count."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Samples per step. Lower it if you run out of memory."}),
                 "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,

@@ -49,6 +49,21 @@ def feats(b=1, t=77, d=2048, p=1280, seed=0):
 
 
 # --- the architecture ---------------------------------------------------------------------------------------------
+def test_sizes_run_from_cheapest_to_best_fitting():
+    """The Reflect node lists the sizes in the order its tooltip reads them (tiny is fastest, large fits best):
+    each has more parameters than the one before it, at SDXL's feature widths and at the toy's."""
+    import math
+
+    from comfyui_core2.core2 import arch
+
+    assert arch.SIZES[0] == "tiny" and arch.SIZES[-1] == "large"
+    for dims in ((4, 2048, 1280), (12, 64, 64)):
+        counts = [sum(math.prod(s) for s in arch.parameter_shapes(arch.make_config(size, *dims, x_input=True,
+                                                                                   memory=True)).values())
+                  for size in arch.SIZES]
+        assert counts == sorted(counts) and len(set(counts)) == len(counts), counts
+
+
 def test_weak_model_contract_and_free_cfg_knob():
     from comfyui_core2.core2 import arch
     from comfyui_core2.core2.weak import StepInfo
