@@ -21,7 +21,9 @@ log = logging.getLogger("core2.demo")
 
 @dataclass
 class DemoConfig:
-    """Sizes of the demo run. On 1 CPU thread the defaults collect in about 2 minutes and train in about 8."""
+    """Sizes of the demo run. On 1 CPU thread the defaults collect in about 2 minutes and train in about 3 (tiny weak
+    model: it scored as small on the toy at half the training time and a cheaper fast step; README "Tiny against
+    small")."""
     prompts: int = 120  # toy prompts collected (the toy world has 120)
     seeds_per_prompt: int = 4
     collect_batch: int = 4  # trajectories per sampling call while collecting
@@ -33,7 +35,7 @@ class DemoConfig:
     train_steps: int = 5000
     train_batch: int = 32
     train_lr: float = 1e-3
-    size: str = "small"
+    size: str = "tiny"
     memory: bool = True  # the weak model remembers the latest slow step's guidance (core2/arch.py)
     val_fraction: float = 0.1
     w2s_scale: float = 1.5
@@ -45,7 +47,7 @@ class DemoConfig:
     grid_seed: int = 900_000
     grid_scale: int = 4
     dataset_name: str = "toy_demo"
-    model_name: str = "toy_demo_small"
+    model_name: str = "toy_demo_tiny"
     world: str = "shapes"  # toy world (toy/world.py WORLDS): "shapes" (v1) or "scenes"
 
 

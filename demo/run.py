@@ -1,7 +1,7 @@
 """CoRe² in one command, on the toy text-to-image world (CPU, a few minutes):
 
 1. Collect: sample every toy prompt at a few seeds with CFG and record the trajectories (CoRe² Collect Batch code);
-2. Reflect: train a small weak model on them (the CoRe² Reflect code);
+2. Reflect: train a tiny weak model on them (the CoRe² Reflect code);
 3. Refine: render a grid with cfg 1, CFG and CoRe² (the CoRe² KSampler node), score every method with the toy
    attribute classifier on held-out seeds, and write a report.
 
@@ -27,7 +27,7 @@ log = logging.getLogger("core2.demo")
 def quick_config() -> DemoConfig:
     return DemoConfig(prompts=24, seeds_per_prompt=2, steps=8, train_steps=150, train_batch=16, eval_samples=12,
                       grid_prompts=DemoConfig.grid_prompts[:2], dataset_name="toy_demo_quick",
-                      model_name="toy_demo_quick_small")
+                      model_name="toy_demo_quick_tiny")
 
 
 def make_grid(out_dir: Path, cfg: DemoConfig, model, weak) -> tuple[Path, float]:

@@ -10,7 +10,7 @@ from demo.pipeline import DemoConfig
 def _tiny_config() -> DemoConfig:
     return DemoConfig(prompts=6, seeds_per_prompt=2, steps=4, train_steps=30, train_batch=8, eval_samples=6,
                       grid_prompts=("a red triangle at the top", "a blue cross in the centre"), grid_scale=2,
-                      dataset_name="toy_demo_test", model_name="toy_demo_test_small")
+                      dataset_name="toy_demo_test", model_name="toy_demo_test_tiny")
 
 
 def test_demo_end_to_end_and_rerun_reuses(tmp_path, monkeypatch):

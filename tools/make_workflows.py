@@ -362,6 +362,7 @@ NEG = "blurry, low quality, deformed, watermark, text"
 POS = "a photo of a red fox sitting in a snowy forest at sunrise, detailed fur, soft light"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 SCENES_TRAIN_STEPS = 3000  # workflow 10: the scenes weak model's training steps (its verdict measured in the note)
+SCENES_SIZE = "small"  # workflow 10's weak-model size (the demo's tiny is measured on the shapes world only)
 # A quick version of the toy chains for tests (applied to the live workflows, never saved): the mechanics in seconds.
 QUICK_RUN = {"CoRe2ToyPromptList": {"count": 8},
              "CoRe2CollectBatch": {"seeds_per_prompt": 2, "steps": 10, "batch_size": 2},
@@ -546,8 +547,8 @@ def _demo_recipe():
 def wf_toy_chain() -> Workflow:
     d = _demo_recipe()
     wf = Workflow("08 Toy world (Collect, Reflect, Refine)", (
-        "The whole CoRe² chain on the TOY WORLD, no downloads: about 9 minutes on a 2-core CPU (1.5 "
-        "collecting, 7 training; measured), far less on a GPU.\n\n"
+        "The whole CoRe² chain on the TOY WORLD, no downloads: about 4 minutes on a 2-core CPU (1 "
+        "collecting, 3 training; measured), far less on a GPU.\n\n"
         "The toy model makes 32×32 pictures of one coloured shape at a place (\"a red triangle at the top\"). "
         f"CoRe² Toy Prompt List gives all {d.prompts} toy prompts; CoRe² Collect Batch samples each with "
         f"{d.seeds_per_prompt} noise seeds (cfg {d.cfg:g}, {d.steps} steps) into output/core2_datasets/toy_demo; CoRe² "
@@ -555,7 +556,7 @@ def wf_toy_chain() -> Workflow:
         "KSampler then samples with 3 slow + 7 fast steps. This is the recipe the README measures "
         f"({d.prompts * d.seeds_per_prompt} trajectories): on seeds never collected its weak model beats CFG with "
         "half the steps at 4 and 6 model passes, and the training-free fill-ins where most steps are fast (Reflect's "
-        "verdict in our run: useful, held-out error 0.725 with cfg 1 = 1.00). Each node says on itself what it did: "
+        "verdict in our run: useful, held-out error 0.741 with cfg 1 = 1.00). Each node says on itself what it did: "
         "Collect Batch its counts, Reflect its verdict (is the weak model better than cfg 1 on held-out "
         "prompts?), the sampler its model passes and measured seconds.\n\n"
         "Fewer prompts, seeds or steps show the mechanics faster, but the weak model then fails on new noise (it is "
@@ -614,7 +615,7 @@ def wf_scenes_chain() -> Workflow:
         "The scenes model (a flow-matching MMDiT, like SD3) makes 64×64 pictures of two objects in a relation "
         f"(\"a small red triangle left of a big blue circle\"). CoRe² Toy Prompt List gives {d.prompts} scene prompts; "
         f"CoRe² Collect Batch samples each with {d.seeds_per_prompt} noise seeds (cfg {d.cfg:g}, {d.steps} steps) into "
-        f"output/core2_datasets/scenes_demo; CoRe² Reflect trains a {d.size} weak model (models/core2/scenes_weak, "
+        f"output/core2_datasets/scenes_demo; CoRe² Reflect trains a {SCENES_SIZE} weak model (models/core2/scenes_weak, "
         f"{SCENES_TRAIN_STEPS} steps); then KSampler (CFG, 20 "
         "steps = 40 model passes) and the CoRe² KSampler (4 slow + 16 fast steps = 24 passes) draw the same prompt "
         "from the same seed. Reflect's verdict in our run: useful, held-out error 0.711 with cfg 1 = 1.00.\n\n"
@@ -628,7 +629,7 @@ def wf_scenes_chain() -> Workflow:
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
                 dataset="(use dataset_override)", steps=SCENES_TRAIN_STEPS, batch_size=d.train_batch,
                 learning_rate=d.train_lr, seed=0, val_fraction=d.val_fraction, resume=True, save_name="scenes_weak")
-    rf.widgets["size"] = d.size
+    rf.widgets["size"] = SCENES_SIZE
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
     pos = wf.add("CoRe2ToyTextEncode", (1700, 20), title="Positive", toy_text=ld.out(1),
                  text="a small red triangle left of a big blue circle")

@@ -1,6 +1,6 @@
 """Render the .jpg thumbnails of the toy example workflows and docs/icon.png (the registry icon) with the toy model.
 
-    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about 9 minutes on a 2-core CPU: 08 at its full recipe)
+    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about 4 minutes on a 2-core CPU: 08 at its full recipe)
     python -m tools.render_thumbnails                                  # approximation without a full ComfyUI
 
 With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
