@@ -26,6 +26,15 @@ WEAK = "CORE2_WEAK_MODEL"
 # Always offered first, so a saved workflow stays valid whether or not datasets exist yet (it then reads
 # dataset_override, e.g. linked from CoRe² Collect Batch's dataset_name output).
 USE_OVERRIDE = "(use dataset_override)"
+AUTO_SIZE = "auto"  # the size entry that picks by the training device (size_for_device)
+
+
+def size_for_device(size: str, device) -> str:
+    """The weak-model size to train: `size` itself, or for "auto" tiny on a CPU (medium trains about 20× slower there,
+    and tiny scored as small on the toy world) and medium on a GPU."""
+    if size != AUTO_SIZE:
+        return size
+    return "tiny" if torch.device(device).type == "cpu" else "medium"
 
 
 def list_datasets() -> list[str]:
@@ -57,10 +66,11 @@ class CoRe2Reflect:
         return {
             "required": {
                 "dataset": (datasets, {"tooltip": "A dataset folder under output/core2_datasets (written by CoRe² Collect)."}),
-                "size": (list(SIZES), {"default": "medium", "tooltip": "Weak-model size: tiny is fastest, large fits best. "
-                                       "All cost well under 3% of an SDXL UNet call. Training on a CPU: choose tiny or "
-                                       "small (medium trains about 20× slower there); on the toy world tiny scored as "
-                                       "small at under a third of the parameters."}),
+                "size": ([AUTO_SIZE, *SIZES], {"default": AUTO_SIZE, "tooltip": "Weak-model size: tiny is fastest, large "
+                                       "fits best; all cost well under 3% of an SDXL UNet call. auto: tiny when training "
+                                       "runs on the CPU (medium trains about 20× slower there; on the toy world tiny "
+                                       "scored as small at under a third of the parameters), medium on a GPU. The "
+                                       "summary names the size trained."}),
                 "steps": ("INT", {"default": 2000, "min": 1, "max": 1_000_000, "tooltip": "Total optimizer steps. With resume, training continues up to this count."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Samples per step. Lower it if you run out of memory."}),
                 "learning_rate": ("FLOAT", {"default": 3e-4, "min": 1e-7, "max": 1.0, "step": 1e-5, "round": False,
@@ -108,7 +118,8 @@ class CoRe2Reflect:
             if stale:
                 raise ValueError(f"CoRe² Reflect: {out.stem}: {stale}")
         device = mm.get_torch_device()
-        settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate), size=size,
+        settings = TrainSettings(steps=int(steps), batch_size=int(batch_size), lr=float(learning_rate),
+                                 size=size_for_device(size, device),
                                  seed=int(seed), val_fraction=float(val_fraction), device=str(device), resume=bool(resume),
                                  memory=bool(guidance_memory))
         mm.unload_all_models()

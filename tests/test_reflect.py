@@ -580,7 +580,7 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
     assert reflect.NODE_DISPLAY_NAME_MAPPINGS["CoRe2Reflect"] == "CoRe² Reflect (Train Weak Model)"
     assert "tinyset" in reflect.CoRe2Reflect.INPUT_TYPES()["required"]["dataset"][0]
     node = reflect.CoRe2Reflect()
-    args = dict(dataset="tinyset", size="small", steps=10, batch_size=4, learning_rate=1e-3, seed=0, val_fraction=0.25,
+    args = dict(dataset="tinyset", size="auto", steps=10, batch_size=4, learning_rate=1e-3, seed=0, val_fraction=0.25,
                 save_name="node weak")
 
     # ComfyUI runs nodes under inference mode; a cancel arrives through the progress hook's interrupt flag
@@ -610,6 +610,7 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
     assert out["ui"]["text"] == [summary]  # the verdict and summary show on the node
     assert summary.splitlines()[0].startswith(("useful", "barely", "no better", "not checked"))
     assert "4 → 10" in summary and weak.trained_cfg == 5.0
+    assert "(tiny, " in summary and read_metadata(saved)["training"]["size"] == "tiny"  # auto on the CPU
     assert img.ndim == 4 and img.shape[0] == 1 and img.shape[-1] == 3 and 0 <= float(img.min()) and float(img.max()) <= 1
     assert float(img.std()) > 0.01  # something was drawn
     with pytest.raises(ValueError, match="dataset"):
@@ -634,6 +635,16 @@ def test_nodes_train_cancel_resume_and_load(comfy_dirs, tiny, monkeypatch):
         paths.folder_paths.filename_list_cache.clear()
     _, info = loader.load("finetune.safetensors", model=tiny("sdxl").patcher)
     assert "warning" in info and "another architecture" in info
+
+
+def test_auto_size_is_tiny_on_a_cpu_and_medium_on_a_gpu(comfy_dirs):
+    from comfyui_core2.nodes.reflect import AUTO_SIZE, CoRe2Reflect, size_for_device
+
+    sizes, opts = CoRe2Reflect.INPUT_TYPES()["required"]["size"]
+    assert sizes[0] == opts["default"] == AUTO_SIZE and "tiny" in sizes and "medium" in sizes
+    assert size_for_device(AUTO_SIZE, torch.device("cpu")) == "tiny"
+    assert size_for_device(AUTO_SIZE, "cuda:0") == size_for_device(AUTO_SIZE, "mps") == "medium"
+    assert size_for_device("large", "cpu") == "large"  # a size the user chose is kept
 
 
 def test_dataset_choices_keep_the_override_entry(comfy_dirs):
