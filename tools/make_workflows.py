@@ -362,7 +362,6 @@ NEG = "blurry, low quality, deformed, watermark, text"
 POS = "a photo of a red fox sitting in a snowy forest at sunrise, detailed fur, soft light"
 SDXL_CKPT = "sd_xl_base_1.0.safetensors"
 SCENES_TRAIN_STEPS = 3000  # workflow 10: the scenes weak model's training steps (its verdict measured in the note)
-SCENES_SIZE = "small"  # workflow 10's weak-model size (the demo's tiny is measured on the shapes world only)
 # A quick version of the toy chains for tests (applied to the live workflows, never saved): the mechanics in seconds.
 QUICK_RUN = {"CoRe2ToyPromptList": {"count": 8},
              "CoRe2CollectBatch": {"seeds_per_prompt": 2, "steps": 10, "batch_size": 2},
@@ -610,15 +609,15 @@ def wf_toy_grid() -> Workflow:
 def wf_scenes_chain() -> Workflow:
     d = _demo_recipe()  # collected as the demo collects; trained for SCENES_TRAIN_STEPS
     wf = Workflow("10 Toy scenes (Collect, Reflect, Refine)", (
-        "The CoRe² chain on the SCENES toy world, no downloads: about 9 minutes on a 2-core CPU (3.5 collecting, "
-        "5.5 training; measured), far less on a GPU.\n\n"
+        "The CoRe² chain on the SCENES toy world, no downloads: about 5 minutes on a 2-core CPU (2 collecting, "
+        "2.5 training; measured), far less on a GPU.\n\n"
         "The scenes model (a flow-matching MMDiT, like SD3) makes 64×64 pictures of two objects in a relation "
         f"(\"a small red triangle left of a big blue circle\"). CoRe² Toy Prompt List gives {d.prompts} scene prompts; "
         f"CoRe² Collect Batch samples each with {d.seeds_per_prompt} noise seeds (cfg {d.cfg:g}, {d.steps} steps) into "
-        f"output/core2_datasets/scenes_demo; CoRe² Reflect trains a {SCENES_SIZE} weak model (models/core2/scenes_weak, "
+        f"output/core2_datasets/scenes_demo; CoRe² Reflect trains a {d.size} weak model (models/core2/scenes_weak, "
         f"{SCENES_TRAIN_STEPS} steps); then KSampler (CFG, 20 "
         "steps = 40 model passes) and the CoRe² KSampler (4 slow + 16 fast steps = 24 passes) draw the same prompt "
-        "from the same seed. Reflect's verdict in our run: useful, held-out error 0.711 with cfg 1 = 1.00.\n\n"
+        "from the same seed. Reflect's verdict in our run: useful, held-out error 0.71 with cfg 1 = 1.00.\n\n"
         "Fewer prompts, seeds or steps show the mechanics faster, but the weak model then fails on new noise."))
     ld = wf.add("CoRe2ToyModelLoader", (460, 20), toy_model="scenes_t2i.safetensors")
     pl = wf.add("CoRe2ToyPromptList", (460, 160), count=d.prompts, seed=0, world="scenes")
@@ -629,7 +628,7 @@ def wf_scenes_chain() -> Workflow:
     rf = wf.add("CoRe2Reflect", (1260, 20), size=(400, 420), dataset_override=cb.out("dataset_name"),
                 dataset="(use dataset_override)", steps=SCENES_TRAIN_STEPS, batch_size=d.train_batch,
                 learning_rate=d.train_lr, seed=0, val_fraction=d.val_fraction, resume=True, save_name="scenes_weak")
-    rf.widgets["size"] = SCENES_SIZE
+    rf.widgets["size"] = d.size
     wf.add("PreviewImage", (1260, 480), size=(420, 340), title="Loss curve", images=rf.out("loss_curve"))
     pos = wf.add("CoRe2ToyTextEncode", (1700, 20), title="Positive", toy_text=ld.out(1),
                  text="a small red triangle left of a big blue circle")
