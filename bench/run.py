@@ -188,9 +188,21 @@ def bench_config(args):
     return dcfg
 
 
-def accuracy_se(p: float, n: int) -> float:
-    """Binomial standard error of an accuracy over n samples (the mean over 3 attributes is ≤ this)."""
-    return math.sqrt(max(p * (1 - p), 0.0) / max(n, 1))
+def diff_se(a: dict, b: dict) -> float:
+    """The standard error of accuracy(a) − accuracy(b). Rows measured on the same pictures' prompts and noise seeds
+    carry per-picture scores ("_scores"): the paired standard error of the per-picture differences. Otherwise (rows
+    read back from a file) the two rows' own standard errors combined as if independent, which is larger."""
+    sa, sb = a.get("_scores"), b.get("_scores")
+    if sa is not None and sb is not None and sa.shape == sb.shape:
+        from comfyui_core2.toy.judge import mean_se
+
+        return mean_se(sa - sb)
+    return math.sqrt(a["accuracy_se"] ** 2 + b["accuracy_se"] ** 2)
+
+
+def in_se(a: dict, b: dict) -> float:
+    """accuracy(a) − accuracy(b) in standard errors of that difference."""
+    return round((a["accuracy"]["mean"] - b["accuracy"]["mean"]) / (diff_se(a, b) or 1e-9), 2)
 
 
 def run_quality(args, env: dict) -> dict:
@@ -210,7 +222,7 @@ def run_quality(args, env: dict) -> dict:
         planned += headroom_methods(max(args.budgets), dcfg.cfg)
     unique = {_sampling_key(m): m for _, m in planned}  # a row shared by two budgets is sampled once
     done = dict(zip(unique, pipeline.evaluate(model, list(unique.values()), weak, args.samples, args.seed,
-                                              batch=args.batch, features=True, world_name=args.world)))
+                                              batch=args.batch, keep_pictures=True, world_name=args.world)))
     rows = [dict(done[_sampling_key(m)]) for _, m in planned]
     labels = rows[0]["_labels"]
     f_real = j.features(j.real_pictures(labels, 12345))
@@ -220,8 +232,6 @@ def run_quality(args, env: dict) -> dict:
         r.pop("_labels")
         r["budget"], r["role"] = budget, m.role
         r["passes_vs_cfg"] = round(r["passes_per_image"] / (2 * budget), 3)  # CFG at the row's step count = 1.0
-        r["accuracy_se"] = round(accuracy_se(r["accuracy"]["mean"], args.samples), 4)
-        r["all_se"] = round(accuracy_se(r["accuracy"]["all"], args.samples), 4)
     res = {"format": "core2-bench-quality", "version": 3, "world": args.world, "environment": env,
            "setup": {"samples": args.samples, "seed": args.seed, "budgets": sorted(args.budgets), "cfg": dcfg.cfg,
                      "sampler": dcfg.sampler_name, "scheduler": dcfg.scheduler, "w2s_scale": dcfg.w2s_scale,
@@ -232,16 +242,18 @@ def run_quality(args, env: dict) -> dict:
                      "fd_reference": "procedural pictures of the same prompts",
                      "fd_real_vs_real": round(floor, 3), "prep_seconds": round(prep, 1)},
            "dataset": dataset, "training": training, "methods": rows}
-    res["checks"] = quality_checks(rows, sorted(args.budgets), args.samples)
-    res["fillin_checks"] = fillin_checks(rows, args.samples)
+    res["checks"] = quality_checks(rows, sorted(args.budgets))
+    res["fillin_checks"] = fillin_checks(rows)
     if args.headroom:
-        res["headroom"] = headroom_checks(rows, max(args.budgets), dcfg.cfg, args.samples)
+        res["headroom"] = headroom_checks(rows, max(args.budgets), dcfg.cfg)
+    for r in rows:
+        r.pop("_scores")
     return res
 
 
-def fillin_checks(rows: list[dict], samples: int) -> dict:
+def fillin_checks(rows: list[dict]) -> dict:
     """Each trained CoRe² row against the training-free fill-ins at the same steps and slow steps: the accuracy
-    difference in standard errors of the difference (target: ≥ 3 against both)."""
+    difference in standard errors of the difference (paired where the rows share pictures; target: ≥ 3 against both)."""
     out = {}
     for r in rows:
         if r["kind"] != "core2" or r["method"] != "core":
@@ -250,19 +262,16 @@ def fillin_checks(rows: list[dict], samples: int) -> dict:
                 and f["slow_steps"] == r["slow_steps"] and f.get("placement", "first") == r.get("placement", "first")]
         if not same:
             continue
-        a = r["accuracy"]["mean"]
-        out[r["name"]] = {f["kind"]: round((a - f["accuracy"]["mean"]) / math.sqrt(
-            accuracy_se(a, samples) ** 2 + accuracy_se(f["accuracy"]["mean"], samples) ** 2 or 1.0), 2) for f in same}
+        out[r["name"]] = {f["kind"]: in_se(r, f) for f in same}
     return out
 
 
-def headroom_checks(rows: list[dict], n: int, cfg: float, samples: int) -> dict:
+def headroom_checks(rows: list[dict], n: int, cfg: float) -> dict:
     """The harder world's targets, from the measured rows: CFG at n steps in 0.70–0.92 accuracy; steps matter
     (n/2 worse than n by ≥ 2 SE of the difference, n worse than 2n by ≥ 1 SE); cfg 1 ≥ 0.2 below CFG; the cfg sweep
     peaks at an interior scale; all-slow CoRe² vs CFG at n steps (in SE of the difference)."""
     by = by_role(rows)
     acc = lambda role: by[n, role]["accuracy"]["mean"] if (n, role) in by else None  # noqa: E731
-    se_diff = lambda a, b: math.sqrt(accuracy_se(a, samples) ** 2 + accuracy_se(b, samples) ** 2)  # noqa: E731
     cfg_n, half, double = acc("cfg"), acc("cfg-half"), acc("cfg-double")
     sweep = {1.0: acc("cfg1"), cfg: cfg_n}
     sweep.update({r["cfg"]: r["accuracy"]["mean"] for r in rows if r["role"].startswith("cfg-sweep")})
@@ -272,22 +281,22 @@ def headroom_checks(rows: list[dict], n: int, cfg: float, samples: int) -> dict:
            "cfg_sweep": sweep, "best_cfg": best,
            "best_cfg_interior": best is not None and min(sweep) < best < max(sweep)}
     if cfg_n is not None and half is not None:
-        out["steps_half_vs_n_in_se"] = round((cfg_n - half) / se_diff(cfg_n, half), 2)
+        out["steps_half_vs_n_in_se"] = in_se(by[n, "cfg"], by[n, "cfg-half"])
     if cfg_n is not None and double is not None:
-        out["steps_n_vs_double_in_se"] = round((double - cfg_n) / se_diff(cfg_n, double), 2)
+        out["steps_n_vs_double_in_se"] = in_se(by[n, "cfg-double"], by[n, "cfg"])
     if cfg_n is not None and sweep.get(1.0) is not None:
         out["cfg1_gap"] = round(cfg_n - sweep[1.0], 4)
-    slow = acc("all-slow")
-    if cfg_n is not None and slow is not None:
-        out["all_slow_vs_cfg_in_se"] = round((slow - cfg_n) / se_diff(cfg_n, slow), 2)
+    if cfg_n is not None and acc("all-slow") is not None:
+        out["all_slow_vs_cfg_in_se"] = in_se(by[n, "all-slow"], by[n, "cfg"])
     return out
 
 
-def quality_checks(rows: list[dict], budgets: list[int], samples: int) -> dict:
+def quality_checks(rows: list[dict], budgets: list[int]) -> dict:
     """The headline claims per step count n, answered from the measured rows (whatever came out).
 
     equal passes: the CoRe² rows that spend n passes (all-fast at n steps; mixed at n − k steps with k slow) vs CFG
-    at n/2 steps (also n passes); CoRe² is better when either row beats CFG, and the check names which.
+    at n/2 steps (also n passes); CoRe² is better when either row beats CFG, and the check names which; each
+    candidate's accuracy difference is also given in standard errors of the difference (paired where measured).
     0.6×: every CoRe² row of budget n with ≤ 0.6 × 2n passes vs CFG at n steps; 'matches' = accuracy no lower than
     CFG's by more than two standard errors of the difference, and FD no higher than CFG's FD at n/2 steps (the
     cheaper CFG)."""
@@ -301,19 +310,19 @@ def quality_checks(rows: list[dict], budgets: list[int], samples: int) -> dict:
         if half and same:
             c["equal_passes"] = {
                 "cfg": half["name"], "passes": n, "cfg_accuracy": half["accuracy"]["mean"], "cfg_fd": half["fd"],
-                "candidates": {r["name"]: {"accuracy": r["accuracy"]["mean"], "fd": r["fd"]} for r in same},
+                "candidates": {r["name"]: {"accuracy": r["accuracy"]["mean"], "fd": r["fd"], "vs_cfg_in_se": in_se(r, half)}
+                               for r in same},
                 "better_accuracy": [r["name"] for r in same if r["accuracy"]["mean"] > half["accuracy"]["mean"]],
                 "better_fd": [r["name"] for r in same if r["fd"] < half["fd"]]}
         if full:
-            tol = 2 * math.sqrt(2) * accuracy_se(full["accuracy"]["mean"], samples)
             cheap = [r for r in mine if r["passes_per_image"] <= 1.2 * n + 1e-9]
-            ok = [r["name"] for r in cheap if r["accuracy"]["mean"] >= full["accuracy"]["mean"] - tol
+            tol = {r["name"]: round(2 * diff_se(r, full), 4) for r in cheap}
+            ok = [r["name"] for r in cheap if r["accuracy"]["mean"] >= full["accuracy"]["mean"] - tol[r["name"]]
                   and (half is None or r["fd"] <= half["fd"])]
             c["matches_cfg_at_0.6x_passes"] = {
                 "cfg": full["name"], "cfg_accuracy": full["accuracy"]["mean"], "cfg_fd": full["fd"],
-                "accuracy_tolerance": round(tol, 4),
                 "candidates": {r["name"]: {"passes": r["passes_per_image"], "accuracy": r["accuracy"]["mean"],
-                                           "fd": r["fd"]} for r in cheap},
+                                           "fd": r["fd"], "accuracy_tolerance": tol[r["name"]]} for r in cheap},
                 "met_by": ok}
         out[str(n)] = c
     return out
@@ -325,8 +334,10 @@ def quality_table(res: dict) -> str:
     world = res.get("world", "shapes")
     lines = [f"Toy world '{world}', {s['samples']} held-out (prompt, seed) samples per row (seeds never collected), "
              f"{s.get('sampler', 'euler')}/{s.get('scheduler', 'normal')}, cfg {s['cfg']:g}, w2s {s['w2s_scale']:g}. Accuracy: the mean over the "
-             f"{len(fields)} attributes read back by the {s.get('fd_features', 'toy classifier')} (± one standard error ≤ "
-             f"{max(r['accuracy_se'] for r in res['methods']):.3f}); all: every attribute right. FD: "
+             f"{len(fields)} attributes read back by the {s.get('fd_features', 'toy classifier')} (± one standard error over "
+             f"pictures ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}; every row samples the same prompts and "
+             f"noise seeds, so the checks below judge differences in paired standard errors); all: every attribute "
+             f"right. FD: "
              f"Fréchet distance in those features to real pictures of the same prompts (real vs real "
              f"{s['fd_real_vs_real']:.1f}). × CFG: passes over CFG's at the row's step budget. Weak model: "
              f"{t['size']}, {t.get('steps')} training steps ({t.get('loss', 'relative')} loss) on {s['collected']}, "
@@ -349,15 +360,19 @@ def quality_table(res: dict) -> str:
     for n, c in res.get("checks", {}).items():
         e = c.get("equal_passes")
         if e:
-            cand = "; ".join(f"{k} {v['accuracy']:.3f} / FD {v['fd']:.1f}" for k, v in e["candidates"].items())
+            cand = "; ".join(f"{k} {v['accuracy']:.3f}" + (f" ({v['vs_cfg_in_se']:+.1f} SE)" if "vs_cfg_in_se" in v
+                                                            else "") + f" / FD {v['fd']:.1f}"
+                             for k, v in e["candidates"].items())
             lines.append(f"- n = {n}, equal passes ({e['passes']:g}): {e['cfg']} {e['cfg_accuracy']:.3f} / FD "
                          f"{e['cfg_fd']:.1f} vs {cand} → CoRe² better on accuracy: "
                          f"{', '.join(e['better_accuracy']) or 'no'}; on FD: {', '.join(e['better_fd']) or 'no'}.")
         m = c.get("matches_cfg_at_0.6x_passes")
         if m:
+            tol = max((v.get("accuracy_tolerance", m.get("accuracy_tolerance", 0.0)) for v in m["candidates"].values()),
+                      default=0.0)
             lines.append(f"- n = {n}, ≤ 0.6× passes: {', '.join(m['met_by']) or 'no CoRe² row'} matches {m['cfg']} "
-                         f"(accuracy {m['cfg_accuracy']:.3f} within {m['accuracy_tolerance']:.3f}, FD no worse than CFG at "
-                         f"n/2 steps).")
+                         f"(accuracy {m['cfg_accuracy']:.3f}, within two standard errors of the difference (≤ {tol:.3f}), "
+                         f"FD no worse than CFG at n/2 steps).")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from .run import RESULTS, ROOT, accuracy_se, quality_methods
+from .run import RESULTS, ROOT, quality_methods
 
 log = logging.getLogger("bench.scaling")
 
@@ -41,8 +41,6 @@ def measure_size(args, seeds: int) -> dict:
     prep = time.perf_counter() - t0
     model = pipeline.world_model("shapes")
     rows = pipeline.evaluate(model, methods(dcfg.cfg, dcfg.w2s_scale), weak, args.samples, args.seed, batch=60)
-    for r in rows:
-        r["accuracy_se"] = round(accuracy_se(r["accuracy"]["mean"], args.samples), 4)
     return {"trajectories": data["items"], "seeds_per_prompt": seeds, "prompts": data["prompts"],
             "collect_seconds": data["seconds_total"], "train_seconds": training.get("seconds"),
             "train_steps": training.get("steps"), "val_rel_err": training.get("val_rel_err"),

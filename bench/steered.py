@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .run import RESULTS, ROOT, accuracy_se, quality_methods
+from .run import RESULTS, ROOT, quality_methods
 
 log = logging.getLogger("bench.steered")
 
@@ -113,10 +113,7 @@ def table(res: dict) -> str:
 def _rows(model, ms, weak, args) -> list[dict]:
     from demo import pipeline
 
-    rows = pipeline.evaluate(model, ms, weak, args.samples, args.seed, batch=60)
-    for r in rows:
-        r["accuracy_se"] = round(accuracy_se(r["accuracy"]["mean"], args.samples), 4)
-    return rows
+    return pipeline.evaluate(model, ms, weak, args.samples, args.seed, batch=60)
 
 
 def main(argv=None) -> None:

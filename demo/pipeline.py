@@ -277,9 +277,11 @@ def demo_methods(cfg: DemoConfig) -> list[Method]:
 
 
 def evaluate(base_model, methods: list[Method], weak, n: int, seed: int, batch: int = 60,
-             features: bool = False, world_name: str = "shapes") -> list[dict]:
-    """Each method on the same n held-out (prompt, seed) samples: accuracy, passes per image, seconds."""
-    from comfyui_core2.toy.judge import judge
+             keep_pictures: bool = False, world_name: str = "shapes") -> list[dict]:
+    """Each method on the same n held-out (prompt, seed) samples: accuracy ± its standard error over pictures,
+    passes per image, seconds. keep_pictures: each row also carries "_images", "_labels" and "_scores" (the per-picture
+    fractions of attributes right, for paired comparisons: every row sees the same prompts and noise)."""
+    from comfyui_core2.toy.judge import judge, mean_se, picture_scores
 
     j = judge(world_name)
     prompts, labels = j.prompt_set(n, 1)
@@ -293,12 +295,15 @@ def evaluate(base_model, methods: list[Method], weak, n: int, seed: int, batch: 
             secs += s
         images = torch.cat(imgs)
         acc = j.score(images, labels)
+        scores = picture_scores(j, images, labels)
         row = {**m.as_dict(), "passes_per_image": round(sum(passes) / len(passes), 3), "seconds": round(secs, 2),
-               "accuracy": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()}}
-        if features:
-            row["_images"], row["_labels"] = images, labels
+               "accuracy": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
+               "accuracy_se": round(mean_se(scores), 4), "all_se": round(mean_se((scores == 1).double()), 4)}
+        if keep_pictures:
+            row["_images"], row["_labels"], row["_scores"] = images, labels, scores
         rows.append(row)
-        log.info("%-16s passes/image %5.1f  accuracy %.3f  (%.1f s)", m.name, row["passes_per_image"], acc["mean"], secs)
+        log.info("%-16s passes/image %5.1f  accuracy %.3f ± %.3f  (%.1f s)", m.name, row["passes_per_image"],
+                 acc["mean"], row["accuracy_se"], secs)
     return rows
 
 

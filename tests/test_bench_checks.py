@@ -1,7 +1,13 @@
 """The benchmark's headline checks and table, on made-up rows: the right rows are compared, both ways round."""
 import math
 
+import torch
+
 from bench import run as bench
+
+
+def _binomial_se(p: float, n: int) -> float:
+    return math.sqrt(p * (1 - p) / n)
 
 
 def _rows(acc: dict, fd: dict, n_budgets=(6, 10)):
@@ -14,7 +20,7 @@ def _rows(acc: dict, fd: dict, n_budgets=(6, 10)):
         a = acc.get(m.name, 0.9)
         rows.append({**m.as_dict(), "budget": budget, "passes_per_image": float(passes), "fd": fd.get(m.name, 50.0),
                      "accuracy": {"mean": a, "shape": a, "colour": a, "position": a}, "seconds": 1.0,
-                     "accuracy_se": round(bench.accuracy_se(a, 480), 4), "passes_vs_cfg": passes / (2 * budget)})
+                     "accuracy_se": round(_binomial_se(a, 480), 4), "passes_vs_cfg": passes / (2 * budget)})
     return rows
 
 
@@ -55,7 +61,7 @@ def test_checks_compare_equal_passes_and_cheap_rows():
           "CoRe², 5 steps, 1 slow": 90.0, "CoRe², 4 steps, 2 slow": 95.0, "CoRe², 4 steps, 2 slow spread": 85.0,
           "CFG, 5 steps": 40.0, "CoRe², 10 steps, all-fast": 70.0, "CoRe², 10 steps, 2 slow": 65.0,
           "CoRe², 8 steps, 2 slow": 45.0}
-    checks = bench.quality_checks(_rows(acc, fd), [6, 10], 480)
+    checks = bench.quality_checks(_rows(acc, fd), [6, 10])
     e6, e10 = checks["6"]["equal_passes"], checks["10"]["equal_passes"]
     assert e6["cfg"] == "CFG, 3 steps" and set(e6["candidates"]) == {
         "CoRe², 6 steps, all-fast", "CoRe², 5 steps, 1 slow", "CoRe², 4 steps, 2 slow", "CoRe², 4 steps, 2 slow spread"}
@@ -64,8 +70,11 @@ def test_checks_compare_equal_passes_and_cheap_rows():
     m6 = checks["6"]["matches_cfg_at_0.6x_passes"]
     assert set(m6["candidates"]) == {"CoRe², 6 steps, all-fast", "CoRe², 6 steps, 1 slow", "CoRe², 5 steps, 1 slow",
                                      "CoRe², 4 steps, 2 slow", "CoRe², 4 steps, 2 slow spread"}
-    assert m6["met_by"] == ["CoRe², 6 steps, 1 slow"]  # within 2·√2 standard errors of 0.97, FD below CFG at 3 steps
-    assert math.isclose(m6["accuracy_tolerance"], 2 * math.sqrt(2) * bench.accuracy_se(0.97, 480), abs_tol=1e-4)
+    assert m6["met_by"] == ["CoRe², 6 steps, 1 slow"]  # within 2 SE of the difference from 0.97, FD below CFG at 3 steps
+    tol = m6["candidates"]["CoRe², 6 steps, 1 slow"]["accuracy_tolerance"]  # rows without scores: unpaired SEs combined
+    assert math.isclose(tol, 2 * math.hypot(_binomial_se(0.97, 480), _binomial_se(0.965, 480)), abs_tol=2e-4)
+    assert e6["candidates"]["CoRe², 6 steps, all-fast"]["vs_cfg_in_se"] > 2 > e6["candidates"]["CoRe², 4 steps, 2 slow"][
+        "vs_cfg_in_se"]
     assert checks["10"]["matches_cfg_at_0.6x_passes"]["met_by"] == []  # 0.965 is close enough, but FD 45 > 40
     res = {"setup": {"samples": 480, "cfg": 5.0, "w2s_scale": 1.5, "fd_real_vs_real": 12.0, "collected": "120 × 8"},
            "training": {"size": "small", "steps": 3000, "val_rel_err": 0.7, "validation_on": "held-out prompts"},
@@ -90,7 +99,7 @@ def test_fillin_rows_sit_at_the_trained_rows_passes_and_are_compared():
             r["accuracy"]["mean"] = 0.80
         elif r["note"].startswith("training-free"):  # the spread reuse rows
             r["accuracy"]["mean"] = 0.90
-    checks = bench.fillin_checks(rows, 480)
+    checks = bench.fillin_checks(rows)
     first = {"CoRe², 8 steps, 2 slow", "CoRe², 6 steps, 4 slow", "CoRe², 10 steps, 2 slow"}
     assert set(checks) == first | {n + " spread" for n in first}
     assert all(v > 3 for n in first for v in checks[n].values()) and all(len(checks[n]) == 2 for n in first)
@@ -114,14 +123,16 @@ def test_headroom_checks_read_steps_guidance_and_overguidance():
     acc = {"CFG, 20 steps": 0.85, "CFG, 10 steps": 0.78, "CFG, 40 steps": 0.88, "cfg 1, 20 steps": 0.55,
            "CFG 2, 20 steps": 0.75, "CFG 3, 20 steps": 0.82, "CFG 7, 20 steps": 0.84, "CFG 9, 20 steps": 0.80,
            "CoRe², 20 steps, all-slow": 0.89}
-    rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}} for b, m in planned]
-    h = bench.headroom_checks(rows, 20, 5.0, 480)
+    row = lambda b, m: {**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)},  # noqa: E731
+                        "accuracy_se": _binomial_se(acc.get(m.name, 0.5), 480)}
+    rows = [row(b, m) for b, m in planned]
+    h = bench.headroom_checks(rows, 20, 5.0)
     assert h["cfg_in_0.70_0.92"] and h["best_cfg"] == 5.0 and h["best_cfg_interior"]
     assert h["steps_half_vs_n_in_se"] > 2 and h["steps_n_vs_double_in_se"] > 1 and h["cfg1_gap"] == 0.3
     assert h["all_slow_vs_cfg_in_se"] > 1
     acc["CFG 9, 20 steps"] = 0.95  # over-guidance no longer hurts: the best scale is the largest tried
-    rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}} for b, m in planned]
-    assert not bench.headroom_checks(rows, 20, 5.0, 480)["best_cfg_interior"]
+    rows = [row(b, m) for b, m in planned]
+    assert not bench.headroom_checks(rows, 20, 5.0)["best_cfg_interior"]
 
 
 def test_checks_find_rows_by_budget_and_role_not_by_label():
@@ -132,16 +143,38 @@ def test_checks_find_rows_by_budget_and_role_not_by_label():
     fd = {"CFG, 3 steps": 80.0, "CoRe², 6 steps, all-fast": 60.0, "CoRe², 6 steps, 1 slow": 55.0}
     rows = _rows(acc, fd)
     renamed = [{**r, "name": "renamed " + r["name"]} for r in rows]
-    a, b = bench.quality_checks(rows, [6, 10], 480), bench.quality_checks(renamed, [6, 10], 480)
+    a, b = bench.quality_checks(rows, [6, 10]), bench.quality_checks(renamed, [6, 10])
     assert a["6"]["equal_passes"]["cfg"] == "CFG, 3 steps" and a["6"]["matches_cfg_at_0.6x_passes"]["met_by"]
     assert json.dumps(b).replace("renamed ", "") == json.dumps(a)
     planned = bench.quality_methods([10, 20], 5.0, 1.5, zigzag=False) + bench.headroom_methods(20, 5.0)
-    hrows = [{**m.as_dict(), "budget": n, "accuracy": {"mean": 0.5 + 0.01 * i}} for i, (n, m) in enumerate(planned)]
-    h = bench.headroom_checks(hrows, 20, 5.0, 480)
-    assert h == bench.headroom_checks([{**r, "name": "x" + r["name"], "note": ""} for r in hrows], 20, 5.0, 480)
+    hrows = [{**m.as_dict(), "budget": n, "accuracy": {"mean": 0.5 + 0.01 * i}, "accuracy_se": 0.02}
+             for i, (n, m) in enumerate(planned)]
+    h = bench.headroom_checks(hrows, 20, 5.0)
+    assert h == bench.headroom_checks([{**r, "name": "x" + r["name"], "note": ""} for r in hrows], 20, 5.0)
     assert set(h["cfg_sweep"]) == {1.0, 2.0, 3.0, 5.0, 7.0, 9.0} and "all_slow_vs_cfg_in_se" in h
     keys = [(n, m.role) for n, m in planned]
     assert all(role for _, role in keys) and len(set(keys)) == len(keys)  # every row has a role, unique per budget
+
+
+def test_differences_are_judged_on_paired_pictures_when_the_rows_carry_scores():
+    """Rows sampled on the same prompts and noise: the difference's SE is that of the per-picture differences, far
+    below the two rows' SEs combined when the pictures agree; rows read back from a file fall back to the latter."""
+    gen = torch.Generator().manual_seed(0)
+    base = (torch.rand(480, generator=gen) < 0.8).double()
+    better = base.clone()
+    better[torch.nonzero(base == 0)[:20, 0]] = 1.0  # the same pictures, 20 of them fixed
+    a = {"accuracy": {"mean": float(better.mean())}, "accuracy_se": float(better.std() / math.sqrt(480)),
+         "_scores": better}
+    b = {"accuracy": {"mean": float(base.mean())}, "accuracy_se": float(base.std() / math.sqrt(480)), "_scores": base}
+    paired = bench.diff_se(a, b)
+    assert math.isclose(paired, float((better - base).std() / math.sqrt(480)), rel_tol=1e-9)
+    unpaired = math.hypot(a["accuracy_se"], b["accuracy_se"])
+    assert paired < 0.5 * unpaired
+    assert bench.in_se(a, b) > 4 > (a["accuracy"]["mean"] - b["accuracy"]["mean"]) / unpaired
+    file_rows = [{k: v for k, v in r.items() if k != "_scores"} for r in (a, b)]
+    assert math.isclose(bench.diff_se(*file_rows), unpaired)
+    shuffled = {**b, "_scores": base[torch.randperm(480, generator=gen)]}  # other pictures: no pairing to exploit
+    assert bench.diff_se(a, shuffled) > 0.8 * unpaired
 
 
 def test_collect_overhead_comes_back_as_json(monkeypatch):

@@ -4,6 +4,7 @@ Fréchet distance and real pictures to compare with. Plain torch, no ComfyUI.
     j = judge("scenes")
     prompts, labels = j.prompt_set(480, seed=1)
     acc = j.score(images, labels)      # {field: accuracy, ..., "mean", "all" (every field right), "n"}
+    ok = j.correct(images, labels)     # [n, fields] bool: which attributes each picture got right
 """
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ class Judge:
     real_pictures: Callable[[torch.Tensor, int], torch.Tensor]  # (labels, seed) -> [B, 3, H, W]
     reader: str  # what reads the pictures, for reports
     prompt_list: Callable[[int, int], list]  # (n, seed) -> prompts to collect from, distinct while the world has them
+    correct: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pictures, labels) -> [B, fields] bool
+
+
+def mean_se(values: torch.Tensor) -> float:
+    """The standard error of the mean of per-picture values (sample standard deviation / √n)."""
+    n = values.numel()
+    return float(values.double().std() / n ** 0.5) if n > 1 else 0.0
+
+
+def picture_scores(j: Judge, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[B] float64: the fraction of the world's attributes each picture got right (their mean is the accuracy)."""
+    return j.correct(images, labels).double().mean(1)
 
 
 def _shapes() -> Judge:
@@ -42,14 +55,16 @@ def _shapes() -> Judge:
 
     return Judge("shapes", data.ATTRIBUTES, evaluate.prompt_set, score, features,
                  lambda labels, seed: data.render(labels, torch.Generator().manual_seed(seed)),
-                 "toy attribute classifier (128-d features)", lambda n, seed: evaluate.prompt_set(n, seed)[0])
+                 "toy attribute classifier (128-d features)", lambda n, seed: evaluate.prompt_set(n, seed)[0],
+                 lambda images, labels: classifier.load().predict(images) == labels)
 
 
 def _scenes() -> Judge:
-    from .scenes import data, evaluate
+    from .scenes import data, evaluate, reader
 
     return Judge("scenes", data.PICTURE_FIELDS, evaluate.prompt_set, evaluate.score, evaluate.features,
-                 evaluate.real_pictures, "scenes reader (256-d features)", evaluate.prompt_list)
+                 evaluate.real_pictures, "scenes reader (256-d features)", evaluate.prompt_list,
+                 lambda images, labels: reader.load().predict(images) == data.canonical(labels))
 
 
 def judge(world: str) -> Judge:
