@@ -63,12 +63,16 @@ def equal_pass_heavy(n: int) -> tuple[int, int] | None:
 
 def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0, 9.0)) -> list[tuple[int, object]]:
     """Rows that show whether a world has headroom (the scenes world's targets): CFG at 2n steps, and a cfg sweep
-    at n steps (the sweep's value equal to `cfg` is the budget's own CFG row, and cfg 1 is the no-guidance row)."""
+    at n steps (the sweep's value equal to `cfg` is the budget's own CFG row, and cfg 1 is the no-guidance row).
+    The sweep runs at n/2 steps too: where the best scale depends on the step count, CFG with half the steps at its
+    own best scale is the fair peer of CoRe² at equal passes (quality_checks compares with it)."""
     from demo.pipeline import Method
 
     rows = [(n, Method(f"CFG, {2 * n} steps", "cfg", cfg, 2 * n, note="steps headroom", role="cfg-double"))]
     rows += [(n, Method(f"CFG {c:g}, {n} steps", "cfg", c, n, note="cfg sweep", role=f"cfg-sweep {c:g}"))
              for c in sweep if c not in (1.0, cfg)]
+    rows += [(n, Method(f"CFG {c:g}, {n // 2} steps", "cfg", c, n // 2, note="cfg sweep, n passes",
+                        role=f"cfg-half-sweep {c:g}")) for c in sweep if c not in (1.0, cfg)]
     return rows
 
 
@@ -307,6 +311,8 @@ def quality_checks(rows: list[dict], budgets: list[int]) -> dict:
         mine = [r for r in rows if r["kind"] == "core2" and r.get("budget") == n and r["method"] == "core"]
         c = {}
         same = [r for r in mine if abs(r["passes_per_image"] - n) < 1e-9]
+        halves = [half] + [r for r in rows if r.get("budget") == n and r["role"].startswith("cfg-half-sweep")]
+        best = max(halves, key=lambda r: r["accuracy"]["mean"]) if half else None
         if half and same:
             c["equal_passes"] = {
                 "cfg": half["name"], "passes": n, "cfg_accuracy": half["accuracy"]["mean"], "cfg_fd": half["fd"],
@@ -314,6 +320,10 @@ def quality_checks(rows: list[dict], budgets: list[int]) -> dict:
                                for r in same},
                 "better_accuracy": [r["name"] for r in same if r["accuracy"]["mean"] > half["accuracy"]["mean"]],
                 "better_fd": [r["name"] for r in same if r["fd"] < half["fd"]]}
+            if best is not half:  # a cfg sweep at n/2 steps found a better scale than the budget's
+                c["equal_passes"]["best_cfg"] = {"name": best["name"], "cfg_scale": best["cfg"],
+                                                 "accuracy": best["accuracy"]["mean"], "fd": best["fd"],
+                                                 "vs_best_in_se": {r["name"]: in_se(r, best) for r in same}}
         if full:
             cheap = [r for r in mine if r["passes_per_image"] <= 1.2 * n + 1e-9]
             tol = {r["name"]: round(2 * diff_se(r, full), 4) for r in cheap}
@@ -366,6 +376,11 @@ def quality_table(res: dict) -> str:
             lines.append(f"- n = {n}, equal passes ({e['passes']:g}): {e['cfg']} {e['cfg_accuracy']:.3f} / FD "
                          f"{e['cfg_fd']:.1f} vs {cand} → CoRe² better on accuracy: "
                          f"{', '.join(e['better_accuracy']) or 'no'}; on FD: {', '.join(e['better_fd']) or 'no'}.")
+            b = e.get("best_cfg")
+            if b:
+                vs = "; ".join(f"{k} {v:+.1f} SE" for k, v in b["vs_best_in_se"].items())
+                lines.append(f"- n = {n}, equal passes, against CFG at its best scale in the sweep: {b['name']} "
+                             f"{b['accuracy']:.3f} / FD {b['fd']:.1f}: {vs}.")
         m = c.get("matches_cfg_at_0.6x_passes")
         if m:
             tol = max((v.get("accuracy_tolerance", m.get("accuracy_tolerance", 0.0)) for v in m["candidates"].values()),

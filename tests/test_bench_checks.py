@@ -135,6 +135,27 @@ def test_headroom_checks_read_steps_guidance_and_overguidance():
     assert not bench.headroom_checks(rows, 20, 5.0)["best_cfg_interior"]
 
 
+def test_equal_passes_also_face_cfg_at_half_the_steps_at_its_best_scale():
+    """Where the best guidance scale depends on the step count, CoRe² at n passes is also compared with CFG at n/2
+    steps at the best scale of the headroom sweep, not only at the budget's scale."""
+    planned = bench.quality_methods([20], 5.0, 1.5, zigzag=False) + bench.headroom_methods(20, 5.0)
+    halves = [m for _, m in planned if m.role.startswith("cfg-half-sweep")]
+    assert {(m.cfg, m.steps) for m in halves} == {(2.0, 10), (3.0, 10), (7.0, 10), (9.0, 10)}
+    acc = {"CFG, 10 steps": 0.80, "CFG 3, 10 steps": 0.86, "CoRe², 16 steps, 4 slow": 0.85}
+    rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}, "fd": 10.0,
+             "accuracy_se": 0.01, "passes_per_image": float(m.steps * (2 if m.kind == "cfg" and m.cfg != 1 else 1)
+                                                            if m.kind == "cfg" else m.steps + m.slow_steps)}
+            for b, m in planned]
+    e = bench.quality_checks(rows, [20])["20"]["equal_passes"]
+    assert e["cfg"] == "CFG, 10 steps" and "CoRe², 16 steps, 4 slow" in e["better_accuracy"]
+    best = e["best_cfg"]
+    assert best["name"] == "CFG 3, 10 steps" and best["cfg_scale"] == 3.0
+    assert best["vs_best_in_se"]["CoRe², 16 steps, 4 slow"] < 0 < e["candidates"]["CoRe², 16 steps, 4 slow"]["vs_cfg_in_se"]
+    acc["CFG 3, 10 steps"] = 0.79  # no scale beats the budget's own: no second comparison
+    rows = [{**r, "accuracy": {"mean": acc.get(r["name"], 0.5)}} for r in rows]
+    assert "best_cfg" not in bench.quality_checks(rows, [20])["20"]["equal_passes"]
+
+
 def test_checks_find_rows_by_budget_and_role_not_by_label():
     """Renaming the display labels changes only the names in the checks, never which rows they compare."""
     import json
