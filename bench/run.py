@@ -61,19 +61,28 @@ def equal_pass_heavy(n: int) -> tuple[int, int] | None:
     return (n - k, k) if n - k > k else None
 
 
-def headroom_methods(n: int, cfg: float, sweep: tuple = (1.0, 2.0, 3.0, 5.0, 7.0, 9.0)) -> list[tuple[int, object]]:
+SCALE_SWEEP = (1.0, 2.0, 3.0, 5.0, 7.0, 9.0)
+
+
+def headroom_methods(n: int, cfg: float, sweep: tuple = SCALE_SWEEP) -> list[tuple[int, object]]:
     """Rows that show whether a world has headroom (the scenes world's targets): CFG at 2n steps, and a cfg sweep
-    at n steps (the sweep's value equal to `cfg` is the budget's own CFG row, and cfg 1 is the no-guidance row).
-    The sweep runs at n/2 steps too: where the best scale depends on the step count, CFG with half the steps at its
-    own best scale is the fair peer of CoRe² at equal passes (quality_checks compares with it)."""
+    at n steps (the sweep's value equal to `cfg` is the budget's own CFG row, and cfg 1 is the no-guidance row)."""
     from demo.pipeline import Method
 
     rows = [(n, Method(f"CFG, {2 * n} steps", "cfg", cfg, 2 * n, note="steps headroom", role="cfg-double"))]
     rows += [(n, Method(f"CFG {c:g}, {n} steps", "cfg", c, n, note="cfg sweep", role=f"cfg-sweep {c:g}"))
              for c in sweep if c not in (1.0, cfg)]
-    rows += [(n, Method(f"CFG {c:g}, {n // 2} steps", "cfg", c, n // 2, note="cfg sweep, n passes",
-                        role=f"cfg-half-sweep {c:g}")) for c in sweep if c not in (1.0, cfg)]
     return rows
+
+
+def half_sweep_methods(budgets: list[int], cfg: float, sweep: tuple = SCALE_SWEEP) -> list[tuple[int, object]]:
+    """CFG at n/2 steps (n passes) at the sweep's other scales, per budget n. Where the best scale depends on the step
+    count, CFG with half the steps at its own best scale is CoRe²'s fair peer at equal passes (quality_checks
+    compares with the best of them)."""
+    from demo.pipeline import Method
+
+    return [(n, Method(f"CFG {c:g}, {n // 2} steps", "cfg", c, n // 2, note="cfg sweep, n passes",
+                       role=f"cfg-half-sweep {c:g}")) for n in sorted(budgets) for c in sweep if c not in (1.0, cfg)]
 
 
 def _plans(n: int) -> list[tuple[str, int, int]]:
@@ -224,6 +233,8 @@ def run_quality(args, env: dict) -> dict:
     planned = quality_methods(args.budgets, dcfg.cfg, dcfg.w2s_scale, args.zigzag)
     if args.headroom:
         planned += headroom_methods(max(args.budgets), dcfg.cfg)
+    if args.scale_sweep:
+        planned += half_sweep_methods(args.budgets, dcfg.cfg)
     unique = {_sampling_key(m): m for _, m in planned}  # a row shared by two budgets is sampled once
     done = dict(zip(unique, pipeline.evaluate(model, list(unique.values()), weak, args.samples, args.seed,
                                               batch=args.batch, keep_pictures=True, world_name=args.world)))
@@ -582,6 +593,9 @@ def main(argv=None) -> None:
                     help="toy world to measure quality on (scenes: results in <results>/scenes/, work in <work>/scenes/)")
     ap.add_argument("--headroom", action=argparse.BooleanOptionalAction, default=None,
                     help="add CFG at 2n steps and a cfg sweep at n steps (default: on for scenes)")
+    ap.add_argument("--scale-sweep", action=argparse.BooleanOptionalAction, default=None,
+                    help="add CFG at n/2 steps at other guidance scales, the equal-passes peer at its best scale "
+                         "(default: on for scenes, where the best scale depends on the step count)")
     ap.add_argument("--prompts", type=int, default=None, help="prompts collected (default 120)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                     help="weak model with guidance memory (default on, as Reflect trains it)")
@@ -604,6 +618,8 @@ def main(argv=None) -> None:
     args.reps = args.reps or (3 if args.quick else 5)
     if args.headroom is None:
         args.headroom = args.world == "scenes"
+    if args.scale_sweep is None:
+        args.scale_sweep = args.world == "scenes"
     if args.world != "shapes":
         args.results, args.work = args.results / args.world, args.work / args.world
         args.skip_speed = True  # the speed part does not depend on the toy world

@@ -138,9 +138,9 @@ def test_headroom_checks_read_steps_guidance_and_overguidance():
 def test_equal_passes_also_face_cfg_at_half_the_steps_at_its_best_scale():
     """Where the best guidance scale depends on the step count, CoRe² at n passes is also compared with CFG at n/2
     steps at the best scale of the headroom sweep, not only at the budget's scale."""
-    planned = bench.quality_methods([20], 5.0, 1.5, zigzag=False) + bench.headroom_methods(20, 5.0)
-    halves = [m for _, m in planned if m.role.startswith("cfg-half-sweep")]
-    assert {(m.cfg, m.steps) for m in halves} == {(2.0, 10), (3.0, 10), (7.0, 10), (9.0, 10)}
+    halves = bench.half_sweep_methods([6, 20], 5.0)
+    assert {(n, m.cfg, m.steps) for n, m in halves} == {(n, c, n // 2) for n in (6, 20) for c in (2.0, 3.0, 7.0, 9.0)}
+    planned = bench.quality_methods([20], 5.0, 1.5, zigzag=False) + bench.half_sweep_methods([20], 5.0)
     acc = {"CFG, 10 steps": 0.80, "CFG 3, 10 steps": 0.86, "CoRe², 16 steps, 4 slow": 0.85}
     rows = [{**m.as_dict(), "budget": b, "accuracy": {"mean": acc.get(m.name, 0.5)}, "fd": 10.0,
              "accuracy_se": 0.01, "passes_per_image": float(m.steps * (2 if m.kind == "cfg" and m.cfg != 1 else 1)
