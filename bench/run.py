@@ -202,14 +202,14 @@ def bench_config(args):
 
 
 def diff_se(a: dict, b: dict) -> float:
-    """The standard error of accuracy(a) − accuracy(b). Rows measured on the same pictures' prompts and noise seeds
-    carry per-picture scores ("_scores"): the paired standard error of the per-picture differences. Otherwise (rows
-    read back from a file) the two rows' own standard errors combined as if independent, which is larger."""
-    sa, sb = a.get("_scores"), b.get("_scores")
-    if sa is not None and sb is not None and sa.shape == sb.shape:
+    """The standard error of accuracy(a) − accuracy(b). Rows measured on the same prompts and noise seeds carry
+    per-picture scores ("picture_scores", also kept in the result file): the paired standard error of the
+    per-picture differences. Otherwise (rows of other runs) the rows' own standard errors combined as if independent."""
+    sa, sb = a.get("picture_scores"), b.get("picture_scores")
+    if sa is not None and sb is not None and len(sa) == len(sb):
         from comfyui_core2.toy.judge import mean_se
 
-        return mean_se(sa - sb)
+        return mean_se(torch.as_tensor(sa, dtype=torch.float64) - torch.as_tensor(sb, dtype=torch.float64))
     return math.sqrt(a["accuracy_se"] ** 2 + b["accuracy_se"] ** 2)
 
 
@@ -245,6 +245,7 @@ def run_quality(args, env: dict) -> dict:
     for (budget, m), r in zip(planned, rows):
         r["fd"] = round(frechet_distance(j.features(r.pop("_images")), f_real), 3)
         r.pop("_labels")
+        r["picture_scores"] = [round(v, 4) for v in r.pop("_scores").tolist()]  # share of attributes right
         r["budget"], r["role"] = budget, m.role
         r["passes_vs_cfg"] = round(r["passes_per_image"] / (2 * budget), 3)  # CFG at the row's step count = 1.0
     res = {"format": "core2-bench-quality", "version": 3, "world": args.world, "environment": env,
@@ -261,8 +262,6 @@ def run_quality(args, env: dict) -> dict:
     res["fillin_checks"] = fillin_checks(rows)
     if args.headroom:
         res["headroom"] = headroom_checks(rows, max(args.budgets), dcfg.cfg)
-    for r in rows:
-        r.pop("_scores")
     return res
 
 

@@ -179,22 +179,23 @@ def test_checks_find_rows_by_budget_and_role_not_by_label():
 
 def test_differences_are_judged_on_paired_pictures_when_the_rows_carry_scores():
     """Rows sampled on the same prompts and noise: the difference's SE is that of the per-picture differences, far
-    below the two rows' SEs combined when the pictures agree; rows read back from a file fall back to the latter."""
+    below the two rows' SEs combined when the pictures agree; rows without scores fall back to the latter."""
     gen = torch.Generator().manual_seed(0)
     base = (torch.rand(480, generator=gen) < 0.8).double()
     better = base.clone()
     better[torch.nonzero(base == 0)[:20, 0]] = 1.0  # the same pictures, 20 of them fixed
     a = {"accuracy": {"mean": float(better.mean())}, "accuracy_se": float(better.std() / math.sqrt(480)),
-         "_scores": better}
-    b = {"accuracy": {"mean": float(base.mean())}, "accuracy_se": float(base.std() / math.sqrt(480)), "_scores": base}
+         "picture_scores": better.tolist()}
+    b = {"accuracy": {"mean": float(base.mean())}, "accuracy_se": float(base.std() / math.sqrt(480)),
+         "picture_scores": base.tolist()}
     paired = bench.diff_se(a, b)
     assert math.isclose(paired, float((better - base).std() / math.sqrt(480)), rel_tol=1e-9)
     unpaired = math.hypot(a["accuracy_se"], b["accuracy_se"])
     assert paired < 0.5 * unpaired
     assert bench.in_se(a, b) > 4 > (a["accuracy"]["mean"] - b["accuracy"]["mean"]) / unpaired
-    file_rows = [{k: v for k, v in r.items() if k != "_scores"} for r in (a, b)]
-    assert math.isclose(bench.diff_se(*file_rows), unpaired)
-    shuffled = {**b, "_scores": base[torch.randperm(480, generator=gen)]}  # other pictures: no pairing to exploit
+    other_runs = [{k: v for k, v in r.items() if k != "picture_scores"} for r in (a, b)]
+    assert math.isclose(bench.diff_se(*other_runs), unpaired)
+    shuffled = {**b, "picture_scores": base[torch.randperm(480, generator=gen)].tolist()}  # other pictures: no pairing to exploit
     assert bench.diff_se(a, shuffled) > 0.8 * unpaired
 
 
