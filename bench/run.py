@@ -230,11 +230,12 @@ def run_quality(args, env: dict) -> dict:
     weak, training = pipeline.train(args.work, dcfg, dataset["folder"])
     prep = time.perf_counter() - t0
     model = pipeline.world_model(args.world)
-    planned = quality_methods(args.budgets, dcfg.cfg, dcfg.w2s_scale, args.zigzag)
+    cfg = args.cfg or dcfg.cfg  # the rows' guidance scale (the weak model predicts the unconditional output: any scale)
+    planned = quality_methods(args.budgets, cfg, dcfg.w2s_scale, args.zigzag)
     if args.headroom:
-        planned += headroom_methods(max(args.budgets), dcfg.cfg)
+        planned += headroom_methods(max(args.budgets), cfg)
     if args.scale_sweep:
-        planned += half_sweep_methods(args.budgets, dcfg.cfg)
+        planned += half_sweep_methods(args.budgets, cfg)
     unique = {_sampling_key(m): m for _, m in planned}  # a row shared by two budgets is sampled once
     done = dict(zip(unique, pipeline.evaluate(model, list(unique.values()), weak, args.samples, args.seed,
                                               batch=args.batch, keep_pictures=True, world_name=args.world)))
@@ -249,7 +250,8 @@ def run_quality(args, env: dict) -> dict:
         r["budget"], r["role"] = budget, m.role
         r["passes_vs_cfg"] = round(r["passes_per_image"] / (2 * budget), 3)  # CFG at the row's step count = 1.0
     res = {"format": "core2-bench-quality", "version": 3, "world": args.world, "environment": env,
-           "setup": {"samples": args.samples, "seed": args.seed, "budgets": sorted(args.budgets), "cfg": dcfg.cfg,
+           "setup": {"samples": args.samples, "seed": args.seed, "budgets": sorted(args.budgets), "cfg": cfg,
+                     "collected_at_cfg": dcfg.cfg,
                      "sampler": dcfg.sampler_name, "scheduler": dcfg.scheduler, "w2s_scale": dcfg.w2s_scale,
                      "fields": list(j.fields),
                      "collected": f"{dcfg.prompts} prompts × {dcfg.seeds_per_prompt} seeds (own noise per trajectory)",
@@ -261,7 +263,7 @@ def run_quality(args, env: dict) -> dict:
     res["checks"] = quality_checks(rows, sorted(args.budgets))
     res["fillin_checks"] = fillin_checks(rows)
     if args.headroom:
-        res["headroom"] = headroom_checks(rows, max(args.budgets), dcfg.cfg)
+        res["headroom"] = headroom_checks(rows, max(args.budgets), cfg)
     return res
 
 
@@ -355,12 +357,15 @@ def quality_table(res: dict) -> str:
     lines = [f"Toy world '{world}', {s['samples']} held-out (prompt, seed) samples per row (seeds never collected), "
              f"{s.get('sampler', 'euler')}/{s.get('scheduler', 'normal')}, cfg {s['cfg']:g}, w2s {s['w2s_scale']:g}. Accuracy: the mean over the "
              f"{len(fields)} attributes read back by the {s.get('fd_features', 'toy classifier')} (± one standard error over "
-             f"pictures ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}; every row samples the same prompts and "
-             f"noise seeds, so the checks below judge differences in paired standard errors); all: every attribute "
-             f"right. FD: "
+             f"pictures ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}"
+             + ("; every row samples the same prompts and noise seeds, so the checks below judge differences in "
+                "paired standard errors" if all("picture_scores" in r for r in res["methods"]) else "")
+             + "); all: every attribute right. FD: "
              f"Fréchet distance in those features to real pictures of the same prompts (real vs real "
              f"{s['fd_real_vs_real']:.1f}). × CFG: passes over CFG's at the row's step budget. Weak model: "
-             f"{t['size']}, {t.get('steps')} training steps ({t.get('loss', 'relative')} loss) on {s['collected']}, "
+             f"{t['size']}, {t.get('steps')} training steps ({t.get('loss', 'relative')} loss) on {s['collected']}"
+             + (f" collected at cfg {s['collected_at_cfg']:g}" if s.get("collected_at_cfg", s["cfg"]) != s["cfg"] else "")
+             + ", "
              f"held-out relative error {t['val_rel_err']:.3f}" + (f", in x0 space {t['val_rel_err_x0']:.3f}"
                                                                    if t.get("val_rel_err_x0") is not None else "")
              + f" ({t.get('validation_on')}).", "",
@@ -596,6 +601,8 @@ def main(argv=None) -> None:
                     help="add CFG at n/2 steps at other guidance scales, the equal-passes peer at its best scale "
                          "(default: on for scenes, where the best scale depends on the step count)")
     ap.add_argument("--prompts", type=int, default=None, help="prompts collected (default 120)")
+    ap.add_argument("--cfg", type=float, default=None,
+                    help="guidance scale of every row (default: the scale the dataset is collected at, 5)")
     ap.add_argument("--memory", action=argparse.BooleanOptionalAction, default=None,
                     help="weak model with guidance memory (default on, as Reflect trains it)")
     ap.add_argument("--seed", type=int, default=700_000, help="first evaluation seed (never collected)")
