@@ -354,13 +354,13 @@ def quality_table(res: dict) -> str:
     s, t = res["setup"], res["training"]
     fields = s.get("fields", ["shape", "colour", "position"])
     world = res.get("world", "shapes")
+    paired = all("picture_scores" in r for r in res["methods"])  # older files: binomial SEs, unpaired checks
     lines = [f"Toy world '{world}', {s['samples']} held-out (prompt, seed) samples per row (seeds never collected), "
              f"{s.get('sampler', 'euler')}/{s.get('scheduler', 'normal')}, cfg {s['cfg']:g}, w2s {s['w2s_scale']:g}. Accuracy: the mean over the "
-             f"{len(fields)} attributes read back by the {s.get('fd_features', 'toy classifier')} (± one standard error over "
-             f"pictures ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}"
+             f"{len(fields)} attributes read back by the {s.get('fd_features', 'toy classifier')} (± one standard error"
+             + (" over pictures" if paired else "") + f" ≤ {max(r['accuracy_se'] for r in res['methods']):.3f}"
              + ("; every row samples the same prompts and noise seeds, so the checks below judge differences in "
-                "paired standard errors" if all("picture_scores" in r for r in res["methods"]) else "")
-             + "); all: every attribute right. FD: "
+                "paired standard errors" if paired else "") + "); all: every attribute right. FD: "
              f"Fréchet distance in those features to real pictures of the same prompts (real vs real "
              f"{s['fd_real_vs_real']:.1f}). × CFG: passes over CFG's at the row's step budget. Weak model: "
              f"{t['size']}, {t.get('steps')} training steps ({t.get('loss', 'relative')} loss) on {s['collected']}"
