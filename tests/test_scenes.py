@@ -77,6 +77,10 @@ def test_shipped_scenes_model_is_a_comfy_sd3_flow_model(scenes):
     assert isinstance(patcher.model, comfy.model_base.SD3) and isinstance(patcher.model.diffusion_model, MMDiT)
     assert model_info.family(patcher) == "sd3" and model_info.prediction(patcher) == "flow"
     assert model_info.latent_channels(patcher) == 48
+    from comfyui_core2.toy.scenes import model as scenes_model
+
+    assert scenes_model.SHIFT < 1 and patcher.model.model_sampling.shift == pytest.approx(scenes_model.SHIFT)
+    assert patcher.model.model_sampling.sigma_max == pytest.approx(1.0)  # the schedule still starts at pure noise
     assert scenes.spec.name == "scenes" and scenes.text_encoder.vocab == text.VOCAB
 
 

@@ -266,9 +266,9 @@ def test_toy_workflows_run_through_the_api(server, object_info):
     """08 (collect → reflect → CoRe² KSampler) then 09 (CFG vs CoRe², using the weak model 08 trained: one labelled
     grid picture, top row CFG, bottom row CoRe²), the collect and train budgets cut to make_workflows.QUICK_RUN."""
     # 08: four CoRe² pictures, the last collected batch (batch_size 2), the loss curve
-    # 10: the scenes world's chain (collect → reflect → CFG and CoRe² pictures, the loss curve)
+    # 10: the scenes world's chain (collect → reflect → CFG, CoRe² and CFG-at-CoRe²'s-passes pictures, the loss curve)
     for name, expect_images in (("08 Toy world (Collect, Reflect, Refine)", 4 + 2 + 1), ("09 Toy world (CFG vs CoRe2)", 1),
-                                ("10 Toy scenes (Collect, Reflect, Refine)", 4 + 4 + 1)):
+                                ("10 Toy scenes (Collect, Reflect, Refine)", 4 + 4 + 4 + 1)):
         api = comfy_server.ui_to_api(_load(WF_DIR / f"{name}.json"), server.get("/object_info", timeout=120))
         hist = server.run_prompt(comfy_server.with_widgets(api, mw.QUICK_RUN), timeout=240)
         images = [im for out in hist["outputs"].values() for im in out.get("images", [])]

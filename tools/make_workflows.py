@@ -639,10 +639,15 @@ def wf_scenes_chain() -> Workflow:
                latent_image=lat.out(0), denoise=1.0)
     ks = _core2(wf, (2060, 360), ld.out(0), pos.out(0), neg.out(0), lat.out(0), rf.out(0), seed=0, steps=20,
                 cfg=5.0, sampler_name="euler", scheduler="simple", slow_steps=4)
+    k12 = wf.add("KSampler", (2060, 700), size=(320, 300), title="KSampler (CFG, 12 steps = 24 passes)",
+                 model=ld.out(0), seed=0, steps=12, cfg=5.0, sampler_name="euler", scheduler="simple",
+                 positive=pos.out(0), negative=neg.out(0), latent_image=lat.out(0), denoise=1.0)
     d1 = wf.add("CoRe2ToyDecode", (2440, 20), title="CFG (40 passes)", samples=k.out(0), upscale=4)
     d2 = wf.add("CoRe2ToyDecode", (2440, 360), title="CoRe² (24 passes)", samples=ks.out(0), upscale=4)
+    d3 = wf.add("CoRe2ToyDecode", (2440, 700), title="CFG (24 passes)", samples=k12.out(0), upscale=4)
     wf.add("PreviewImage", (2660, 20), size=(420, 300), title="CFG, 20 steps", images=d1.out(0))
     wf.add("PreviewImage", (2660, 360), size=(420, 300), title="CoRe², 4 slow + 16 fast", images=d2.out(0))
+    wf.add("PreviewImage", (2660, 700), size=(420, 300), title="CFG, 12 steps (CoRe²'s passes)", images=d3.out(0))
     return wf
 
 

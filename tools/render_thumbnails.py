@@ -1,15 +1,15 @@
 """Render the .jpg thumbnails of the toy example workflows and docs/icon.png (the registry icon) with the toy model.
 
-    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about 4 minutes on a 2-core CPU: 08 at its full recipe)
+    COMFYUI_DIR=/path/to/ComfyUI python -m tools.render_thumbnails    # the real thing (about 9 minutes on a 2-core CPU: 08 and 10 at their full recipes)
     python -m tools.render_thumbnails                                  # approximation without a full ComfyUI
 
 With a full ComfyUI the thumbnails are the workflows' own outputs: a ComfyUI server (loopback, CPU, temporary base
 directory) runs 08 Toy world (Collect, Reflect, Refine) and then 09 Toy world (CFG vs CoRe2) through its HTTP API, and the pictures
 of their final PreviewImage nodes are used (08: the four CoRe² KSampler pictures, tiled; 09: its labelled grid from
-CoRe² Grid Image, top row CFG, bottom row CoRe² from the same seed). Without one (notcomfy), 08 shows CFG samples and
-09's bottom row uses the weak-to-strong rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a trained weak
-model, drawn as a labelled grid the same way (core2/grid.py). The scenes workflow's
-thumbnail (10) is always drawn here, not by the server: top row CFG, bottom row that weak-to-strong rule.
+CoRe² Grid Image, top row CFG, bottom row CoRe² from the same seed), then 10 Toy scenes (about 5 more minutes: its rows
+CFG at 20 steps, CoRe² at 24 passes and CFG at 12 steps, labelled). Without one (notcomfy), 08 shows CFG samples, and
+09's and 10's bottom rows use the weak-to-strong rule with weak = cond (out = cond + 1.5·(cfg − cond)) instead of a
+trained weak model (09 drawn as a labelled grid, core2/grid.py).
 The workflows that need downloaded models (01-07) get title cards (make_workflows.CARDS): the title, the CoRe² stages
 they run and the files they need; `--cards` draws only those (no ComfyUI needed).
 """
@@ -48,9 +48,9 @@ def _labelled(rows, labels):
     return grid.draw(torch.stack([im for row in rows for im in row]).numpy(), grid.GridSpec(labels, len(rows[0])))
 
 
-def _final_preview_images(server, name: str, count: int = 1):
+def _final_preview_images(server, name: str, count: int = 1, titles=None):
     """Run a workflow through the server; the pictures of its last `count` PreviewImage nodes (in execution order),
-    as [H, W, 3] tensors."""
+    or of the PreviewImage nodes with these titles (in this order), as [H, W, 3] tensors."""
     import io
     import json
 
@@ -68,6 +68,9 @@ def _final_preview_images(server, name: str, count: int = 1):
         for text in out.get("text", []):
             print(f"  node {node_id}: {' '.join(str(text).split())[:400]}", flush=True)
     previews = sorted((n for n in wf["nodes"] if n["type"] == "PreviewImage"), key=lambda n: n["order"])[-count:]
+    if titles is not None:
+        by_title = {n.get("title"): n for n in wf["nodes"] if n["type"] == "PreviewImage"}
+        previews = [by_title[t] for t in titles]
     ims = []
     for node in previews:
         for im in hist["outputs"][str(node["id"])]["images"]:
@@ -87,10 +90,24 @@ def _from_server(comfy_path: Path, out: Path) -> None:
             server.wait()
             chain = _final_preview_images(server, "08 Toy world (Collect, Reflect, Refine)")
             (grid,) = _final_preview_images(server, "09 Toy world (CFG vs CoRe2)")  # one labelled grid: CFG, then CoRe²
+            scenes_from_server(server, out)
         finally:
             server.stop()
     _grid([chain]).save(out / "08 Toy world (Collect, Reflect, Refine).jpg", quality=88)
     _grid([[grid]], tile=1).save(out / "09 Toy world (CFG vs CoRe2).jpg", quality=88)
+
+
+SCENES_WORKFLOW = "10 Toy scenes (Collect, Reflect, Refine)"
+SCENES_ROWS = ("CFG, 20 steps", "CoRe², 4 slow + 16 fast", "CFG, 12 steps (CoRe²'s passes)")  # its preview titles
+
+
+def scenes_from_server(server, out: Path) -> None:
+    """Workflow 10 through the server at its full recipe (about 5 minutes on a 2-core CPU); its thumbnail is its own
+    three preview rows, labelled: CFG at 20 steps, CoRe² (24 passes), CFG at 12 steps (24 passes)."""
+    ims = _final_preview_images(server, SCENES_WORKFLOW, titles=SCENES_ROWS)
+    rows = [ims[i:i + 4] for i in range(0, len(ims), 4)]
+    small = [[im[::4, ::4] for im in row] for row in rows]  # the previews are 4× enlarged; the grid enlarges again
+    _labelled(small, list(SCENES_ROWS)).save(out / f"{SCENES_WORKFLOW}.jpg", quality=88)
 
 
 SCENE_PROMPTS = ["a small red triangle left of a big blue circle", "a big green square above a small yellow cross",
@@ -165,14 +182,14 @@ def main() -> int:
 
     model.set_model_sampler_post_cfg_function(w2s)
     if comfy.full:
-        _from_server(comfy.path, out)
+        _from_server(comfy.path, out)  # 08, 09 and 10: the workflows' own pictures
     else:
         cfg = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0)
         sharp = world.generate(PROMPTS, cfg=5.0, steps=10, seed=0, model=model)
         _grid([list(cfg)]).save(out / "08 Toy world (Collect, Reflect, Refine).jpg", quality=88)
         _labelled([list(cfg), list(sharp)], ["CFG", "weak = cond, w2s 1.5"]).save(out / "09 Toy world (CFG vs CoRe2).jpg",
                                                                                   quality=88)
-    _scenes_thumbnail(out, w2s)
+        _scenes_thumbnail(out, w2s)
     # the Comfy Registry icon ([tool.comfy] Icon in pyproject.toml): 4×4 toy pictures, 256 px square
     icon_prompts = [f"a {c} {s} at the centre" for c, s in zip(["red", "green", "blue", "yellow", "magenta", "cyan", "red",
                                                                 "blue"] * 2, ["circle", "square", "triangle", "cross"] * 4)]
