@@ -281,7 +281,7 @@ def evaluate(base_model, methods: list[Method], weak, n: int, seed: int, batch: 
     """Each method on the same n held-out (prompt, seed) samples: accuracy ± its standard error over pictures,
     passes per image, seconds. keep_pictures: each row also carries "_images", "_labels" and "_scores" (the per-picture
     fractions of attributes right, for paired comparisons: every row sees the same prompts and noise)."""
-    from comfyui_core2.toy.judge import judge, mean_se, picture_scores
+    from comfyui_core2.toy.judge import judge, mean_se
 
     j = judge(world_name)
     prompts, labels = j.prompt_set(n, 1)
@@ -294,8 +294,8 @@ def evaluate(base_model, methods: list[Method], weak, n: int, seed: int, batch: 
             passes.append(p)
             secs += s
         images = torch.cat(imgs)
-        acc = j.score(images, labels)
-        scores = picture_scores(j, images, labels)
+        ok = j.correct(images, labels)
+        acc, scores = j.accuracy(ok), ok.double().mean(1)  # scores: the share of attributes right, per picture
         row = {**m.as_dict(), "passes_per_image": round(sum(passes) / len(passes), 3), "seconds": round(secs, 2),
                "accuracy": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in acc.items()},
                "accuracy_se": round(mean_se(scores), 4), "all_se": round(mean_se((scores == 1).double()), 4)}

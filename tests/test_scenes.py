@@ -10,7 +10,7 @@ import torch
 from comfyui_core2.nodes import model_info
 from comfyui_core2.nodes import toy as toy_nodes
 from comfyui_core2.toy import pixels, world
-from comfyui_core2.toy.judge import judge, picture_scores
+from comfyui_core2.toy.judge import judge
 from comfyui_core2.toy.scenes import data, evaluate, reader, text
 
 SCENES = world.spec("scenes")
@@ -140,10 +140,10 @@ def test_judges_share_one_interface():
         acc = j.score(real, labels)
         assert {"mean", "all", "n", *j.fields} <= set(acc) and acc["n"] == 6
         assert j.features(real).shape[0] == 6 and j.features(real).dtype == torch.float64
-        scores = picture_scores(j, real, labels)  # per picture; their mean is the accuracy the score reports
-        assert scores.shape == (6,) and abs(float(scores.mean()) - acc["mean"]) < 1e-6
-        wrong = picture_scores(j, real.flip(0), labels)  # the same pictures against other prompts
-        assert float(wrong.mean()) < float(scores.mean())
+        ok = j.correct(real, labels)  # per picture and field; the accuracy is read from it
+        assert ok.shape == (6, len(j.fields)) and j.accuracy(ok) == acc
+        wrong = j.score(real.flip(0), labels)  # the same pictures against other prompts
+        assert wrong["mean"] < acc["mean"] and wrong["all"] <= acc["all"]
     with pytest.raises(ValueError, match="no toy world"):
         judge("nope")
 

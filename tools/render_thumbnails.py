@@ -67,10 +67,11 @@ def _final_preview_images(server, name: str, count: int = 1, titles=None):
     for node_id, out in hist.get("outputs", {}).items():  # what the nodes said (Reflect's verdict, passes, seconds)
         for text in out.get("text", []):
             print(f"  node {node_id}: {' '.join(str(text).split())[:400]}", flush=True)
-    previews = sorted((n for n in wf["nodes"] if n["type"] == "PreviewImage"), key=lambda n: n["order"])[-count:]
-    if titles is not None:
-        by_title = {n.get("title"): n for n in wf["nodes"] if n["type"] == "PreviewImage"}
-        previews = [by_title[t] for t in titles]
+    nodes = [n for n in wf["nodes"] if n["type"] == "PreviewImage"]
+    if titles is None:
+        previews = sorted(nodes, key=lambda n: n["order"])[-count:]
+    else:
+        previews = [next(n for n in nodes if n.get("title") == t) for t in titles]
     ims = []
     for node in previews:
         for im in hist["outputs"][str(node["id"])]["images"]:

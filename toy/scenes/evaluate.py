@@ -17,6 +17,7 @@ import time
 import torch
 
 from .. import cli
+from ..judge import mean_se
 from . import data, reader
 
 log = logging.getLogger("toy.scenes.evaluate")
@@ -63,9 +64,10 @@ def evaluate(model, cfg: float, steps: int, n: int, seed: int, batch: int = 64, 
     t0 = time.perf_counter()
     images = torch.cat([world.generate(prompts[i:i + batch], cfg=cfg, steps=steps, seed=seed + i, model=model,
                                        path=path, **sampling) for i in range(0, n, batch)])
-    acc = score(images, labels)
-    per_picture = (reader.load().predict(images) == data.canonical(labels)).float().mean(1)
-    acc["mean_se"] = float(per_picture.std() / math.sqrt(n))  # the seven fields of one picture are not independent
+    predicted = reader.load().predict(images)
+    acc = reader.accuracy(predicted, labels)
+    per_picture = (predicted == data.canonical(labels)).float().mean(1)
+    acc["mean_se"] = mean_se(per_picture)  # over pictures: the seven fields of one picture are not independent
     acc["all_se"] = standard_error(acc["all"], n)
     acc["seconds"] = time.perf_counter() - t0
     return acc
