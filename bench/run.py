@@ -102,6 +102,17 @@ def fillin_methods(n: int, cfg: float) -> list:
                    role=f"{kind} {plan}") for plan, steps, slow in _plans(n) for kind in FILL_KINDS]
 
 
+def perfect_weak_methods(n: int, cfg: float) -> list:
+    """CFG at the step counts of budget n's CoRe² rows with slow steps, where no other row of the budget has them:
+    what those rows would score with a perfect weak model (w2s 1, every fast step = CFG), i.e. the most any weak
+    model, trained or training-free, can reach at those steps (ceiling_checks)."""
+    from demo.pipeline import Method
+
+    steps = sorted({s for _, s, _ in _plans(n)} - {n, n // 2})
+    return [Method(f"CFG, {s} steps", "cfg", cfg, s, note="= a perfect weak model", role=f"cfg-steps {s}")
+            for s in steps]
+
+
 def placement_methods(n: int, cfg: float, w2s: float) -> list:
     """The mixed and lean CoRe² rows of budget n and the CFG-reuse fill-in at their passes, with their slow steps
     spread over the run instead of first (core2/schedule.py slow_step_set); only where there are 2+ slow steps
@@ -143,6 +154,7 @@ def quality_methods(budgets: list[int], cfg: float, w2s: float, zigzag: bool) ->
             rows.append((n, Method(f"CoRe², {n} steps, {k} slow", "core2", cfg, n, k, w2s, note="≤ 0.6× CFG's passes",
                                    role="lean")))
         rows += [(n, m) for m in fillin_methods(n, cfg)]
+        rows += [(n, m) for m in perfect_weak_methods(n, cfg)]
         rows += [(n, m) for m in placement_methods(n, cfg, w2s)]
         rows += [(n, Method(f"CoRe², {n} steps, {n // 2} slow", "core2", cfg, n, n // 2, w2s, role="half-slow")),
                  (n, Method(f"CoRe², {n} steps, all-slow", "core2", cfg, n, n, w2s, role="all-slow"))]
@@ -262,6 +274,7 @@ def run_quality(args, env: dict) -> dict:
            "dataset": dataset, "training": training, "methods": rows}
     res["checks"] = quality_checks(rows, sorted(args.budgets))
     res["fillin_checks"] = fillin_checks(rows)
+    res["ceiling_checks"] = ceiling_checks(rows)
     if args.headroom:
         res["headroom"] = headroom_checks(rows, max(args.budgets), cfg)
     return res
@@ -279,6 +292,23 @@ def fillin_checks(rows: list[dict]) -> dict:
         if not same:
             continue
         out[r["name"]] = {f["kind"]: in_se(r, f) for f in same}
+    return out
+
+
+def ceiling_checks(rows: list[dict]) -> dict:
+    """Per trained CoRe² row with fill-in rows at its steps: CFG at the row's own step count and scale, which a
+    perfect weak model reproduces (w2s 1), against the row and against each fill-in, in standard errors of the
+    difference. Where a fill-in is already within a few SE of it, no weak model can beat that fill-in by more."""
+    out = {}
+    for r in rows:
+        if r["kind"] != "core2" or r["method"] != "core":
+            continue
+        fills = [f for f in rows if f["kind"] not in ("cfg", "core2") and f["steps"] == r["steps"]
+                 and f["slow_steps"] == r["slow_steps"] and f.get("placement", "first") == r.get("placement", "first")]
+        top = next((c for c in rows if c["kind"] == "cfg" and c["steps"] == r["steps"] and c["cfg"] == r["cfg"]), None)
+        if fills and top is not None:
+            out[r["name"]] = {"cfg": top["name"], "cfg_accuracy": top["accuracy"]["mean"], "row_vs_cfg_in_se": in_se(r, top),
+                              "cfg_vs_fillin_in_se": {f["kind"]: in_se(top, f) for f in fills}}
     return out
 
 
@@ -403,7 +433,25 @@ def quality_table(res: dict) -> str:
             lines.append(f"- n = {n}, ≤ 0.6× passes: {', '.join(m['met_by']) or 'no CoRe² row'} matches {m['cfg']} "
                          f"(accuracy {m['cfg_accuracy']:.3f}, within two standard errors of the difference (≤ {tol:.3f}), "
                          f"FD no worse than CFG at n/2 steps).")
-    return "\n".join(lines)
+    return "\n".join(lines + fillin_lines(res))
+
+
+def fillin_lines(res: dict) -> list[str]:
+    """The table's lines for fillin_checks and ceiling_checks (none for files written before them)."""
+    fills, tops = res.get("fillin_checks") or {}, res.get("ceiling_checks") or {}
+    if not fills:
+        return []
+    lines = ["", "Trained weak model against the training-free fill-ins at the same steps and slow steps, in standard "
+             "errors of the difference (target ≥ 3); beside it, CFG at the row's own steps, which is what a perfect "
+             "weak model gives (w2s 1): a fill-in close to it leaves no weak model room to win by much.", ""]
+    for name, v in fills.items():
+        text = "; ".join(f"vs {k} {x:+.1f} SE" for k, x in v.items())
+        c = tops.get(name)
+        if c:
+            text += (f"; {c['cfg']} {c['cfg_accuracy']:.3f} (this row {c['row_vs_cfg_in_se']:+.1f} SE from it; it is "
+                     + ", ".join(f"{x:+.1f} SE from {k}" for k, x in c["cfg_vs_fillin_in_se"].items()) + ")")
+        lines.append(f"- {name}: {text}.")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------------------

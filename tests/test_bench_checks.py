@@ -233,3 +233,23 @@ def test_scaling_table_lists_each_dataset_size_with_its_rows():
     md = scaling.table({"train_steps": 2000, "samples": 240, "sizes": sizes})
     lines = [ln for ln in md.splitlines() if ln.startswith("| 120 ") or ln.startswith("| 1920 ")]
     assert len(lines) == 2 and "1.020" in lines[0] and "0.700 ± 0.010" in lines[0] and "0.940 ± 0.010" in lines[1]
+
+
+def test_perfect_weak_model_rows_bound_what_any_weak_model_can_add():
+    planned = bench.quality_methods([4, 10, 20], 5.0, 1.5, zigzag=False)
+    tops = {(n, m.steps) for n, m in planned if m.role.startswith("cfg-steps")}
+    assert tops == {(4, 3), (10, 8), (10, 6), (20, 16), (20, 12)}  # the CoRe² rows' own step counts, CFG at each
+    assert all(m.kind == "cfg" and m.cfg == 5.0 for _, m in planned if m.role.startswith("cfg-steps"))
+    rows = _rows({"CFG, 8 steps": 0.90, "CoRe², 8 steps, 2 slow": 0.95, "scheduled-cfg, 8 steps, 2 slow": 0.70,
+                  "cfg-reuse, 8 steps, 2 slow": 0.899}, {}, n_budgets=(10,))
+    checks = bench.ceiling_checks(rows)
+    c = checks["CoRe², 8 steps, 2 slow"]
+    assert c["cfg"] == "CFG, 8 steps" and c["cfg_accuracy"] == 0.90 and c["row_vs_cfg_in_se"] > 2
+    assert c["cfg_vs_fillin_in_se"]["scheduled-cfg"] > 5 and abs(c["cfg_vs_fillin_in_se"]["cfg-reuse"]) < 0.1
+    assert checks["CoRe², 8 steps, 2 slow spread"]["cfg"] == "CFG, 8 steps"  # CFG has no placement: same bound
+    assert "CoRe², 10 steps, all-fast" not in checks  # no fill-in rows at its steps
+    res = {"setup": {"samples": 480, "cfg": 5.0, "w2s_scale": 1.5, "fd_real_vs_real": 12.0, "collected": "120 × 8"},
+           "training": {"size": "small", "steps": 3000, "val_rel_err": 0.7, "validation_on": "held-out prompts"},
+           "methods": rows, "checks": {}, "fillin_checks": bench.fillin_checks(rows), "ceiling_checks": checks}
+    table = bench.quality_table(res)
+    assert "- CoRe², 8 steps, 2 slow: vs scheduled-cfg " in table and "; CFG, 8 steps 0.900 (this row +" in table
