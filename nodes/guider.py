@@ -97,7 +97,7 @@ class CoRe2CFGGuider(comfy.samplers.CFGGuider):
                  schedule: torch.Tensor | None = None, method: str = "core", zigzag_steps: int | None = None,
                  inv_cfg: float = 0.5, denoise: float = 1.0, slow_placement: str = "auto"):
         """slow_steps: how many schedule steps run slow (None: all); slow_placement: which ones (core2/schedule.py:
-        "first", "spread", or "auto", resolved per run for the weak model). schedule: the full σ schedule the
+        "first", "spread", "front", or "auto", resolved per run for the weak model). schedule: the full σ schedule the
         steps are counted in (KSamplerAdvanced windows); default: the σ list handed to sample(). method: one of
         METHODS; zigzag_steps: how many of the first steps zigzag (None: all but the last); inv_cfg: the CFG scale of
         the z-sampling inversion. denoise: KSampler's denoise, < 1 when the schedule is the tail of a longer one (the weak

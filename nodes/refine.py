@@ -37,8 +37,9 @@ OPTIONAL = {"optional": {"inv_cfg": ("FLOAT", {"default": 0.5, "min": -10.0, "ma
                            "slow_placement": (list(PLACEMENTS), {"default": "auto", "tooltip":
                                "Which steps run slow. first: the first slow_steps steps (official CoRe²). spread: "
                                "slow_steps steps evenly spaced from the first, so fast steps never run far from a "
-                               "measured CFG step. auto: spread for weak models that build on the last slow step's "
-                               "guidance (Reflect's guidance memory, the 'reuse' fill-in), first for the others."})}}
+                               "measured CFG step. front: half of them first, the rest spread over the later steps. "
+                               "auto: front for weak models that build on the last slow step's guidance (Reflect's "
+                               "guidance memory, the 'reuse' fill-in), first for the others."})}}
 
 
 def _ksampler_inputs(names: list, specs: dict) -> dict:

@@ -471,19 +471,27 @@ def test_slow_step_placements():
     assert slow_step_set(10, 3, "spread") == {0, 3, 6}
     assert slow_step_set(6, 9, "spread") == slow_step_set(6, 9, "first") == set(range(6))
     assert slow_step_set(6, 0, "spread") == frozenset()
-    with pytest.raises(ValueError, match="auto, first, spread"):
+    assert slow_step_set(20, 4, "front") == {0, 1, 2, 11}  # half first, the rest spread over the later steps
+    assert slow_step_set(16, 4, "front") == {0, 1, 2, 9} and slow_step_set(12, 8, "front") == {0, 1, 2, 3, 4, 6, 8, 10}
+    assert slow_step_set(8, 1, "front") == {0} and slow_step_set(8, 2, "front") == {0, 1}
+    assert slow_step_set(6, 9, "front") == set(range(6)) and slow_step_set(6, 0, "front") == frozenset()
+    for total in range(1, 30):  # always k distinct steps, step 0 among them
+        for k in range(1, total + 1):
+            got = slow_step_set(total, k, "front")
+            assert len(got) == k and 0 in got and max(got) < total, (total, k)
+    with pytest.raises(ValueError, match="auto, first, spread, front"):
         slow_step_set(6, 2, "last")
     with pytest.raises(ValueError, match="resolve"):
         slow_step_set(6, 2, "auto")
 
 
-def test_auto_placement_spreads_only_for_weak_models_that_build_on_the_last_slow_step():
+def test_auto_placement_fronts_only_for_weak_models_that_build_on_the_last_slow_step():
     from comfyui_core2.core2 import arch, fillins
     from comfyui_core2.core2.schedule import resolve_placement
 
     memory = arch.build(arch.make_config("small", 4, 8, 0, x_input=True, memory=True, width=8, emb_dim=16))
     plain = arch.build(arch.make_config("small", 4, 8, 0, x_input=True, width=8, emb_dim=16))
-    assert resolve_placement("auto", memory) == resolve_placement("auto", fillins.make(fillins.REUSE)) == "spread"
+    assert resolve_placement("auto", memory) == resolve_placement("auto", fillins.make(fillins.REUSE)) == "front"
     assert resolve_placement("auto", plain) == resolve_placement("auto", IdentityWeakModel()) == "first"
     assert resolve_placement("auto", fillins.make(fillins.COND_ONLY)) == "first"
     assert resolve_placement("first", memory) == "first" and resolve_placement("spread", plain) == "spread"
@@ -501,9 +509,9 @@ def test_spread_placement_runs_its_slow_steps_where_it_says(tiny_sd15, caplog):
                     IdentityWeakModel(), 1.5, 4, slow_placement="spread")
     assert tm.calls == [2 if i % 5 == 0 else 1 for i in range(20)]
     line = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CoRe² (core):")][-1]
-    assert "20 steps (4 slow, spread out, 16 fast)" in line and "24 model passes vs 40 for CFG" in line
-    # auto (the node's default) spreads for the reuse fill-in, keeps the first steps slow for a plain weak model
-    for weak, calls in ((fillins.make(fillins.REUSE), [2 if i % 5 == 0 else 1 for i in range(20)]),
+    assert "20 steps (4 slow (spread: steps 0, 5, 10, 15), 16 fast)" in line and "24 model passes vs 40 for CFG" in line
+    # auto (the node's default) fronts for the reuse fill-in, keeps the first steps slow for a plain weak model
+    for weak, calls in ((fillins.make(fillins.REUSE), [2 if i in (0, 1, 2, 11) else 1 for i in range(20)]),
                         (IdentityWeakModel(), [2] * 4 + [1] * 16)):
         tm.reset_calls()
         node.sample(tm.patcher, 0, 20, 6.0, "euler", "normal", tm.positive, tm.negative, {"samples": latent}, 1.0,
@@ -516,7 +524,7 @@ def test_spread_placement_runs_its_slow_steps_where_it_says(tiny_sd15, caplog):
     assert tm.calls == []
 
 
-@pytest.mark.parametrize("placement", ["first", "spread"])
+@pytest.mark.parametrize("placement", ["first", "spread", "front"])
 def test_all_slow_w1_equals_cfg_whatever_the_placement(tiny_sd15, placement):
     tm = tiny_sd15
     latent = tm.empty_latent(1)

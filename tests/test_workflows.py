@@ -378,6 +378,7 @@ def test_core2_apply_makes_comfyuis_own_ksampler_run_core2_in_the_server(server)
     }
     hist = server.run_prompt(api)
     assert [im for out in hist["outputs"].values() for im in out.get("images", [])]
-    # slow_placement left at auto: the reuse fill-in builds on the last slow step, so the slow steps are spread
-    line = "CoRe² (core): 8 steps (3 slow, spread out, 5 fast), 11 model passes vs 16 for CFG"
+    # slow_placement left at auto: the reuse fill-in builds on the last slow step, so half the slow steps come first
+    # and the rest are spread
+    line = "CoRe² (core): 8 steps (3 slow (front: steps 0, 1, 2), 5 fast), 11 model passes vs 16 for CFG"
     assert line in server.log(), server.log()[-3000:]
