@@ -115,17 +115,18 @@ def perfect_weak_methods(n: int, cfg: float) -> list:
 
 def placement_methods(n: int, cfg: float, w2s: float) -> list:
     """The mixed and lean CoRe² rows of budget n and the CFG-reuse fill-in at their passes, with their slow steps
-    spread over the run instead of first (core2/schedule.py slow_step_set); only where there are 2+ slow steps
-    (one slow step is step 0 either way)."""
+    spread over the run instead of first, and front (half first, the rest spread; core2/schedule.py slow_step_set),
+    only where that differs from first (spread: 2+ slow steps, one slow step is step 0 either way; front: 4+)."""
     from demo.pipeline import Method
 
     rows = []
-    for plan, steps, slow in [p for p in _plans(n) if p[2] >= 2]:
-        rows += [Method(f"CoRe², {steps} steps, {slow} slow spread", "core2", cfg, steps, slow, w2s,
-                        note="slow steps spread", role=f"{plan} spread", placement="spread"),
-                 Method(f"cfg-reuse, {steps} steps, {slow} slow spread", "cfg-reuse", cfg, steps, slow,
-                        1.0, note="training-free, slow steps spread", role=f"cfg-reuse {plan} spread",
-                        placement="spread")]
+    for placement, least in (("spread", 2), ("front", 4)):
+        for plan, steps, slow in [p for p in _plans(n) if p[2] >= least]:
+            rows += [Method(f"CoRe², {steps} steps, {slow} slow {placement}", "core2", cfg, steps, slow, w2s,
+                            note=f"slow steps {placement}", role=f"{plan} {placement}", placement=placement),
+                     Method(f"cfg-reuse, {steps} steps, {slow} slow {placement}", "cfg-reuse", cfg, steps, slow,
+                            1.0, note=f"training-free, slow steps {placement}", role=f"cfg-reuse {plan} {placement}",
+                            placement=placement)]
     return rows
 
 

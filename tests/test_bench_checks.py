@@ -97,15 +97,17 @@ def test_fillin_rows_sit_at_the_trained_rows_passes_and_are_compared():
             r["accuracy"]["mean"] = 0.95
         elif r["note"] == "training-free":
             r["accuracy"]["mean"] = 0.80
-        elif r["note"].startswith("training-free"):  # the spread reuse rows
+        elif r["note"].startswith("training-free"):  # the spread and front reuse rows
             r["accuracy"]["mean"] = 0.90
     checks = bench.fillin_checks(rows)
     first = {"CoRe², 8 steps, 2 slow", "CoRe², 6 steps, 4 slow", "CoRe², 10 steps, 2 slow"}
-    assert set(checks) == first | {n + " spread" for n in first}
+    front = {"CoRe², 6 steps, 4 slow"}  # front differs from first only from 4 slow steps on
+    assert set(checks) == first | {n + " spread" for n in first} | {n + " front" for n in front}
     assert all(v > 3 for n in first for v in checks[n].values()) and all(len(checks[n]) == 2 for n in first)
-    # a spread row is compared with the reuse fill-in spread the same way, not with the first-k fill-ins
-    assert all(set(checks[n + " spread"]) == {"cfg-reuse"} for n in first)
-    assert all(0 < checks[n + " spread"]["cfg-reuse"] < checks[n]["cfg-reuse"] for n in first)
+    # a spread or front row is compared with the reuse fill-in placed the same way, not with the first-k fill-ins
+    placed = [n + " spread" for n in first] + [n + " front" for n in front]
+    assert all(set(checks[n]) == {"cfg-reuse"} for n in placed)
+    assert all(0 < checks[n]["cfg-reuse"] < checks[n.rsplit(" ", 1)[0]]["cfg-reuse"] for n in placed)
 
 
 def test_spread_rows_are_sampled_apart_from_first_rows():
@@ -114,8 +116,11 @@ def test_spread_rows_are_sampled_apart_from_first_rows():
     assert {(m.kind, m.steps, m.slow_steps) for m in spread} == {("core2", 8, 2), ("cfg-reuse", 8, 2),
                                                                   ("core2", 6, 4), ("cfg-reuse", 6, 4),
                                                                   ("core2", 10, 2), ("cfg-reuse", 10, 2)}
+    front = [m for n, m in planned if m.placement == "front"]  # only where front differs from first: 4+ slow steps
+    assert {(m.kind, m.steps, m.slow_steps) for m in front} == {("core2", 6, 4), ("cfg-reuse", 6, 4)}
     first_keys = {bench._sampling_key(m) for _, m in planned if m.placement == "first"}
-    assert not first_keys & {bench._sampling_key(m) for m in spread}  # a spread row is never deduplicated into a first-k row
+    placed_keys = {bench._sampling_key(m) for m in spread + front}
+    assert not first_keys & placed_keys and len(placed_keys) == 8  # never deduplicated into a first-k row or each other
 
 
 def test_headroom_checks_read_steps_guidance_and_overguidance():
