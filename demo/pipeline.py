@@ -211,7 +211,7 @@ class Method:
     method: str = "core"
     note: str = ""
     role: str = ""  # what the row stands for in a comparison (the benchmark's checks find rows by budget and role)
-    placement: str = "first"  # which steps are slow (core2/schedule.py: first, spread, or auto for the weak model)
+    placement: str = "first"  # which steps are slow (core2/schedule.py: first, spread, front, or auto for the weak model)
 
     def as_dict(self) -> dict:
         return asdict(self)
