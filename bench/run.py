@@ -115,13 +115,16 @@ def perfect_weak_methods(n: int, cfg: float) -> list:
 
 def placement_methods(n: int, cfg: float, w2s: float) -> list:
     """The mixed and lean CoRe² rows of budget n and the CFG-reuse fill-in at their passes, with their slow steps
-    spread over the run instead of first, and front (half first, the rest spread; core2/schedule.py slow_step_set),
-    only where that differs from first (spread: 2+ slow steps, one slow step is step 0 either way; front: 4+)."""
+    spread over the run instead of first, and front (half first, the rest spread), only where that picks other steps
+    than first (core2/schedule.py slow_step_set: spread from 2 slow steps on, front from 4)."""
+    from comfyui_core2.core2.schedule import slow_step_set
     from demo.pipeline import Method
 
     rows = []
-    for placement, least in (("spread", 2), ("front", 4)):
-        for plan, steps, slow in [p for p in _plans(n) if p[2] >= least]:
+    for placement in ("spread", "front"):
+        for plan, steps, slow in _plans(n):
+            if slow_step_set(steps, slow, placement) == slow_step_set(steps, slow, "first"):
+                continue
             rows += [Method(f"CoRe², {steps} steps, {slow} slow {placement}", "core2", cfg, steps, slow, w2s,
                             note=f"slow steps {placement}", role=f"{plan} {placement}", placement=placement),
                      Method(f"cfg-reuse, {steps} steps, {slow} slow {placement}", "cfg-reuse", cfg, steps, slow,
