@@ -200,6 +200,59 @@ def test_a_time_boxed_run_plans_its_steps_and_cooldown_from_the_measured_speed()
     assert bounded.steps == 18000
 
 
+def test_a_resumed_time_boxed_run_counts_the_time_of_its_earlier_parts(tmp_path):
+    """--minutes bounds the whole run: a part resumed after the budget is spent trains one step and stops, and a
+    checkpoint whose plan changed the step count and cooldown still resumes."""
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    out = tmp_path / "boxed.safetensors"
+    first = scenes_train.Trainer(scenes_train.Settings(batch=2, cooldown=123), out)
+    first.train_step()
+    first.seconds = 600.0
+    first.save()
+    scenes_train.train(scenes_train.Settings(steps=1000, batch=2), out, minutes=10.1)  # 606 s, 600 spent
+    state = torch.load(first.ckpt, weights_only=True)
+    assert state["step"] == 2 and state["seconds"] > 600.0
+    with pytest.raises(ValueError, match="other settings"):  # what shapes the model still has to match
+        scenes_train.train(scenes_train.Settings(steps=1000, batch=2, lr=1e-3), out)
+
+
+def test_a_stop_request_finishes_the_step_saves_and_resumes(tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) during a step: the step completes, everything is saved, and the same command goes on."""
+    import os
+    import signal
+
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    step = scenes_train.Trainer.train_step
+
+    def step_then_interrupt(self):
+        loss = step(self)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step, as a user's Ctrl-C does
+        return loss
+
+    monkeypatch.setattr(scenes_train.Trainer, "train_step", step_then_interrupt)
+    out = tmp_path / "stopped.safetensors"
+    with pytest.raises(SystemExit) as stopped:
+        scenes_train.train(scenes_train.Settings(steps=1000, batch=2, save_every=1000), out)
+    assert stopped.value.code == 130
+    assert torch.load(out.with_name("stopped.ckpt.pt"), weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    monkeypatch.setattr(scenes_train.Trainer, "train_step", step)
+    scenes_train.train(scenes_train.Settings(steps=5, batch=2), out)
+    assert torch.load(out.with_name("stopped.ckpt.pt"), weights_only=True)["step"] == 5
+
+
+def test_a_bf16_training_step_on_the_cpu_is_finite(tmp_path):
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    trainer = scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "b.safetensors", bf16=True)
+    assert trainer.bf16 and not scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "c").bf16
+    loss = trainer.train_step()
+    assert loss == loss and 0.0 < loss < 10.0
+
+
 def test_training_refuses_a_step_count_the_model_already_has(tmp_path):
     from comfyui_core2.toy.scenes import train as scenes_train
 
