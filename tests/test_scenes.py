@@ -253,6 +253,28 @@ def test_a_bf16_training_step_on_the_cpu_is_finite(tmp_path):
     assert loss == loss and 0.0 < loss < 10.0
 
 
+def test_a_time_box_follows_the_recent_speed_not_a_slow_start():
+    """Another job slowed the first 600 steps to 1 s each; after that a step takes 0.25 s. The plan made at step 1600
+    uses the recent speed, so the run fills its budget instead of ending half-way; in the cooldown the plan holds."""
+    from types import SimpleNamespace
+
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    cfg = scenes_train.Settings(steps=1_000_000)
+    trainer = SimpleNamespace(step=0, seconds=0.0, optimiser_start=0, cfg=cfg)
+    box = scenes_train.TimeBox(cfg, trainer, minutes=60, cooldown_fraction=0.25)
+    plans = {}
+    while trainer.step < trainer.cfg.steps:
+        trainer.step += 1
+        trainer.seconds += 1.0 if trainer.step <= 600 else 0.25
+        box.after_step()
+        plans[trainer.step] = trainer.cfg.steps
+    assert plans[600] == 600 + int((3600 - 600 - 15) / 1.0)  # the average of the slow start
+    assert plans[1600] == 1600 + int((3600 - 850 - 15) / 0.25)  # the speed since step 600
+    assert 3600 - 15 - 0.25 * 1000 <= trainer.seconds <= 3600  # the budget is used, not half of it
+    assert trainer.cfg.cooldown == int(0.25 * trainer.cfg.steps)
+
+
 def test_training_refuses_a_step_count_the_model_already_has(tmp_path):
     from comfyui_core2.toy.scenes import train as scenes_train
 

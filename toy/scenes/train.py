@@ -13,7 +13,7 @@ Without a checkpoint, --init-from continues from a weights file (the shipped one
 that warms up again. --device cuda draws the training pictures on the GPU and runs the model in bf16 autocast;
 --bf16 does the same on a CPU (1.8x faster here: this CPU has AMX; slower on CPUs without bf16 units).
 --minutes boxes a run in wall-clock time, counted over all its resumed parts (the checkpoint keeps the seconds
-trained): after 100 and 600 steps of each part it re-plans its step count from the measured speed, with the last
+trained): it re-plans its step count from the measured speed as it goes (TimeBox), with the last
 --cooldown-fraction of the run decaying the learning rate to 0. Ctrl-C (or SIGTERM) finishes the step, saves and
 stops; the same command goes on.
 
@@ -256,11 +256,42 @@ def plan_for_time(cfg: Settings, step: int, start: int, seconds_per_step: float,
     return replace(cfg, steps=steps, cooldown=int(cooldown_fraction * (steps - start)))
 
 
+class TimeBox:
+    """--minutes: keeps a run's plan (its last step and cooldown, plan_for_time) inside the wall-clock budget of the
+    whole run, resumed parts included. It re-plans on resume (from the run's average speed), after 100 and 600 steps
+    of each part and every 1000 steps after that until the cooldown begins, each time from the speed since the
+    previous plan, so that a slow start (another job on the machine, a warm-up) does not cut the run short."""
+
+    def __init__(self, cfg: Settings, trainer: "Trainer", minutes: float, cooldown_fraction: float):
+        self.cfg, self.trainer, self.budget, self.fraction = cfg, trainer, minutes * 60, cooldown_fraction
+        self.part_start, self.mark = trainer.step, (trainer.step, trainer.seconds)
+        t = trainer
+        if self.budget > 0 and t.step > t.optimiser_start and t.seconds > 0:  # a resumed part goes on with the plan
+            self._replan(t.seconds / (t.step - t.optimiser_start))
+
+    def _replan(self, seconds_per_step: float) -> None:
+        t = self.trainer
+        t.cfg = plan_for_time(self.cfg, t.step, t.optimiser_start, seconds_per_step,
+                              self.budget - t.seconds - 15, self.fraction)
+        log.info("time-boxed: %.2f s/step, %.0f of %.0f s used, planned to step %d with a %d-step cooldown",
+                 seconds_per_step, t.seconds, self.budget, t.cfg.steps, t.cfg.cooldown)
+
+    def after_step(self) -> None:
+        t = self.trainer
+        done = t.step - self.part_start
+        stable = t.step < t.cfg.steps - t.cfg.cooldown
+        if self.budget <= 0 or not (done in (100, 600) or (done > 600 and done % 1000 == 0 and stable)):
+            return
+        step0, seconds0 = self.mark
+        self._replan((t.seconds - seconds0) / max(1, t.step - step0))
+        self.mark = (t.step, t.seconds)
+
+
 def train(cfg: Settings, out: Path, init_from: Path | None = None, device: str = "cpu", minutes: float = 0.0,
           cooldown_fraction: float = 0.25, bf16: bool | None = None) -> Path:
     """Train to cfg.steps; with `minutes` > 0, stop inside that wall-clock budget for the whole run instead, counted
-    over all its resumed parts (re-planned on resume and after 100 and 600 steps of each part from the measured
-    speed, so that the cooldown still ends the run). bf16: autocast the model (default: on cuda only)."""
+    over all its resumed parts (TimeBox: the cooldown still ends the run). bf16: autocast the model (default: on
+    cuda only)."""
     if device != "cpu":
         use_fast_attention()
     trainer = Trainer(cfg, out, device, bf16)
@@ -269,17 +300,8 @@ def train(cfg: Settings, out: Path, init_from: Path | None = None, device: str =
     trainer.resume()
     if trainer.step >= cfg.steps:
         raise ValueError(f"the model is already trained to step {trainer.step}; pass a larger --steps to train on")
-    run_start, start, running = trainer.optimiser_start, trainer.step, []
-    budget = minutes * 60
-
-    def replan(seconds_per_step: float) -> None:
-        trainer.cfg = plan_for_time(cfg, trainer.step, run_start, seconds_per_step,
-                                    budget - trainer.seconds - 15, cooldown_fraction)
-        log.info("time-boxed: %.2f s/step, %.0f of %.0f s used, planned to step %d with a %d-step cooldown",
-                 seconds_per_step, trainer.seconds, budget, trainer.cfg.steps, trainer.cfg.cooldown)
-
-    if budget > 0 and trainer.step > run_start and trainer.seconds > 0:  # a resumed part goes on with the plan
-        replan(trainer.seconds / (trainer.step - run_start))
+    start, running = trainer.step, []
+    box = TimeBox(cfg, trainer, minutes, cooldown_fraction)
     t_part, seconds_before = time.time(), trainer.seconds
     while trainer.step < trainer.cfg.steps:
         with _stop_requests() as stop:  # Ctrl-C / SIGTERM finish the step, then save and stop
@@ -290,8 +312,7 @@ def train(cfg: Settings, out: Path, init_from: Path | None = None, device: str =
             log.info("stopped at step %d after %.0f s of training; saved: run the same command to go on",
                      trainer.step, trainer.seconds)
             raise SystemExit(130)
-        if budget > 0 and trainer.step - start in (100, 600):  # re-planned once warm, again once steady
-            replan((time.time() - t_part) / (trainer.step - start))
+        box.after_step()
         if trainer.step % 50 == 0:
             el = time.time() - t_part
             left = el / (trainer.step - start) * (trainer.cfg.steps - trainer.step)
