@@ -219,8 +219,8 @@ class Trainer:
 
 
 class _stop_requests:
-    """While active, SIGINT and SIGTERM only mark a stop (the object is truthy afterwards): a step is never cut in
-    half (weights, optimiser and EMA stay consistent). Outside the main thread it does nothing."""
+    """While active, SIGINT and SIGTERM only mark a stop (the object is truthy afterwards): a step or a save is never
+    cut in half (weights, optimiser, EMA and files stay consistent). Outside the main thread it does nothing."""
 
     def __enter__(self):
         self.requested, self._old = False, {}
@@ -260,7 +260,9 @@ class TimeBox:
     """--minutes: keeps a run's plan (its last step and cooldown, plan_for_time) inside the wall-clock budget of the
     whole run, resumed parts included. It re-plans on resume (from the run's average speed), after 100 and 600 steps
     of each part and every 1000 steps after that until the cooldown begins, each time from the speed since the
-    previous plan, so that a slow start (another job on the machine, a warm-up) does not cut the run short."""
+    previous plan, so that a slow start (another job on the machine, a warm-up) does not cut the run short. The
+    cooldown itself is not re-planned (its learning rate would jump): a slowdown there overruns the budget a little
+    (89 s of 175 minutes in the run the README reports)."""
 
     def __init__(self, cfg: Settings, trainer: "Trainer", minutes: float, cooldown_fraction: float):
         self.cfg, self.trainer, self.budget, self.fraction = cfg, trainer, minutes * 60, cooldown_fraction
@@ -303,25 +305,25 @@ def train(cfg: Settings, out: Path, init_from: Path | None = None, device: str =
     start, running = trainer.step, []
     box = TimeBox(cfg, trainer, minutes, cooldown_fraction)
     t_part, seconds_before = time.time(), trainer.seconds
-    while trainer.step < trainer.cfg.steps:
-        with _stop_requests() as stop:  # Ctrl-C / SIGTERM finish the step, then save and stop
+    with _stop_requests() as stop:  # Ctrl-C / SIGTERM: the step (or save) in progress finishes, then save and stop
+        while trainer.step < trainer.cfg.steps:
             running.append(trainer.train_step())
-        trainer.seconds = seconds_before + time.time() - t_part
-        if stop:
-            trainer.save()
-            log.info("stopped at step %d after %.0f s of training; saved: run the same command to go on",
-                     trainer.step, trainer.seconds)
-            raise SystemExit(130)
-        box.after_step()
-        if trainer.step % 50 == 0:
-            el = time.time() - t_part
-            left = el / (trainer.step - start) * (trainer.cfg.steps - trainer.step)
-            log.info("step %d/%d  loss %.4f  lr %.2e  %.0fs elapsed (run %.0fs), ~%.0fs left", trainer.step,
-                     trainer.cfg.steps, sum(running) / len(running), trainer.opt.param_groups[0]["lr"], el,
-                     trainer.seconds, left)
-            running = []
-        if trainer.step % cfg.save_every == 0 or trainer.step == trainer.cfg.steps:
-            trainer.save()
+            trainer.seconds = seconds_before + time.time() - t_part
+            if stop:
+                trainer.save()
+                log.info("stopped at step %d after %.0f s of training; saved: run the same command to go on",
+                         trainer.step, trainer.seconds)
+                raise SystemExit(130)
+            box.after_step()
+            if trainer.step % 50 == 0:
+                el = time.time() - t_part
+                left = el / (trainer.step - start) * (trainer.cfg.steps - trainer.step)
+                log.info("step %d/%d  loss %.4f  lr %.2e  %.0fs elapsed (run %.0fs), ~%.0fs left", trainer.step,
+                         trainer.cfg.steps, sum(running) / len(running), trainer.opt.param_groups[0]["lr"], el,
+                         trainer.seconds, left)
+                running = []
+            if trainer.step % cfg.save_every == 0 or trainer.step == trainer.cfg.steps:
+                trainer.save()
     log.info("saved %s (%.1f MB) after %d steps, %.0f s of training", out, out.stat().st_size / 1e6, trainer.step,
              trainer.seconds)
     return out
