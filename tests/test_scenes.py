@@ -267,6 +267,30 @@ def test_bf16_on_a_cpu_without_bf16_units_is_refused_before_anything_is_built(tm
     assert not built and not list(tmp_path.iterdir())
 
 
+def test_compile_without_a_compiler_is_refused_before_anything_is_built(tmp_path, monkeypatch):
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    assert scenes_train.cpu_compiler() is None
+    built = []
+    monkeypatch.setattr(scenes_train.Trainer, "__init__", lambda self, *a, **k: built.append(1))
+    with pytest.raises(ValueError, match="leave out --compile"):
+        scenes_train.train(scenes_train.Settings(steps=2, batch=2), tmp_path / "m.safetensors", compile=True)
+    assert not built and not list(tmp_path.iterdir())
+
+
+def test_a_compiled_trainer_keeps_the_names_its_files_use(tmp_path):
+    """Compiling in place must not rename the weights (torch.compile's wrapper would prefix them with _orig_mod):
+    checkpoints, the EMA and the weights file of a compiled run load in an uncompiled one and in ComfyUI."""
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    plain = scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "a.safetensors")
+    compiled = scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "b.safetensors", compile=True)
+    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    assert list(compiled._state()) == list(plain._state()) and list(compiled.ema) == list(plain.ema)
+    assert all("_orig_mod" not in k for k in compiled._state())
+
+
 def test_a_time_box_follows_the_recent_speed_not_a_slow_start():
     """Another job slowed the first 600 steps to 1 s each; after that a step takes 0.25 s. The plan made at step 1600
     uses the recent speed, so the run fills its budget instead of ending half-way; in the cooldown the plan holds."""

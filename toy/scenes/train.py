@@ -12,6 +12,7 @@ written every --save-every steps and the run resumes from it; the weights file i
 Without a checkpoint, --init-from continues from a weights file (the shipped one): its EMA weights, a new optimiser
 that warms up again. --device cuda draws the training pictures on the GPU and runs the model in bf16 autocast;
 --bf16 does the same on a CPU (1.8x faster on one with AMX; refused on CPUs without bf16 units, ~30x slower there).
+--compile runs the model through torch.compile (1.17x on an AVX2 CPU; it needs a C++ compiler there).
 --minutes boxes a run in wall-clock time, counted over all its resumed parts (the checkpoint keeps the seconds
 trained): it re-plans its step count from the measured speed as it goes (TimeBox), with the last
 --cooldown-fraction of the run decaying the learning rate to 0. Ctrl-C (or SIGTERM) finishes the step, saves and
@@ -89,8 +90,9 @@ def learning_rate(cfg: Settings, step: int, start: int = 0) -> float:
 
 
 def use_fast_attention() -> None:
-    """On a GPU, train with PyTorch's fused attention: ComfyUI started with --cpu picks a CPU-friendly kernel for
-    the MMDiT module at import; the result is the same attention."""
+    """Train with PyTorch's fused attention (scaled_dot_product_attention): ComfyUI started with --cpu picks another
+    kernel for the MMDiT module at import, which needs a GPU's to be replaced and is slower to train on a CPU too
+    (1.18 → 1.10 s a step, batch 64, two threads, an AVX2 CPU); the result is the same attention."""
     import comfy.ldm.modules.attention as attention
     import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
 
@@ -98,7 +100,7 @@ def use_fast_attention() -> None:
 
 
 class Trainer:
-    def __init__(self, cfg: Settings, out: Path, device: str = "cpu", bf16: bool | None = None):
+    def __init__(self, cfg: Settings, out: Path, device: str = "cpu", bf16: bool | None = None, compile: bool = False):
         from . import model, text
 
         self.cfg, self.out, self.device = cfg, out, torch.device(device)
@@ -108,6 +110,8 @@ class Trainer:
         self.base = model.build()
         model.initialise(self.base, cfg.seed)
         self.net = self.base.diffusion_model.to(self.device)
+        if compile:  # in place: the state-dict names (checkpoints, EMA, the weights file) stay those of the module
+            self.net.compile()
         torch.manual_seed(cfg.seed + 1)
         self.encoder = text.encoder().to(self.device)
         self.params = list(self.net.parameters()) + list(self.encoder.parameters())
@@ -301,17 +305,29 @@ def cpu_has_bf16() -> bool:
     return "AVX512" in torch.backends.cpu.get_cpu_capability()
 
 
+def cpu_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with (inductor's choice: $CXX, else g++; clang++ on a
+    Mac), where it is on PATH, or None."""
+    import os
+    import shutil
+    import sys
+
+    return shutil.which(os.environ.get("CXX") or ("clang++" if sys.platform == "darwin" else "g++"))
+
+
 def train(cfg: Settings, out: Path, init_from: Path | None = None, device: str = "cpu", minutes: float = 0.0,
-          cooldown_fraction: float = 0.25, bf16: bool | None = None) -> Path:
+          cooldown_fraction: float = 0.25, bf16: bool | None = None, compile: bool = False) -> Path:
     """Train to cfg.steps; with `minutes` > 0, stop inside that wall-clock budget for the whole run instead, counted
     over all its resumed parts (TimeBox: the cooldown still ends the run). bf16: autocast the model (default: on
-    cuda only)."""
+    cuda only). compile: torch.compile the model (needs a C++ compiler on a CPU)."""
     if bf16 and device == "cpu" and not cpu_has_bf16():
         raise ValueError("--bf16: this CPU has no bfloat16 units (AMX or AVX512), so bf16 would run about 30x slower "
                          f"than float32 here (CPU capability {torch.backends.cpu.get_cpu_capability()}); leave out --bf16.")
-    if device != "cpu":
-        use_fast_attention()
-    trainer = Trainer(cfg, out, device, bf16)
+    if compile and device == "cpu" and not cpu_compiler():
+        raise ValueError("--compile: torch.compile builds C++ kernels on a CPU and no compiler ($CXX, else g++) is on "
+                         "PATH; install one (e.g. apt install g++) or leave out --compile.")
+    use_fast_attention()
+    trainer = Trainer(cfg, out, device, bf16, compile)
     if init_from is not None and not trainer.ckpt.is_file():
         trainer.warm_start(init_from)
     trainer.resume()
@@ -359,13 +375,16 @@ def main(argv=None) -> None:
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="autocast the model to bfloat16 (default: on cuda only). Fast on CPUs with AMX or "
                          "AVX512-BF16 (about 1.8x on one with AMX); refused on CPUs without bf16 units, where it is ~30x slower")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model: about 1.17x faster on a CPU (0.94 against 1.10 s a step at batch 64 "
+                         "on two threads of an AVX2 CPU); needs a C++ compiler there")
     ap.add_argument("--cooldown-fraction", type=float, default=0.25,
                     help="with --minutes: the share of the run whose learning rate decays to 0")
     args = vars(ap.parse_args(argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.pop("threads"))
     out, init_from = args.pop("out"), args.pop("init_from")
-    run = {k: args.pop(k) for k in ("device", "minutes", "cooldown_fraction", "bf16")}
+    run = {k: args.pop(k) for k in ("device", "minutes", "cooldown_fraction", "bf16", "compile")}
     from tools import comfy_env
 
     log.info("training with %s", comfy_env.activate().describe())
