@@ -12,7 +12,7 @@ written every --save-every steps and the run resumes from it; the weights file i
 Without a checkpoint, --init-from continues from a weights file (the shipped one): its EMA weights, a new optimiser
 that warms up again. --device cuda draws the training pictures on the GPU and runs the model in bf16 autocast;
 --bf16 does the same on a CPU (1.8x faster on one with AMX; refused on CPUs without bf16 units, ~30x slower there).
---compile runs the model through torch.compile (1.17x on an AVX2 CPU; it needs a C++ compiler there).
+--compile runs the model through torch.compile (faster on a CPU, see --help; it needs a C++ compiler there).
 --minutes boxes a run in wall-clock time, counted over all its resumed parts (the checkpoint keeps the seconds
 trained): it re-plans its step count from the measured speed as it goes (TimeBox), with the last
 --cooldown-fraction of the run decaying the learning rate to 0. Ctrl-C (or SIGTERM) finishes the step, saves and
@@ -376,8 +376,8 @@ def main(argv=None) -> None:
                     help="autocast the model to bfloat16 (default: on cuda only). Fast on CPUs with AMX or "
                          "AVX512-BF16 (about 1.8x on one with AMX); refused on CPUs without bf16 units, where it is ~30x slower")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the model: about 1.17x faster on a CPU (0.94 against 1.10 s a step at batch 64 "
-                         "on two threads of an AVX2 CPU); needs a C++ compiler there")
+                    help="torch.compile the model (needs a C++ compiler on a CPU): 0.94 against 1.10 s a step in a "
+                         "short test at batch 64 on two threads of an AVX2 CPU; a 2-hour run there held 1.05-1.18 s")
     ap.add_argument("--cooldown-fraction", type=float, default=0.25,
                     help="with --minutes: the share of the run whose learning rate decays to 0")
     args = vars(ap.parse_args(argv))
