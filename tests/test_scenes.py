@@ -367,3 +367,38 @@ def test_an_older_scenes_file_is_refused_but_training_continues_from_it(tmp_path
     trainer = scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "new.safetensors")
     trainer.warm_start(old)
     assert torch.equal(trainer.encoder.word.weight.half(), sd[scenes_model.TEXT_PREFIX + "word.weight"])
+
+
+def test_a_shallower_model_trains_loads_and_keeps_its_depth(tmp_path):
+    """--depth 3 (the CPU rebuild's option): the file records its layout, the world loader builds that depth from
+    it, a warm start at another depth is refused with the option to pass, and a checkpoint written before the option
+    existed still resumes at the shipped depth."""
+    from safetensors import safe_open
+
+    from comfyui_core2.toy.scenes import model as scenes_model
+    from comfyui_core2.toy.scenes import train as scenes_train
+
+    out = tmp_path / "d3.safetensors"
+    trainer = scenes_train.Trainer(scenes_train.Settings(batch=2, depth=3), out)
+    assert trainer.net.hidden_size == 192 and len(trainer.net.joint_blocks) == 3
+    trainer.train_step()
+    trainer.save()
+    with safe_open(str(out), "pt") as f:
+        assert scenes_model.depth_of(f.metadata()) == 3
+    loaded = world.load(out)
+    assert len(loaded.patcher.model.diffusion_model.joint_blocks) == 3
+    with pytest.raises(ValueError, match="pass --depth 3"):
+        scenes_train.Trainer(scenes_train.Settings(batch=2), tmp_path / "d4.safetensors").warm_start(out)
+    with pytest.raises(ValueError, match="not one of"):
+        scenes_train.Trainer(scenes_train.Settings(batch=2, depth=7), tmp_path / "d7.safetensors")
+
+    old = tmp_path / "old.safetensors"
+    first = scenes_train.Trainer(scenes_train.Settings(batch=2), old)
+    first.train_step()
+    first.save()
+    state = torch.load(first.ckpt, weights_only=True)
+    del state["settings"]["depth"]  # as written before --depth
+    torch.save(state, first.ckpt)
+    again = scenes_train.Trainer(scenes_train.Settings(batch=2), old)
+    again.resume()
+    assert again.step == 1

@@ -86,7 +86,8 @@ def _build(meta: dict, path: Path):
         from .scenes import model as scenes_model, text as scenes_text
 
         scenes_model.check_metadata(meta, path)
-        return WORLDS["scenes"], scenes_model.build(), scenes_text.encoder(), scenes_model.split_state_dict
+        built = scenes_model.build(scenes_model.depth_of(meta))
+        return WORLDS["scenes"], built, scenes_text.encoder(), scenes_model.split_state_dict
     from . import model
 
     model.check_metadata(meta, path)

@@ -27,13 +27,25 @@ LATENT_SIZE = 16
 # steps: 0.805 / 0.872 / 0.903, against 0.905 / 0.901 / 0.904 at shift 1), as real text-to-image models keep
 # improving to 20–30 steps. README, "The scenes world", has the measurements.
 SHIFT = 0.2
-MMDIT_CONFIG = dict(
-    in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, patch_size=2, depth=4, num_blocks=4, mlp_ratio=4.0,
-    adm_in_channels=toy_text.WIDTH, input_size=LATENT_SIZE,
-    context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": toy_text.WIDTH, "out_features": 256}},
-    pos_embed_max_size=LATENT_SIZE // 2, num_patches=(LATENT_SIZE // 2) ** 2, pos_embed_scaling_factor=None,
-    qk_norm=None, x_block_self_attn_layers=[],
-)
+DEPTH = 4  # the shipped model's; width 64·depth. A CPU rebuild may train a shallower one (train.py --depth)
+DEPTHS = (2, 3, 4)
+
+
+def mmdit_config(depth: int = DEPTH) -> dict:
+    """The MMDiT layout at `depth` blocks (ComfyUI's MMDiT: width 64·depth, as SD3's)."""
+    if depth not in DEPTHS:
+        raise ValueError(f"scenes-model depth {depth} is not one of {DEPTHS}")
+    return dict(
+        in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS, patch_size=2, depth=depth, num_blocks=depth,
+        mlp_ratio=4.0, adm_in_channels=toy_text.WIDTH, input_size=LATENT_SIZE,
+        context_embedder_config={"target": "torch.nn.Linear",
+                                 "params": {"in_features": toy_text.WIDTH, "out_features": 64 * depth}},
+        pos_embed_max_size=LATENT_SIZE // 2, num_patches=(LATENT_SIZE // 2) ** 2, pos_embed_scaling_factor=None,
+        qk_norm=None, x_block_self_attn_layers=[],
+    )
+
+
+MMDIT_CONFIG = mmdit_config()
 FORMAT = "core2-toy-scenes"
 VERSION = "2"  # 2: seven-word prompts and a context layer in the text encoder (toy/scenes/text.py)
 
@@ -54,9 +66,9 @@ class Scenes(comfy.supported_models.SD3):
     native_latent_size = LATENT_SIZE  # trained at this latent size only (read by nodes/model_info.latent_size_limits)
 
 
-def build() -> "comfy.model_base.SD3":
+def build(depth: int = DEPTH) -> "comfy.model_base.SD3":
     """An uninitialised scenes BaseModel on CPU (float32)."""
-    cfg = Scenes(dict(MMDIT_CONFIG))
+    cfg = Scenes(mmdit_config(depth))
     cfg.unet_config["dtype"] = torch.float32
     return cfg.get_model({})
 
@@ -89,9 +101,14 @@ def initialise(base, seed: int) -> None:
                 last.bias.zero_()
 
 
-def metadata() -> dict:
-    return {"format": FORMAT, "version": VERSION, "mmdit_config": json.dumps(MMDIT_CONFIG), "shift": str(SHIFT),
+def metadata(depth: int = DEPTH) -> dict:
+    return {"format": FORMAT, "version": VERSION, "mmdit_config": json.dumps(mmdit_config(depth)), "shift": str(SHIFT),
             "vocab": json.dumps(list(text.VOCAB)), "width": str(toy_text.WIDTH)}
+
+
+def depth_of(meta: dict) -> int:
+    """The MMDiT depth a file's metadata records (files from before --depth: the shipped depth)."""
+    return int(json.loads(meta.get("mmdit_config", "{}")).get("depth", DEPTH))
 
 
 def check_metadata(meta: dict | None, path, any_version: bool = False) -> None:
@@ -100,8 +117,10 @@ def check_metadata(meta: dict | None, path, any_version: bool = False) -> None:
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not a CoRe² scenes-world model (its metadata has no format={FORMAT}). "
                          "Use the file made by `python -m toy.scenes.train`.")
+    depth = depth_of(meta)
     if (json.loads(meta.get("vocab", "[]")) != list(text.VOCAB)
             or (meta.get("version") != VERSION and not any_version)
-            or json.loads(meta.get("mmdit_config", "{}")) != json.loads(json.dumps(MMDIT_CONFIG))):
+            or depth not in DEPTHS
+            or json.loads(meta.get("mmdit_config", "{}")) != json.loads(json.dumps(mmdit_config(depth)))):
         raise ValueError(f"{path} was trained with another vocabulary, text encoder or MMDiT layout than this code; "
                          "retrain it with `python -m toy.scenes.train` from this version of the pack.")

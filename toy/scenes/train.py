@@ -57,6 +57,7 @@ class Settings:
     ema_decay: float = 0.999
     save_every: int = 250
     cooldown: int = 0  # the last `cooldown` steps decay the learning rate linearly to 0 (warmup-stable-decay)
+    depth: int = 4  # MMDiT blocks (width 64·depth): 4 is the shipped model's; 3 trains 1.8x faster on a CPU
 
 
 def _sigmas(batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -107,7 +108,7 @@ class Trainer:
         self.bf16 = self.device.type == "cuda" if bf16 is None else bool(bf16)  # autocast the model to bfloat16
         self.ckpt = out.with_name(out.stem + ".ckpt.pt")
         torch.manual_seed(cfg.seed)
-        self.base = model.build()
+        self.base = model.build(cfg.depth)
         model.initialise(self.base, cfg.seed)
         self.net = self.base.diffusion_model.to(self.device)
         if compile:  # in place: the state-dict names (checkpoints, EMA, the weights file) stay those of the module
@@ -145,7 +146,8 @@ class Trainer:
         if not self.ckpt.is_file():
             return
         state = torch.load(self.ckpt, weights_only=True, map_location=self.device)
-        if _fixed(state["settings"]) != _fixed(asdict(self.cfg)):
+        saved = asdict(Settings()) | state["settings"]  # a setting added since takes its default
+        if _fixed(saved) != _fixed(asdict(self.cfg)):
             raise ValueError(f"{self.ckpt} was trained with other settings {state['settings']}; move it away to restart")
         self._load_weights(state["model"])
         self.ema = state["ema"]
@@ -167,6 +169,9 @@ class Trainer:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         model.check_metadata(meta, path, any_version=True)
+        depth = model.depth_of(meta)
+        if depth != self.cfg.depth:
+            raise ValueError(f"{path} has an MMDiT of depth {depth}; pass --depth {depth} to continue from it")
         self._load_weights({k: v.float() for k, v in load_file(str(path), device=str(self.device)).items()}, strict=False)
         self.ema = {k: v.detach().clone() for k, v in self._state().items()}
         self.step = self.optimiser_start = int(meta.get("trained_steps", 0))
@@ -211,7 +216,8 @@ class Trainer:
         from . import model
 
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        meta = model.metadata() | {k: str(v) for k, v in asdict(self.cfg).items()} | {"trained_steps": str(self.step)}
+        meta = (model.metadata(self.cfg.depth) | {k: str(v) for k, v in asdict(self.cfg).items()}
+                | {"trained_steps": str(self.step)})
         tmp = self.out.with_suffix(".tmp")
         save_file({k: v.half().cpu().contiguous() for k, v in self.ema.items()}, str(tmp), metadata=meta)
         tmp.replace(self.out)
