@@ -234,11 +234,12 @@ def test_a_stop_request_finishes_the_step_saves_and_resumes(tmp_path, monkeypatc
 
     monkeypatch.setattr(scenes_train.Trainer, "train_step", step_then_interrupt)
     out = tmp_path / "stopped.safetensors"
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the suite runs as a background job
     with pytest.raises(SystemExit) as stopped:
         scenes_train.train(scenes_train.Settings(steps=1000, batch=2, save_every=1000), out)
     assert stopped.value.code == 130
     assert torch.load(out.with_name("stopped.ckpt.pt"), weights_only=True)["step"] == 3
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+    assert signal.getsignal(signal.SIGINT) is handler_before  # the caller's handler is given back
     monkeypatch.setattr(scenes_train.Trainer, "train_step", step)
     scenes_train.train(scenes_train.Settings(steps=5, batch=2), out)
     assert torch.load(out.with_name("stopped.ckpt.pt"), weights_only=True)["step"] == 5
