@@ -11,8 +11,8 @@ one (imperfect captions, as real data has). A checkpoint (<out>.ckpt.pt: weights
 written every --save-every steps and the run resumes from it; the weights file is rewritten from the EMA each time.
 Without a checkpoint, --init-from continues from a weights file (the shipped one): its EMA weights, a new optimiser
 that warms up again. --device cuda draws the training pictures on the GPU and runs the model in bf16 autocast;
---bf16 does the same on a CPU (1.8x faster on one with AMX, 1.4x on an AMD EPYC with AVX512-BF16; refused on CPUs
-without bf16 units, ~30x slower there).
+--bf16 does the same on a CPU with bf16 units (AMX or AVX512-BF16; the speed-ups measured are in --help; refused
+on CPUs without them, ~30x slower there).
 --compile runs the model through torch.compile (faster on a CPU, see --help; it needs a C++ compiler there).
 --minutes boxes a run in wall-clock time, counted over all its resumed parts (the checkpoint keeps the seconds
 trained): it re-plans its step count from the measured speed as it goes (TimeBox), with the last
